@@ -203,7 +203,8 @@ class DitBertForMLM(nn.Module):
         h = self.encoder(input_ids, attention_mask)
         masked = labels.ne(-100)
         logits = self.head(h[masked])  # (N, V), N = number of masked tokens
-        loss = F.cross_entropy(logits.float(), labels[masked])
+        # sum / N rather than mean, so a batch without masked tokens gives 0 instead of NaN
+        loss = F.cross_entropy(logits.float(), labels[masked], reduction="sum") / masked.sum().clamp(min=1)
         return loss, logits
 
 

@@ -66,7 +66,7 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     out_dir: str = "runs/base"  # checkpoints, logs and the final model
-    tokenizer: str = ""  # tokenizer.json; empty = <out_dir>/../tokenizer.json of this preset
+    tokenizer: str = "runs/base/tokenizer.json"  # written by Train-Tokenizer.py, read by everything after it
     steps: int = 100_000  # optimizer steps = warmup_steps + decay_steps
     warmup_steps: int = 25_000  # linear warmup from 0 to lr
     lr: float = 1e-3
@@ -127,16 +127,14 @@ class Params:
 
     @property
     def tokenizer_path(self) -> Path:
-        if self.train.tokenizer:
-            return Path(self.train.tokenizer)
-        return Path(self.train.out_dir).parent / "tokenizer.json"
+        return Path(self.train.tokenizer)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
 def _base() -> Params:
-    return Params(preset="base", train=TrainConfig(out_dir="runs/base/pretrain"))
+    return Params(preset="base", train=TrainConfig(out_dir="runs/base/pretrain", tokenizer="runs/base/tokenizer.json"))
 
 
 def _tiny() -> Params:
@@ -146,6 +144,7 @@ def _tiny() -> Params:
     p.data = DataConfig(val_fraction=0.02, val_sequences=128)
     p.train = TrainConfig(
         out_dir="runs/tiny/pretrain",
+        tokenizer="runs/tiny/tokenizer.json",
         steps=500,
         warmup_steps=50,
         lr=1e-3,
