@@ -43,11 +43,21 @@ def build_tokenizer():
     return tok
 
 
-def train_tokenizer(files: list[str], vocab_size: int, out_path: str | Path, min_frequency: int = 2):
-    """Learn BPE merges from UTF-8 text files and save ``tokenizer.json`` atomically."""
+def train_tokenizer(
+    files: list[str], vocab_size: int, out_path: str | Path, min_frequency: int = 2, holdout_docs: int = 0
+):
+    """Learn BPE merges from UTF-8 text files and save ``tokenizer.json`` atomically.
+
+    The last `holdout_docs` documents are left out, so that statistics measured on
+    them (tokens per word) say how the tokenizer does on text it has not seen.
+    """
     from tokenizers import pre_tokenizers, trainers
 
     lines = list(iter_corpus_documents(files))  # validates every file first
+    if holdout_docs:
+        if holdout_docs >= len(lines):
+            raise ValueError(f"cannot hold out {holdout_docs} of the corpus's {len(lines)} documents")
+        lines = lines[:-holdout_docs]
     tok = build_tokenizer()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -60,6 +70,23 @@ def train_tokenizer(files: list[str], vocab_size: int, out_path: str | Path, min
     out_path = Path(out_path)
     atomic_write_bytes(out_path, tok.to_str(pretty=False).encode("utf-8"))
     return tok
+
+
+def tokenizer_stats(tok, texts: list[str]) -> dict:
+    """Tokens per whitespace word and whether decode(encode(text)) gives the text back (after NFKC)."""
+    import unicodedata
+
+    encodings = tok.encode_batch(texts, add_special_tokens=False)
+    n_tokens = sum(len(e.ids) for e in encodings)
+    n_words = sum(len(t.split()) for t in texts)
+    exact = sum(tok.decode(e.ids) == unicodedata.normalize("NFKC", t) for e, t in zip(encodings, texts))
+    return {
+        "documents": len(texts),
+        "words": n_words,
+        "tokens": n_tokens,
+        "tokens_per_word": n_tokens / max(n_words, 1),
+        "round_trip_exact": exact / max(len(texts), 1),
+    }
 
 
 def load_tokenizer(path: str | Path):
@@ -302,18 +329,24 @@ def check_text_file(path: str | Path) -> None:
         raise FileNotFoundError(f"corpus file {path} does not exist")
     if path.stat().st_size == 0:
         raise ValueError(f"corpus file {path} is empty")
+    import codecs
+
+    # An incremental decoder carries a character cut by a chunk boundary over to the next
+    # chunk, and reports one cut off by the end of the file when called with final=True.
+    decoder = codecs.getincrementaldecoder("utf-8")()
     with open(path, "rb") as fh:
-        offset = 0
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
+        offset = 0  # bytes read before `chunk`
+        while True:
+            chunk = fh.read(1 << 20)
+            pending = len(decoder.getstate()[0])  # bytes of a cut character held from the last chunk
             try:
-                chunk.decode("utf-8")
+                decoder.decode(chunk, final=not chunk)
             except UnicodeDecodeError as err:
-                if err.start >= len(chunk) - 3 and err.reason == "unexpected end of data":
-                    pass  # a character split across two chunks; the next chunk holds the rest
-                else:
-                    raise ValueError(
-                        f"corpus file {path} is not valid UTF-8: {err.reason} at byte {offset + err.start}"
-                    ) from None
+                raise ValueError(
+                    f"corpus file {path} is not valid UTF-8: {err.reason} at byte {offset - pending + err.start}"
+                ) from None
+            if not chunk:
+                break
             offset += len(chunk)
 
 

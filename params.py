@@ -113,7 +113,9 @@ class FinetuneConfig:
     max_eval_examples: int = 0
     grad_clip: float = 1.0
     pooling: str = "cls"  # cls | mean
-    output_dir: str = "GLUE-Outputs"
+    output_dir: str = "GLUE-Outputs"  # one folder per run: <model label>-seed<seed>/
+    save_best: bool = True  # keep the best epoch's model per task as safetensors (best_<task>/)
+    max_bad_fraction: float = 0.01  # more malformed rows than this in a data file is an error
 
 
 @dataclass
@@ -230,6 +232,13 @@ def params_from_dict(d: dict) -> Params:
             values["betas"] = tuple(values["betas"])
         setattr(p, f.name, section_type(**values))
     return p
+
+
+def params_from_env() -> Params:
+    """Settings for a notebook or `make` step: preset from $DITBERT_PRESET, overrides from
+    $DITBERT_SET, e.g. ``DITBERT_SET="train.steps=50;tokenizer.vocab_size=512"``."""
+    pairs = [p for p in os.environ.get("DITBERT_SET", "").split(";") if p.strip()]
+    return get_params(os.environ.get("DITBERT_PRESET"), parse_overrides(pairs))
 
 
 def parse_overrides(pairs: list[str]) -> dict:

@@ -156,20 +156,32 @@ def unigram_perplexity(counts: np.ndarray, labels: torch.Tensor) -> float:
     return float(np.exp(-np.log(probs[targets]).mean()))
 
 
-def masked_micro_batch(loader: SequenceLoader, params: Params, ddp: Distributed):
-    """This rank's inputs and labels of the next global micro-batch.
+def mask_sequences(rows: torch.Tensor, first_index: int, params: Params):
+    """MLM masks for consecutive stream sequences, each drawn from a generator seeded by
+    (seed, its index in the stream). The masks thus depend on neither the micro-batch
+    size, the accumulation, the number of ranks, nor any saved RNG state: a resumed or
+    re-sharded run masks exactly as the original would have."""
+    inputs, labels = torch.empty_like(rows), torch.empty_like(rows)
+    for i in range(len(rows)):
+        gen = torch.Generator().manual_seed(params.train.seed * 1_000_003 + first_index + i)
+        inputs[i], labels[i] = mask_tokens(rows[i], params.model.vocab_size, params.train.mask_prob, gen)
+    return inputs, labels
 
-    The masks are drawn for the whole global micro-batch from a generator seeded
-    by the stream position, so they depend on neither the number of ranks nor on
-    any saved RNG state: a resumed or re-sharded run masks exactly as before.
-    """
-    micro, position = params.train.micro_batch, loader.position
-    rows = loader.sequences(position, micro * ddp.world_size)
-    gen = torch.Generator().manual_seed(params.train.seed * 1_000_003 + position)
-    inputs, labels = mask_tokens(rows, params.model.vocab_size, params.train.mask_prob, gen)
-    loader.position += micro * ddp.world_size
-    mine = slice(ddp.rank * micro, (ddp.rank + 1) * micro)
-    return inputs[mine], labels[mine], int(labels.ne(-100).sum())
+
+def next_step_batches(loader: SequenceLoader, params: Params, ddp: Distributed, accum: int):
+    """This rank's masked micro-batches for one optimizer step, and the number of masked
+    tokens in the whole global step (all micro-batches, all ranks): the loss is normalised
+    by it, so the gradient is the mean over the global batch however it is split."""
+    micro = params.train.micro_batch
+    batches = []
+    for _ in range(accum):
+        first = loader.position + ddp.rank * micro
+        batches.append(mask_sequences(loader.next_batch(micro, ddp.rank, ddp.world_size), first, params))
+    n_masked = torch.tensor([float(sum(int(lab.ne(-100).sum()) for _, lab in batches))])
+    if ddp.world_size > 1:
+        n_masked = n_masked.to(ddp.device)
+        dist.all_reduce(n_masked)
+    return batches, max(int(n_masked.item()), 1)
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -338,8 +350,8 @@ def train(params: Params, resume: bool = False, stop_at: int | None = None, show
     with StopSignal() as stop:
         while step < last_step:
             loss_sum = torch.zeros((), device=device)
-            for micro_step in range(accum):
-                inputs, labels, n_masked_global = masked_micro_batch(loader, params, ddp)
+            batches, n_masked_global = next_step_batches(loader, params, ddp, accum)
+            for micro_step, (inputs, labels) in enumerate(batches):
                 inputs = inputs.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else inputs
                 labels = labels.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else labels
                 n_local = int(labels.ne(-100).sum())
@@ -348,12 +360,11 @@ def train(params: Params, resume: bool = False, stop_at: int | None = None, show
                 with ctx:
                     with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
                         loss, _ = train_model(inputs, labels)
-                    # Weight each micro-batch by its share of the step's masked tokens, so the
-                    # gradient is the mean over all masked tokens of the global batch.
-                    weight = n_local * ddp.world_size / max(n_masked_global, 1) / accum
-                    loss = loss * weight
+                    # Weight each micro-batch by its share of the step's masked tokens (times the
+                    # world size, which DDP's gradient averaging divides out again).
+                    loss = loss * (n_local * ddp.world_size / n_masked_global)
                     scaler.scale(loss).backward()
-                loss_sum += loss.detach() / ddp.world_size
+                loss_sum += loss.detach() / ddp.world_size  # summed over ranks below: the global mean
             if ddp.world_size > 1:
                 dist.all_reduce(loss_sum)
             step_loss = loss_sum.item()
@@ -380,7 +391,7 @@ def train(params: Params, resume: bool = False, stop_at: int | None = None, show
             bar.update(1)
 
             if ddp.is_main:
-                evaluate_now = step % tc.eval_every == 0 or step == last_step
+                evaluate_now = step % tc.eval_every == 0 or step == tc.steps
                 if evaluate_now:
                     val_ppl = validation_perplexity(model, val_batch, params, device, dtype)
                 if evaluate_now or step % tc.log_every == 0:

@@ -1,0 +1,74 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 1. Train the tokenizer
+#
+# DitBERT reads text through a byte-level BPE vocabulary learned from your own corpus:
+# NFKC normalisation, every digit its own token, and the five special tokens
+# `[PAD] [START] [END] [MASK] [DOC]` at ids 0..4. Byte-level means no text is ever
+# unknown: anything that is not a learned merge falls back to its UTF-8 bytes.
+#
+# Settings come from `params.py`: the preset in `$DITBERT_PRESET` (default `tiny`) and
+# single values in `$DITBERT_SET`, e.g. `DITBERT_SET="data.corpus=a.txt,b.txt"`.
+# With no corpus set, the embedded Wikipedia corpus is used.
+
+# %%
+from pathlib import Path
+
+from model_defs import embedded_corpus_file, iter_corpus_documents, tokenizer_stats, train_tokenizer
+from params import params_from_env
+
+params = params_from_env()
+corpus = params.data.corpus or [str(embedded_corpus_file("data"))]
+holdout_docs = 200  # documents kept out of training to measure the tokenizer on unseen text
+print(f"preset {params.preset}: vocabulary {params.tokenizer.vocab_size}, corpus {corpus}")
+print(f"tokenizer will be written to {params.tokenizer_path}")
+
+# %%
+tok = train_tokenizer(
+    corpus,
+    params.tokenizer.vocab_size,
+    params.tokenizer_path,
+    min_frequency=params.tokenizer.min_frequency,
+    holdout_docs=holdout_docs,
+)
+print(f"learned {tok.get_vocab_size():,} tokens -> {params.tokenizer_path}")
+
+# %% [markdown]
+# ## Round trips
+# Encoding then decoding gives the (NFKC-normalised) text back. Sentence pairs get the
+# template the GLUE fine-tuning uses: `[START] a [DOC] b [END]`.
+
+# %%
+examples = ["The quick brown fox jumps over the lazy dog.", "In 1969, 3 astronauts flew 384,400 km.", "Ünïcödé and emoji 🙂 survive."]
+for text in examples:
+    enc = tok.encode(text, add_special_tokens=False)
+    print(f"{len(enc.ids):3d} tokens  {enc.tokens[:14]}")
+    assert tok.decode(enc.ids) == text, "round trip changed the text"
+pair = tok.encode("A man is playing a guitar.", "Someone plays music.")
+print(pair.tokens)
+
+# %% [markdown]
+# ## Vocabulary statistics on held-out text
+# Tokens per word is what the 128-token window is worth in words: lower means each
+# pretraining sequence carries more text.
+
+# %%
+held_out = list(iter_corpus_documents(corpus))[-holdout_docs:]
+stats = tokenizer_stats(tok, held_out)
+for key, value in stats.items():
+    print(f"{key:>18}: {value:,.3f}" if isinstance(value, float) else f"{key:>18}: {value:,}")
+lengths = sorted(len(t) for t in tok.get_vocab())
+print(f"median token length {lengths[len(lengths) // 2]} characters (byte-level symbols)")

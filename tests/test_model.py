@@ -1,0 +1,130 @@
+"""The encoder, the MLM head and the masking helper."""
+
+import pytest
+import torch
+
+from model_defs import DitBertEncoder, DitBertForMLM, load_model, mask_tokens, parameter_table, save_model, set_dropout
+from params import END_ID, MASK_ID, PAD_ID, SPECIAL_TOKENS, START_ID, ModelConfig
+
+CFG = ModelConfig(vocab_size=300, seq_len=14, n_layers=2, d_model=32, n_heads=4, d_ff=64)
+
+
+def random_ids(batch, length, vocab=300, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(len(SPECIAL_TOKENS), vocab, (batch, length), generator=g)
+    ids[:, 0], ids[:, -1] = START_ID, END_ID
+    return ids
+
+
+def test_masking_statistics_follow_bert():
+    ids = random_ids(400, 130, vocab=5000)
+    ids[:, 100:] = PAD_ID  # a padded tail must never be chosen
+    inputs, labels = mask_tokens(ids, 5000, 0.15, torch.Generator().manual_seed(1))
+    chosen = labels.ne(-100)
+    eligible = ids >= len(SPECIAL_TOKENS)
+    assert not (chosen & ~eligible).any(), "special or padding tokens were chosen"
+    assert torch.equal(labels[chosen], ids[chosen])
+    assert chosen.sum() / eligible.sum() == pytest.approx(0.15, abs=0.005)
+    n = chosen.sum().item()
+    became_mask = (inputs[chosen] == MASK_ID).sum().item() / n
+    unchanged = (inputs[chosen] == ids[chosen]).sum().item() / n
+    assert became_mask == pytest.approx(0.8, abs=0.01)
+    assert unchanged == pytest.approx(0.1 + 0.1 / 5000, abs=0.01)
+    replaced = inputs[chosen & (inputs != MASK_ID) & (inputs != ids)]
+    assert (replaced >= len(SPECIAL_TOKENS)).all(), "a random replacement was a special token"
+    assert torch.equal(inputs[~chosen], ids[~chosen]), "tokens not chosen were changed"
+
+
+def test_masking_is_reproducible_with_a_generator():
+    ids = random_ids(4, 30)
+    a = mask_tokens(ids, 300, 0.15, torch.Generator().manual_seed(7))
+    b = mask_tokens(ids, 300, 0.15, torch.Generator().manual_seed(7))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_padding_does_not_change_real_token_states():
+    torch.manual_seed(0)
+    enc = DitBertEncoder(CFG).eval()
+    ids = random_ids(1, 10)
+    padded = torch.cat([ids, torch.full((1, 6), PAD_ID)], dim=1)
+    short = enc(ids)
+    long = enc(padded, padded.ne(PAD_ID))
+    assert torch.allclose(short, long[:, :10], atol=1e-5)
+    unmasked = enc(padded, torch.ones_like(padded))
+    assert not torch.allclose(short, unmasked[:, :10], atol=1e-3), "the padding mask had no effect"
+
+
+def test_sequence_longer_than_positions_is_an_error():
+    enc = DitBertEncoder(CFG)
+    with pytest.raises(ValueError, match="longer than the model's 16 positions"):
+        enc(random_ids(1, 17))
+
+
+def test_head_at_masked_positions_equals_full_projection():
+    torch.manual_seed(0)
+    model = DitBertForMLM(CFG).eval()
+    ids = random_ids(3, 16)
+    inputs, labels = mask_tokens(ids, 300, 0.3, torch.Generator().manual_seed(0))
+    loss, logits = model(inputs, labels)
+    full = model.head(model.encoder(inputs))
+    ref = torch.nn.functional.cross_entropy(full.view(-1, 300), labels.view(-1), ignore_index=-100)
+    assert torch.allclose(logits, full[labels.ne(-100)], atol=1e-5)
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+
+
+def test_no_masked_token_gives_zero_loss_not_nan():
+    model = DitBertForMLM(CFG)
+    ids = random_ids(2, 8)
+    loss, _ = model(ids, torch.full_like(ids, -100))
+    assert loss.item() == 0.0
+    loss.backward()  # the graph is intact, so every rank of a DDP run can still call backward
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_tied_head_and_save_load_round_trip(tmp_path, tie):
+    cfg = ModelConfig(**{**vars(CFG), "tie_lm_head": tie})
+    model = DitBertForMLM(cfg).eval()
+    assert (model.head.decoder.weight is model.encoder.tok_emb.weight) == tie
+    save_model(model, tmp_path, {"tokens_seen": 123})
+    loaded = load_model(tmp_path).eval()
+    ids = random_ids(2, 12)
+    assert torch.equal(model.head(model.encoder(ids)), loaded.head(loaded.encoder(ids)))
+    assert (loaded.head.decoder.weight is loaded.encoder.tok_emb.weight) == tie
+
+
+def test_positions_start_as_sinusoids():
+    model = DitBertForMLM(CFG)
+    pos = model.encoder.pos_emb.weight
+    assert torch.allclose(pos[0, 1::2], torch.ones(CFG.d_model // 2))  # cos(0) = 1
+    assert torch.allclose(pos[:, 0], torch.sin(torch.arange(CFG.max_positions, dtype=torch.float32)))
+
+
+def test_load_model_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_model(tmp_path)
+    save_model(DitBertForMLM(CFG), tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="model.safetensors"):
+        load_model(tmp_path)
+
+
+def test_parameter_table_counts_tied_weights_once():
+    model = DitBertForMLM(CFG)
+    table = parameter_table(model)
+    total = sum(p.numel() for p in model.parameters())
+    assert f"{total:,}" in table.splitlines()[-1]
+    untied = DitBertForMLM(ModelConfig(**{**vars(CFG), "tie_lm_head": False}))
+    assert sum(p.numel() for p in untied.parameters()) == total + 300 * 32
+
+
+def test_set_dropout_reaches_every_layer():
+    model = DitBertForMLM(CFG)
+    set_dropout(model, 0.1)
+    ps = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert ps and all(p == 0.1 for p in ps)
+    assert all(b.attn.dropout == 0.1 for b in model.encoder.blocks)
+
+
+def test_bad_head_count_is_an_error():
+    with pytest.raises(ValueError, match="not divisible"):
+        DitBertEncoder(ModelConfig(**{**vars(CFG), "n_heads": 5}))
