@@ -1,0 +1,91 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: -all
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Aggregate GLUE results
+#
+# Reads every `results_<task>.csv` that the fine-tuning notebooks wrote under `GLUE-Outputs/`
+# (one folder per run, `<model>-seed<seed>/`, with a `run_info.json`), and builds the table that
+# compares DitBERT with the baselines: `GLUE-aggregated-results.csv` (models as rows), the same
+# table in markdown beside it, and two plots in `GLUE-Outputs/plots/`.
+#
+# Settings come from the environment, with the defaults below:
+#
+# - `GLUE_OUTPUTS`: the folder of run folders (`GLUE-Outputs`);
+# - `GLUE_AGGREGATED_CSV`: the table to write (`GLUE-aggregated-results.csv`; the markdown goes
+#   beside it as `.md`);
+# - `GLUE_PLOTS_DIR`: where the plots go (`<GLUE_OUTPUTS>/plots`).
+
+# %%
+import os
+from pathlib import Path
+
+from IPython.display import Image, display
+
+import glue_results
+
+GLUE_OUTPUTS = Path(os.environ.get("GLUE_OUTPUTS", "GLUE-Outputs"))
+AGGREGATED_CSV = Path(os.environ.get("GLUE_AGGREGATED_CSV", "GLUE-aggregated-results.csv"))
+PLOTS_DIR = Path(os.environ.get("GLUE_PLOTS_DIR", str(GLUE_OUTPUTS / "plots")))
+
+# %% [markdown]
+# ## Conventions
+#
+# Published GLUE numbers are not all computed the same way, so the table carries two conventions
+# side by side and every column says which one it holds:
+#
+# - **`<task>_best`, the original DitBERT convention**: in each run the epoch whose mean of the
+#   task's validation metrics is highest, then the best of the seeds. Optimistic, like most
+#   single-number dev-set results in papers.
+# - **`<task>_final_mean` ± `<task>_final_std`**: the last epoch of each run, mean and sample
+#   standard deviation over the `<task>_seeds` seeds. No selection on the validation set.
+#
+# Scores are percentages. CoLA: Matthews correlation; STS-B: mean of Pearson and Spearman; MRPC
+# and QQP: mean of accuracy and F1; MNLI: matched (`mnli_m`) and mismatched (`mnli_mm`)
+# accuracy; the rest accuracy. **GLUE** is the mean of the eight task scores without WNLI, MNLI
+# counted once as the mean of matched and mismatched. A model missing one of the eight has no GLUE
+# score; `GLUE_partial_*` averages the tasks it has and `GLUE_tasks` says how many. Missing tasks
+# are empty, never zero. Custom tasks such as `demo` get their own columns and are not in GLUE.
+#
+# Runs initialised from the MNLI model (`init` = `mnli` in `run_info.json`) form their own row,
+# `<model>-from-mnli`; the row `<model>+mnli-init` takes RTE, MRPC, STS-B and WNLI from those
+# runs and every other task from the model's own runs, as RoBERTa reports those tasks.
+
+# %%
+results = glue_results.collect(GLUE_OUTPUTS)
+written = glue_results.write_report(results, AGGREGATED_CSV, PLOTS_DIR)
+print(glue_results.markdown_table(results.table))
+for name, path in written.items():
+    print(f"wrote {name}: {path}")
+
+# %% [markdown]
+# The full table as written to the CSV (rounded there to two decimals):
+
+# %%
+display(results.table)
+
+# %% [markdown]
+# ## Plots
+#
+# Per-task scores at the final epoch (bars: mean over seeds, whiskers: standard deviation), and
+# the fine-tuning curves: validation task score after each epoch, mean over seeds with a band of
+# one standard deviation. The curves show whether the best epoch is a peak or where training
+# settles.
+
+# %%
+display(Image(filename=str(written["task_scores"])))
+
+# %%
+display(Image(filename=str(written["curves"])))

@@ -1,0 +1,482 @@
+"""Aggregate GLUE fine-tuning results into one comparison table, a markdown table and plots.
+
+The fine-tuning loop writes one folder per run, ``GLUE-Outputs/<model>-seed<seed>/``, holding a
+``run_info.json`` and one ``results_<task>.csv`` per task (a row per epoch, columns ``epoch``,
+``train_<metric>``, ``validation_<metric>``). Read top to bottom: finding and validating those
+files -> per-epoch task scores -> best and final epoch per run -> the table over seeds -> markdown
+and plots.
+
+Conventions (the README repeats them):
+
+* Scores are percentages (x100). A task's score is the mean of its official validation metrics:
+  CoLA MCC; STS-B mean of Pearson and Spearman; MRPC and QQP mean of accuracy and F1; MNLI mean of
+  matched and mismatched accuracy (both also reported, as ``mnli_m`` and ``mnli_mm``); the other
+  tasks accuracy. A custom task (e.g. ``demo``) scores the mean of its validation metrics, losses
+  excluded. The best epoch of a run is the one with the highest task score, as the original
+  DitBERT chose it.
+* Two conventions side by side, the column name says which: ``<task>_best`` is the original's
+  (best epoch of each run, then the best seed); ``<task>_final_mean`` / ``<task>_final_std`` are
+  the last epoch's mean and sample standard deviation over seeds (``<task>_seeds`` runs; the std
+  needs two).
+* ``GLUE_*`` is the mean of the eight task scores without WNLI, MNLI counted once as the mean of
+  matched and mismatched (the GLUE paper's macro-average). A model missing any of the eight has no
+  GLUE score (NaN); ``GLUE_partial_*`` then averages the tasks it has and ``GLUE_tasks`` counts
+  them. Missing tasks are NaN (``–`` in markdown), never zero. Custom tasks never enter GLUE.
+* A run whose ``init`` is ``mnli`` gets its own label, ``<model>-from-mnli``. Each model that has
+  such runs also gets a row ``<model>+mnli-init``: its own runs, with RTE, MRPC, STS-B and WNLI
+  taken from the MNLI-initialised runs where they exist (how RoBERTa reports those tasks).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
+GLUE_SCORE_TASKS = tuple(t for t in GLUE_TASKS if t != "wnli")  # WNLI is left out of the average
+MNLI_INIT_TASKS = ("rte", "mrpc", "stsb", "wnli")
+MNLI_SUFFIX = "-from-mnli"
+RANDOM_SUFFIX = "-random-init"
+COMBINED_SUFFIX = "+mnli-init"
+
+# Report column -> the validation metrics averaged into it. A task's score averages all its metrics.
+TASK_METRICS = {
+    "cola": {"cola": ["validation_mcc"]},
+    "sst2": {"sst2": ["validation_accuracy"]},
+    "mrpc": {"mrpc": ["validation_accuracy", "validation_f1"]},
+    "stsb": {"stsb": ["validation_pearson", "validation_spearman"]},
+    "qqp": {"qqp": ["validation_accuracy", "validation_f1"]},
+    "mnli": {
+        "mnli_m": ["validation_matched_accuracy"],
+        "mnli_mm": ["validation_mismatched_accuracy"],
+    },
+    "qnli": {"qnli": ["validation_accuracy"]},
+    "rte": {"rte": ["validation_accuracy"]},
+    "wnli": {"wnli": ["validation_accuracy"]},
+}
+# The GLUE columns of the table, in the order published tables use.
+GLUE_COLUMNS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli_m", "mnli_mm", "qnli", "rte", "wnli")
+PRETTY = {
+    "cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "qqp": "QQP",
+    "mnli_m": "MNLI-m", "mnli_mm": "MNLI-mm", "qnli": "QNLI", "rte": "RTE", "wnli": "WNLI",
+}  # fmt: skip
+
+RUN_KEYS = ["run", "model", "base_model", "init", "seed", "task"]
+RUN_DIR_NAME = re.compile(r"^(?P<model>.+)-seed(?P<seed>\d+)$")
+
+
+@dataclass
+class Aggregation:
+    """Everything the aggregation step produces, from raw epochs to the final table."""
+
+    scores: pd.DataFrame  # one row per run, task, epoch and report column (value in %)
+    selected: pd.DataFrame  # the best and the final epoch of every run and task
+    table: pd.DataFrame  # models as rows, both conventions as columns
+
+
+# --------------------------------------------------------------------------- reading runs
+
+
+def find_results(root: str | Path) -> list[Path]:
+    """Every ``results_<task>.csv`` below ``root``, in a stable order."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"GLUE outputs folder {root} does not exist: run the fine-tuning notebooks first, "
+            "or point GLUE_OUTPUTS at the folder they wrote"
+        )
+    files = sorted(root.rglob("results_*.csv"))
+    if not files:
+        raise FileNotFoundError(f"no results_<task>.csv files found anywhere under {root}")
+    return files
+
+
+def read_run_info(run_dir: str | Path) -> dict:
+    """The run's model name, seed and initialisation from ``run_info.json``.
+
+    Without that file the folder name ``<model>-seed<N>`` (the layout the fine-tuning loop
+    writes) still identifies the run, so it is used with a warning and ``init`` "unknown";
+    any other folder name is an error, because guessing would mix runs of different models.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / "run_info.json"
+    if not path.exists():
+        match = RUN_DIR_NAME.match(run_dir.name)
+        if match is None:
+            raise FileNotFoundError(
+                f"{path} is missing and the folder name {run_dir.name!r} is not "
+                "'<model>-seed<N>', so the results beside it cannot be given a model and seed"
+            )
+        warnings.warn(f"{path} is missing; labelling the run from its folder name", stacklevel=2)
+        return {"model": match["model"], "seed": int(match["seed"]), "init": "unknown"}
+    try:
+        info = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
+    missing = [key for key in ("model", "seed") if key not in info]
+    if missing:
+        raise ValueError(f"{path} lacks {missing}; keys present: {sorted(info)}")
+    try:
+        seed = int(info["seed"])
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: seed {info['seed']!r} is not an integer") from err
+    return {"model": str(info["model"]), "seed": seed, "init": str(info.get("init", "unknown"))}
+
+
+def model_label(model: str, init: str) -> str:
+    """The table row a run belongs to: MNLI-initialised and random-init runs get their own row."""
+    if init == "mnli" and "mnli" not in model:
+        return model + MNLI_SUFFIX
+    if init == "random" and "random" not in model:
+        return model + RANDOM_SUFFIX
+    return model
+
+
+def base_model(label: str) -> str:
+    """The model an MNLI-initialised label derives from (the label itself otherwise)."""
+    return label.removesuffix(MNLI_SUFFIX)
+
+
+def read_task_csv(path: str | Path) -> pd.DataFrame:
+    """One results CSV, checked: an integer ``epoch`` column without repeats, at least one row."""
+    path = Path(path)
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError) as err:
+        raise ValueError(f"{path} cannot be read as CSV: {err}") from err
+    if "epoch" not in frame.columns:
+        raise ValueError(f"{path} has no 'epoch' column (columns: {list(frame.columns)})")
+    if frame.empty:
+        raise ValueError(f"{path} has a header but no epoch rows")
+    epoch = pd.to_numeric(frame["epoch"], errors="coerce")
+    if epoch.isna().any() or (epoch != epoch.round()).any():
+        raise ValueError(f"{path}: the 'epoch' column must hold whole numbers, got {frame['epoch'].tolist()}")
+    frame["epoch"] = epoch.astype(int)
+    repeated = sorted(set(frame.loc[frame["epoch"].duplicated(), "epoch"]))
+    if repeated:
+        raise ValueError(f"{path}: epoch(s) {repeated} appear more than once; remove the stale rows")
+    return frame.sort_values("epoch", ignore_index=True)
+
+
+def report_metrics(task: str, columns, path: str | Path = "") -> dict[str, list[str]]:
+    """Report column -> validation metric columns for ``task``; extra columns are ignored.
+
+    A GLUE task must have its official metrics. A custom task uses every ``validation_*``
+    column except losses, since lower is better for a loss and it would spoil the mean.
+    """
+    columns = list(columns)
+    if task in TASK_METRICS:
+        wanted = TASK_METRICS[task]
+    else:
+        metrics = [c for c in columns if c.startswith("validation_") and "loss" not in c]
+        if not metrics:
+            raise ValueError(f"{path}: custom task {task!r} has no validation_<metric> column (columns: {columns})")
+        wanted = {task: metrics}
+    missing = [m for metrics in wanted.values() for m in metrics if m not in columns]
+    if missing:
+        raise ValueError(f"{path}: task {task!r} needs column(s) {missing}; columns present: {columns}")
+    return wanted
+
+
+def _numeric(frame: pd.DataFrame, columns: list[str], path: str | Path) -> pd.DataFrame:
+    values = frame[columns].apply(pd.to_numeric, errors="coerce")
+    bad = [c for c in columns if (values[c].isna() & frame[c].notna()).any()]
+    if bad:
+        raise ValueError(f"{path}: non-numeric values in column(s) {bad}")
+    return values
+
+
+def epoch_scores(task: str, frame: pd.DataFrame, path: str | Path = "") -> pd.DataFrame:
+    """Per epoch, the task score (column named after the task) and each report column, in %.
+
+    A metric that is NaN in some epoch makes that epoch's score NaN rather than the mean of
+    the rest, so an epoch never looks better because one of its metrics failed.
+    """
+    wanted = report_metrics(task, frame.columns, path)
+    every_metric = [m for metrics in wanted.values() for m in metrics]
+    values = _numeric(frame, every_metric, path) * 100
+    wide = pd.DataFrame({"epoch": frame["epoch"]})
+    for column, metrics in wanted.items():
+        wide[column] = values[metrics].mean(axis=1, skipna=False)
+    wide[task] = values[every_metric].mean(axis=1, skipna=False)
+    return wide.melt(id_vars="epoch", var_name="column", value_name="value")
+
+
+def load_scores(root: str | Path = "GLUE-Outputs") -> pd.DataFrame:
+    """All per-epoch scores under ``root``: columns run, model, base_model, init, seed, task, epoch, column, value."""
+    root = Path(root)
+    infos: dict[Path, dict] = {}
+    parts = []
+    for path in find_results(root):
+        if path.parent not in infos:
+            infos[path.parent] = read_run_info(path.parent)
+        info = infos[path.parent]
+        task = path.stem.removeprefix("results_")
+        label = model_label(info["model"], info["init"])
+        scores = epoch_scores(task, read_task_csv(path), path)
+        parts.append(
+            scores.assign(
+                run=path.parent.relative_to(root).as_posix(),
+                model=label,
+                base_model=base_model(label),
+                init=info["init"],
+                seed=info["seed"],
+                task=task,
+            )
+        )
+    return pd.concat(parts, ignore_index=True)[RUN_KEYS + ["epoch", "column", "value"]]
+
+
+# --------------------------------------------------------------------------- epochs and seeds
+
+
+def select_epochs(scores: pd.DataFrame) -> pd.DataFrame:
+    """The best epoch (highest task score, earliest on ties) and the final epoch of each run and task.
+
+    Returns the rows of ``scores`` at those epochs with a ``selection`` column, "best" or "final".
+    """
+    keys = ["run", "task"]
+    task_rows = scores[scores["column"] == scores["task"]]
+    ranked = task_rows.dropna(subset=["value"]).sort_values(["value", "epoch"], ascending=[False, True])
+    best = ranked.drop_duplicates(keys)[keys + ["epoch"]].assign(selection="best")
+    final = task_rows.sort_values("epoch").drop_duplicates(keys, keep="last")[keys + ["epoch"]]
+    chosen = pd.concat([best, final.assign(selection="final")], ignore_index=True)
+    return chosen.merge(scores, on=keys + ["epoch"])[RUN_KEYS + ["selection", "epoch", "column", "value"]]
+
+
+def with_mnli_init_rows(selected: pd.DataFrame) -> pd.DataFrame:
+    """Add a ``<model>+mnli-init`` row for every model that has MNLI-initialised runs.
+
+    It holds the model's own runs, with each of RTE, MRPC, STS-B and WNLI replaced by the
+    MNLI-initialised runs of that task where those exist.
+    """
+    parts = [selected]
+    labels = set(selected["model"])
+    for label in sorted(labels):
+        base = base_model(label)
+        if label == base or base not in labels:
+            continue
+        from_mnli = selected[(selected["model"] == label) & selected["task"].isin(MNLI_INIT_TASKS)]
+        own = selected[(selected["model"] == base) & ~selected["task"].isin(set(from_mnli["task"]))]
+        parts.append(pd.concat([own, from_mnli]).assign(model=base + COMBINED_SUFFIX, base_model=base))
+    return pd.concat(parts, ignore_index=True)
+
+
+def _best_seed(best: pd.DataFrame) -> pd.DataFrame:
+    """Per model and task, the run whose best epoch scored highest (lowest seed on ties)."""
+    task_rows = best[best["column"] == best["task"]]
+    winners = task_rows.sort_values(["value", "seed"], ascending=[False, True]).drop_duplicates(["model", "task"])
+    return best.merge(winners[["model", "task", "run"]], on=["model", "task", "run"])
+
+
+def _glue_average(task_scores: pd.DataFrame) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """(full GLUE score or NaN, mean over the tasks present, number of tasks present)."""
+    present = task_scores.reindex(columns=list(GLUE_SCORE_TASKS))
+    count = present.notna().sum(axis=1)
+    partial = present.mean(axis=1)
+    return partial.where(count == len(GLUE_SCORE_TASKS)), partial, count
+
+
+def aggregate(selected: pd.DataFrame) -> pd.DataFrame:
+    """The comparison table: a row per model; per report column ``_best``, ``_final_mean``,
+    ``_final_std`` and ``_seeds``; the GLUE task columns, then ``GLUE_*``, then custom tasks.
+
+    Every GLUE column is present even when no model ran that task, so a gap stays visible.
+    """
+    models = sorted(selected["model"].unique())
+    custom = sorted(set(selected["task"]) - set(GLUE_TASKS))
+    every = [*GLUE_COLUMNS, "mnli", *custom]  # reindexing to these turns a task not run into NaN
+    best = _best_seed(selected[selected["selection"] == "best"])
+    best = best.pivot_table(index="model", columns="column", values="value", aggfunc="first")
+    best = best.reindex(index=models, columns=every)
+    final = selected[selected["selection"] == "final"].groupby(["model", "column"])["value"]
+    final_mean = final.mean().unstack().reindex(index=models, columns=every)
+    final_std = final.std().unstack().reindex(index=models, columns=every)
+    seeds = final.count().unstack().reindex(index=models, columns=every).fillna(0).astype(int)
+
+    table = pd.DataFrame(index=pd.Index(models, name="model"))
+    table["init"] = selected.groupby("model")["init"].agg(lambda s: "+".join(sorted(set(s))))
+
+    def add(columns):
+        for column in columns:
+            table[f"{column}_best"] = best[column]
+            table[f"{column}_final_mean"] = final_mean[column]
+            table[f"{column}_final_std"] = final_std[column]
+            table[f"{column}_seeds"] = seeds[column]
+
+    add(GLUE_COLUMNS)
+    table["GLUE_best"], table["GLUE_partial_best"], table["GLUE_tasks"] = _glue_average(best)
+    table["GLUE_final_mean"], table["GLUE_partial_final_mean"], _ = _glue_average(final_mean)
+    add(custom)
+    return table.reset_index()
+
+
+def collect(root: str | Path = "GLUE-Outputs", mnli_init_rows: bool = True) -> Aggregation:
+    """Read every run under ``root`` and build the table (with ``+mnli-init`` rows unless disabled)."""
+    scores = load_scores(root)
+    selected = select_epochs(scores)
+    table_rows = with_mnli_init_rows(selected) if mnli_init_rows else selected
+    return Aggregation(scores=scores, selected=selected, table=aggregate(table_rows))
+
+
+# --------------------------------------------------------------------------- markdown
+
+
+def _fmt(value: float) -> str:
+    return "–" if pd.isna(value) else f"{value:.1f}"
+
+
+def _fmt_mean_std(mean: float, std: float) -> str:
+    if pd.isna(mean) or pd.isna(std):
+        return _fmt(mean)  # a single seed has no spread to report
+    return f"{_fmt(mean)} ± {std:.1f}"
+
+
+def _task_columns(table: pd.DataFrame) -> list[str]:
+    """Report columns present in the table: the GLUE ones, then custom tasks."""
+    names = [c.removesuffix("_best") for c in table.columns if c.endswith("_best") and not c.startswith("GLUE")]
+    return [c for c in GLUE_COLUMNS if c in names] + [c for c in names if c not in GLUE_COLUMNS]
+
+
+def _seed_range(row: pd.Series, columns: list[str]) -> str:
+    counts = sorted({int(row[f"{c}_seeds"]) for c in columns if row[f"{c}_seeds"] > 0})
+    if not counts:
+        return "0"
+    return str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """Both conventions as two markdown tables, each headed by what its numbers mean."""
+    columns = _task_columns(table)
+    custom = [c for c in columns if c not in GLUE_COLUMNS]
+    partial = bool((table["GLUE_tasks"] < len(GLUE_SCORE_TASKS)).any())
+    sections = []
+    for title, convention in (
+        ("Original convention: best epoch of each run, best seed", "best"),
+        ("Final epoch: mean ± std over seeds", "final"),
+    ):
+        rows = []
+        for _, row in table.iterrows():
+            cells = {"model": row["model"], "seeds": _seed_range(row, columns)}
+            for column in columns:
+                if convention == "best":
+                    cell = _fmt(row[f"{column}_best"])
+                else:
+                    cell = _fmt_mean_std(row[f"{column}_final_mean"], row[f"{column}_final_std"])
+                cells[PRETTY.get(column, f"{column} (custom)")] = cell
+                if column == "wnli":
+                    glue_key = "GLUE_best" if convention == "best" else "GLUE_final_mean"
+                    cells["GLUE"] = _fmt(row[glue_key])
+                    if partial:
+                        value = row[glue_key.replace("GLUE_", "GLUE_partial_")]
+                        n = row["GLUE_tasks"]
+                        cells["GLUE partial"] = f"{_fmt(value)} ({n}/{len(GLUE_SCORE_TASKS)})" if n else "–"
+            rows.append(cells)
+        sections.append(f"**{title}**\n\n" + pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True))
+    notes = (
+        "Scores x100 on the validation sets. CoLA: MCC; STS-B: mean of Pearson and Spearman; "
+        "MRPC, QQP: mean of accuracy and F1; MNLI: matched / mismatched accuracy; others: accuracy. "
+        f"GLUE: mean of the {len(GLUE_SCORE_TASKS)} tasks without WNLI, MNLI counted once as the mean "
+        "of m and mm; given only when all are present"
+        + (" (GLUE partial: mean over the tasks present, and how many)" if partial else "")
+        + ". – = not run."
+        + (f" Custom tasks ({', '.join(custom)}) are not part of GLUE." if custom else "")
+    )
+    return "\n\n".join(sections + [notes]) + "\n"
+
+
+# --------------------------------------------------------------------------- plots
+# Figures are built with matplotlib's object API (no pyplot): they render headless through
+# Agg and leave no global figure state behind in a notebook or a test.
+
+
+def _palette(models: list[str]) -> dict[str, tuple]:
+    import seaborn as sns
+
+    return dict(zip(models, sns.color_palette("tab10", n_colors=max(len(models), 1))))
+
+
+def plot_task_scores(selected: pd.DataFrame):
+    """Bars per task and model at the final epoch; error bars are the std over seeds."""
+    import seaborn as sns
+    from matplotlib.figure import Figure
+
+    final = selected[(selected["selection"] == "final") & (selected["column"] != "mnli")]
+    present = set(final["column"])
+    order = [c for c in GLUE_COLUMNS if c in present] + sorted(present - set(GLUE_COLUMNS))
+    models = sorted(final["model"].unique())
+    fig = Figure(figsize=(max(6.0, 0.6 * len(order) * (1 + 0.25 * len(models))), 4.5), layout="constrained")
+    ax = fig.subplots()
+    sns.barplot(
+        data=final, x="column", y="value", hue="model", order=order, hue_order=models,
+        palette=_palette(models), errorbar="sd", capsize=0.1, ax=ax,
+    )  # fmt: skip
+    ax.set_xticks(range(len(order)), [PRETTY.get(c, c) for c in order])
+    ax.set(xlabel="", ylabel="validation score (%)", title="Final epoch, mean ± std over seeds")
+    ax.legend(title="model", fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return fig
+
+
+def plot_curves(scores: pd.DataFrame):
+    """Validation task score against epoch, one panel per task, a line per model (band = std over seeds)."""
+    import seaborn as sns
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
+    rows = scores[scores["column"] == scores["task"]]
+    tasks = [t for t in GLUE_TASKS if t in set(rows["task"])] + sorted(set(rows["task"]) - set(GLUE_TASKS))
+    models = sorted(rows["model"].unique())
+    palette = _palette(models)
+    ncols = min(3, len(tasks))
+    nrows = math.ceil(len(tasks) / ncols)
+    fig = Figure(figsize=(4.0 * ncols + 2.0, 3.0 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax, task in zip(axes, tasks):
+        data = rows[rows["task"] == task]
+        sns.lineplot(
+            data=data, x="epoch", y="value", hue="model", hue_order=models, palette=palette,
+            errorbar="sd", marker="o", legend=False, ax=ax,
+        )  # fmt: skip
+        name = PRETTY.get(task, task)
+        ax.set(title="MNLI (mean of m, mm)" if task == "mnli" else name, xlabel="epoch", ylabel="score (%)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax in axes[len(tasks) :]:
+        ax.set_visible(False)
+    handles = [Line2D([], [], color=palette[m], marker="o", label=m) for m in models]
+    fig.legend(handles=handles, title="model", loc="outside right upper", fontsize="small")
+    fig.suptitle("Fine-tuning curves: validation score per epoch")
+    return fig
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def write_report(
+    result: Aggregation,
+    csv_path: str | Path = "GLUE-aggregated-results.csv",
+    plots_dir: str | Path = "GLUE-Outputs/plots",
+    markdown_path: str | Path | None = None,
+) -> dict[str, Path]:
+    """Write the table (CSV rounded to 2 decimals, markdown beside it unless given) and both plots.
+
+    Returns the written paths under the keys csv, markdown, task_scores, curves.
+    """
+    csv_path = Path(csv_path)
+    markdown_path = Path(markdown_path) if markdown_path else csv_path.with_suffix(".md")
+    plots_dir = Path(plots_dir)
+    for folder in (csv_path.parent, markdown_path.parent, plots_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    result.table.round(2).to_csv(csv_path, index=False)
+    markdown_path.write_text(markdown_table(result.table))
+    paths = {"csv": csv_path, "markdown": markdown_path}
+    for name, figure in (("task_scores", plot_task_scores(result.selected)), ("curves", plot_curves(result.scores))):
+        paths[name] = plots_dir / f"{name.replace('_', '-')}.png"
+        figure.savefig(paths[name], dpi=110)
+    return paths
