@@ -121,14 +121,30 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.out = nn.Linear(cfg.d_model, cfg.d_model)
         self.dropout = cfg.dropout
+        if cfg.attention not in ("sdpa", "math"):
+            raise ValueError(f"model.attention must be 'sdpa' or 'math', got {cfg.attention!r}")
+        self.use_sdpa = cfg.attention == "sdpa"
 
-    def forward(self, x, key_mask):
+    def forward(self, x, key_mask, keep=None):
+        """(B, T, D) -> (B, T, D), or (N, D) at the N positions where `keep` (B, T) is True."""
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)  # (B, nh, T, hs) each
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=key_mask, dropout_p=self.dropout if self.training else 0.0
-        )  # (B, nh, T, hs)
-        return self.out(y.transpose(1, 2).reshape(B, T, D))
+        p = self.dropout if self.training else 0.0
+        if self.use_sdpa:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=p)  # (B, nh, T, hs)
+        else:
+            y = self.reference_attention(q, k, v, key_mask, p)
+        y = y.transpose(1, 2).reshape(B, T, D)
+        return self.out(y if keep is None else y[keep])
+
+    @staticmethod
+    def reference_attention(q, k, v, key_mask, dropout_p: float):
+        """softmax(q k^T / sqrt(hs)) v written out, materialising the (B, nh, T, T) scores: the
+        baseline that SDPA's fused kernels are checked and timed against (model.attention=math)."""
+        scores = (q @ k.transpose(-2, -1)) * q.size(-1) ** -0.5  # (B, nh, T, T)
+        if key_mask is not None:
+            scores = scores.masked_fill(~key_mask, float("-inf"))
+        return F.dropout(scores.softmax(-1), dropout_p) @ v
 
 
 class FeedForward(nn.Module):
@@ -152,8 +168,10 @@ class Block(nn.Module):
         self.ffn = FeedForward(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, key_mask):
-        x = x + self.drop(self.attn(self.ln_attn(x), key_mask))
+    def forward(self, x, key_mask, keep=None):
+        """With `keep` (B, T), every position is attended to, but the rest of the block (output
+        projection, FFN) runs only at the kept positions: (N, D)."""
+        x = (x if keep is None else x[keep]) + self.drop(self.attn(self.ln_attn(x), key_mask, keep))
         return x + self.drop(self.ffn(self.ln_ffn(x)))
 
 
@@ -180,8 +198,10 @@ class DitBertEncoder(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_final = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
 
-    def forward(self, input_ids, attention_mask=None):
-        """input_ids (B, T) -> hidden states (B, T, D). attention_mask (B, T) is 1 for real tokens."""
+    def forward(self, input_ids, attention_mask=None, keep=None):
+        """input_ids (B, T) -> hidden states (B, T, D). attention_mask (B, T) is 1 for real tokens.
+        With `keep` (B, T bool), only the hidden states at those positions: (N, D); the last block
+        then skips its work after attention everywhere else (pretraining needs only masked ones)."""
         B, T = input_ids.shape
         if T > self.cfg.max_positions:
             raise ValueError(f"sequence of {T} tokens is longer than the model's {self.cfg.max_positions} positions")
@@ -192,8 +212,8 @@ class DitBertEncoder(nn.Module):
             key_mask = None  # no padding: lets SDPA pick its fastest kernel
         pos = torch.arange(T, device=input_ids.device)
         x = self.drop(self.ln_emb(self.tok_emb(input_ids) + self.pos_emb(pos)))
-        for block in self.blocks:
-            x = block(x, key_mask)
+        for i, block in enumerate(self.blocks):
+            x = block(x, key_mask, keep if i == len(self.blocks) - 1 else None)
         return self.ln_final(x)
 
 
@@ -213,8 +233,9 @@ class MLMHead(nn.Module):
 
 
 class DitBertForMLM(nn.Module):
-    """The pretraining model. The head runs only at masked positions: most of the vocabulary
-    projection's cost is skipped, since 85% of positions carry no loss."""
+    """The pretraining model. The last block's output projection and FFN, the final LayerNorm and
+    the head run only at masked positions (cfg.mlm_masked_only): most of the vocabulary
+    projection's cost, and most of the last block's, is skipped, since 85% of positions carry no loss."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -223,13 +244,18 @@ class DitBertForMLM(nn.Module):
         self.head = MLMHead(cfg, self.encoder.tok_emb)
         self.apply(init_weights)
         with torch.no_grad():
-            self.encoder.pos_emb.weight.copy_(sinusoid_table(cfg.max_positions, cfg.d_model))
+            table = sinusoid_table(cfg.max_positions, cfg.d_model)
+            if cfg.pos_init_std > 0:  # rescale to the token embeddings' size (sin/cos have std 1/sqrt 2)
+                table = table * (cfg.pos_init_std * math.sqrt(2.0))
+            self.encoder.pos_emb.weight.copy_(table)
 
     def forward(self, input_ids, labels, attention_mask=None):
         """Mean cross-entropy over positions with labels != -100, and the logits there (N, V)."""
-        h = self.encoder(input_ids, attention_mask)
         masked = labels.ne(-100)
-        logits = self.head(h[masked])  # (N, V), N = number of masked tokens
+        if self.cfg.mlm_masked_only:  # after the last attention, only the N masked positions are computed
+            logits = self.head(self.encoder(input_ids, attention_mask, keep=masked))  # (N, V)
+        else:  # the reference: every position through the last block and the head (B, T, V), then the masked ones
+            logits = self.head(self.encoder(input_ids, attention_mask))[masked]
         # sum / N rather than mean, so a batch without masked tokens gives 0 instead of NaN
         loss = F.cross_entropy(logits.float(), labels[masked], reduction="sum") / masked.sum().clamp(min=1)
         return loss, logits
@@ -542,15 +568,22 @@ def load_model(model_dir: str | Path, map_location: str = "cpu") -> DitBertForML
     for p in (config_path, weights_path):
         if not p.is_file():
             raise FileNotFoundError(f"{p} does not exist: {model_dir} is not a saved DitBERT model")
-    cfg = ModelConfig(**json.loads(config_path.read_text())["model"])
+    try:
+        cfg = ModelConfig(**json.loads(config_path.read_text(encoding="utf-8"))["model"])
+    except (ValueError, KeyError, TypeError) as err:  # bad JSON, no "model" section, unknown settings
+        raise ValueError(f"{config_path} is not a DitBERT config ({type(err).__name__}: {err})") from None
     model = DitBertForMLM(cfg)
     try:
         state = load_file(str(weights_path), device=map_location)
     except Exception as err:
         raise ValueError(f"{weights_path} is not a readable safetensors file: {err}") from None
-    if cfg.tie_lm_head:
+    if cfg.tie_lm_head and "encoder.tok_emb.weight" in state:
         state["head.decoder.weight"] = state["encoder.tok_emb.weight"]
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # tensors of other shapes than the config gives
+        detail = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err)[:300])
+        raise ValueError(f"{weights_path} does not match {config_path}: {detail}") from None
     if missing or unexpected:
-        raise ValueError(f"{weights_path} does not match its config: missing {missing}, unexpected {unexpected}")
+        raise ValueError(f"{weights_path} does not match {config_path}: missing {missing}, unexpected {unexpected}")
     return model

@@ -48,6 +48,12 @@ class ModelConfig:
     dropout: float = 0.0  # pretraining dropout; fine-tuning sets finetune.dropout
     tie_lm_head: bool = True  # share the token embedding with the MLM output projection
     layer_norm_eps: float = 1e-5
+    # Per-dimension std the sinusoid position table starts at; 0 = unit amplitude (std 0.71),
+    # which is 35x the 0.02 token embeddings and hides the tokens after the embedding LayerNorm.
+    pos_init_std: float = 0.0
+    # Speed switches: they change neither the weights nor the results (tests/test_optimisations.py).
+    attention: str = "sdpa"  # sdpa = fused kernels (flash / memory-efficient on CUDA); math = plain matmul-softmax reference
+    mlm_masked_only: bool = True  # last block after attention + MLM head at masked positions only; False = everywhere
 
     @property
     def max_positions(self) -> int:
@@ -85,6 +91,9 @@ class TrainConfig:
     device: str = "auto"  # auto = cuda when available, else cpu
     dtype: str = "auto"  # auto = bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU
     compile: bool = False  # torch.compile the model
+    fused_adamw: bool = True  # one fused AdamW kernel (CPU and CUDA) instead of a loop over tensors
+    tf32: bool = True  # CUDA only: TF32 tensor cores for fp32 matmuls and convolutions
+    pin_memory: bool = True  # CUDA only: copy batches from page-locked memory, without blocking
     max_nonfinite_steps: int = 5  # stop after this many non-finite losses in a row
     threads: int = 0  # CPU threads for torch; 0 = torch's default
 

@@ -108,7 +108,15 @@ def build_optimizer(model: torch.nn.Module, cfg, device: torch.device) -> torch.
     for name, p in model.named_parameters():
         (decay if p.dim() >= 2 and "pos_emb" not in name else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=device.type == "cuda")
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=cfg.fused_adamw)
+
+
+def to_device(batch: torch.Tensor, device: torch.device, pin_memory: bool) -> torch.Tensor:
+    """Host -> GPU copy. From page-locked memory the copy is asynchronous (non_blocking), so it
+    overlaps with GPU work already queued; on the CPU there is nothing to copy."""
+    if device.type != "cuda":
+        return batch
+    return batch.pin_memory().to(device, non_blocking=True) if pin_memory else batch.to(device)
 
 
 def check_output_dir(out_dir: Path, model: torch.nn.Module) -> None:
@@ -188,13 +196,21 @@ def next_step_batches(loader: SequenceLoader, params: Params, ddp: Distributed, 
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """torch.save to a temporary file in the same folder, fsync, rename: atomic."""
+    """torch.save to a temporary file in the same folder, fsync, rename: atomic. When the write
+    fails (a full disk, say) the partial temporary file is removed and the previous checkpoint stays."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(state, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise OSError(err.errno, f"could not write checkpoint {path}: {err.strerror or err}; "
+                                     f"the previous checkpoint is unchanged") from None
+        raise
 
 
 def load_checkpoint(path: Path, params: Params) -> dict:
@@ -204,6 +220,14 @@ def load_checkpoint(path: Path, params: Params) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
+        import pickle
+
+        if isinstance(err, pickle.UnpicklingError) and "GLOBAL" in str(err):  # names a class or function
+            detail = next((line.strip() for line in str(err).splitlines() if "GLOBAL" in line), "")
+            raise ValueError(
+                f"checkpoint {path} was refused: it holds Python objects other than tensors and plain data, and "
+                f"loading them could run code from the file ({detail[:200]}). A DitBERT checkpoint holds none."
+            ) from None
         raise ValueError(f"checkpoint {path} is corrupt or truncated and cannot be read ({type(err).__name__}: {err})") from None
     if not isinstance(state, dict) or "model" not in state or "params" not in state:
         raise ValueError(f"checkpoint {path} is not a DitBERT training checkpoint")
@@ -286,8 +310,8 @@ def train(params: Params, resume: bool = False, stop_at: int | None = None, show
     if tc.threads:
         torch.set_num_threads(tc.threads)
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = tc.tf32
+        torch.backends.cudnn.allow_tf32 = tc.tf32
 
     model = DitBertForMLM(params.model).to(device)
     if ddp.is_main:
@@ -352,9 +376,8 @@ def train(params: Params, resume: bool = False, stop_at: int | None = None, show
             loss_sum = torch.zeros((), device=device)
             batches, n_masked_global = next_step_batches(loader, params, ddp, accum)
             for micro_step, (inputs, labels) in enumerate(batches):
-                inputs = inputs.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else inputs
-                labels = labels.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else labels
-                n_local = int(labels.ne(-100).sum())
+                n_local = int(labels.ne(-100).sum())  # counted on the host: no wait for the GPU
+                inputs, labels = to_device(inputs, device, tc.pin_memory), to_device(labels, device, tc.pin_memory)
                 sync = micro_step == accum - 1
                 ctx = train_model.no_sync() if ddp.world_size > 1 and not sync else contextlib.nullcontext()
                 with ctx:
@@ -368,20 +391,26 @@ def train(params: Params, resume: bool = False, stop_at: int | None = None, show
             if ddp.world_size > 1:
                 dist.all_reduce(loss_sum)
             step_loss = loss_sum.item()
-            if not ddp.all_true(math.isfinite(step_loss)):
+            grad_norm = float("nan")
+            if math.isfinite(step_loss):
+                scaler.unscale_(optimizer)
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip).item()
+            # A finite loss can still give an inf/NaN gradient, and one such step turns every weight
+            # into NaN. fp16's GradScaler skips those steps itself (and lowers its scale) so is left to it.
+            grads_ok = scaler.is_enabled() or math.isfinite(grad_norm)
+            if not ddp.all_true(math.isfinite(step_loss) and grads_ok):
                 nonfinite_in_a_row += 1
                 optimizer.zero_grad(set_to_none=True)
                 scaler.update(scaler.get_scale() / 2) if scaler.is_enabled() else None
-                tqdm.write(f"step {step + 1}: non-finite loss ({step_loss}); step skipped")
+                what = f"loss ({step_loss})" if not math.isfinite(step_loss) else f"gradient (norm {grad_norm}, loss {step_loss:.4f})"
+                tqdm.write(f"step {step + 1}: non-finite {what}; step skipped")
                 if nonfinite_in_a_row >= tc.max_nonfinite_steps:
                     raise FloatingPointError(
-                        f"training stopped at step {step + 1}: {nonfinite_in_a_row} non-finite losses in a row; "
-                        f"lower train.lr or check the data. The last good checkpoint is {ckpt_path}"
+                        f"training stopped at step {step + 1}: {nonfinite_in_a_row} non-finite losses or gradients "
+                        f"in a row; lower train.lr or check the data. The last good checkpoint is {ckpt_path}"
                     )
                 continue
             nonfinite_in_a_row = 0
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
