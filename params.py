@@ -151,7 +151,9 @@ def _base() -> Params:
 def _tiny() -> Params:
     p = Params(preset="tiny")
     p.tokenizer = TokenizerConfig(vocab_size=8192)
-    p.model = ModelConfig(vocab_size=8192, n_layers=4, d_model=256, n_heads=4, d_ff=1024)
+    # pos_init_std: position table at the token embeddings' scale; at unit amplitude it hides the
+    # tokens and short pretraining collapses the hidden states (pretraining_value.py measures it).
+    p.model = ModelConfig(vocab_size=8192, n_layers=4, d_model=256, n_heads=4, d_ff=1024, pos_init_std=0.02)
     p.data = DataConfig(val_fraction=0.02, val_sequences=128)
     p.train = TrainConfig(
         out_dir="runs/tiny/pretrain",
@@ -165,7 +167,8 @@ def _tiny() -> Params:
         eval_every=100,
         log_every=10,
     )
-    p.finetune = FinetuneConfig(lr=1e-4, warmup_epochs=0.2, epochs=2, max_len=130)
+    # mean pooling: MLM never trains the [START] position, so a short pretraining gives it nothing
+    p.finetune = FinetuneConfig(lr=1e-4, warmup_epochs=0.2, epochs=2, max_len=130, pooling="mean")
     return p
 
 

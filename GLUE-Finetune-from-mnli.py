@@ -1,0 +1,56 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 4. Fine-tune DitBERT on RTE, MRPC, STS-B and WNLI starting from its MNLI model
+#
+# RoBERTa reports these four small tasks starting from the model fine-tuned on MNLI rather
+# than from the pretrained one. Here each seed starts from the MNLI model that
+# `GLUE-Finetune.py` kept for the same seed (`<output>/<label>-seed<seed>/best_mnli/`):
+# the encoder is reused as it is, and the head is replaced by a fresh one wherever the
+# label count differs from MNLI's three. Runs are labelled `<label>-from-mnli`.
+#
+# Settings (environment): `DITBERT_PRESET`, `DITBERT_SET`, `GLUE_DIR`, `GLUE_SEEDS`,
+# `GLUE_OUTPUT_DIR` as in `GLUE-Finetune.py`, and
+#
+# | variable | meaning | default |
+# |---|---|---|
+# | `GLUE_TASKS` | tasks to fine-tune | `rte,mrpc,stsb,wnli` |
+# | `MODEL_LABEL` | label of the MNLI runs to start from | `ditbert-<preset>` |
+# | `MNLI_MODEL_DIR` | an MNLI model folder instead (`{seed}` is replaced by the seed) | the MNLI run's `best_mnli/` |
+
+# %%
+import os
+
+import glue_utils
+from params import params_from_env
+
+params = params_from_env()
+TASKS = os.environ.get("GLUE_TASKS", "rte,mrpc,stsb,wnli")
+GLUE_DIR = os.environ.get("GLUE_DIR", "")
+SEEDS = os.environ.get("GLUE_SEEDS", "")
+OUTPUT_DIR = os.environ.get("GLUE_OUTPUT_DIR", "")
+LABEL = os.environ.get("MODEL_LABEL", f"ditbert-{params.preset}")
+MNLI_MODEL_DIR = os.environ.get("MNLI_MODEL_DIR", "")
+
+finetune = glue_utils.finetune_settings(params, seeds=SEEDS, output_dir=OUTPUT_DIR)
+base = glue_utils.ModelSource("ditbert", "", LABEL)
+source = glue_utils.from_mnli_source(base, finetune.output_dir, MNLI_MODEL_DIR)
+print(f"{source.label}: starting from {source.path}, tasks {TASKS}, seeds {finetune.seeds}")
+
+# %%
+runs = glue_utils.run_glue(source, TASKS, finetune, glue_dir=GLUE_DIR or None)
+
+# %%
+print(glue_utils.summarize(runs).to_string(index=False))

@@ -1,0 +1,60 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 6. Hugging Face baselines on RTE, MRPC, STS-B and WNLI from their MNLI models
+#
+# As `GLUE-Finetune-from-mnli.py`, for the models of `GLUE-Finetune-huggingface.py`: each
+# seed starts from the MNLI model kept for that model and seed
+# (`<output>/<label>-seed<seed>/best_mnli/`); the classification head is replaced where the
+# label count differs. Runs are labelled `<label>-from-mnli`.
+#
+# Settings (environment): `DITBERT_PRESET`, `DITBERT_SET`, `GLUE_DIR`, `GLUE_SEEDS`,
+# `GLUE_OUTPUT_DIR` as before, `HF_MODELS` as in `GLUE-Finetune-huggingface.py` (only the
+# labels matter here), and
+#
+# | variable | meaning | default |
+# |---|---|---|
+# | `GLUE_TASKS` | tasks to fine-tune | `rte,mrpc,stsb,wnli` |
+# | `MNLI_MODEL_DIR` | an MNLI model folder instead, for a single model (`{seed}` is replaced by the seed) | each model's `best_mnli/` |
+
+# %%
+import os
+
+import glue_utils
+from params import params_from_env
+
+params = params_from_env()
+TASKS = os.environ.get("GLUE_TASKS", "rte,mrpc,stsb,wnli")
+GLUE_DIR = os.environ.get("GLUE_DIR", "")
+SEEDS = os.environ.get("GLUE_SEEDS", "")
+OUTPUT_DIR = os.environ.get("GLUE_OUTPUT_DIR", "")
+MODELS = os.environ.get("HF_MODELS", "bert-base-uncased,roberta-base")
+MNLI_MODEL_DIR = os.environ.get("MNLI_MODEL_DIR", "")
+
+finetune = glue_utils.finetune_settings(params, seeds=SEEDS, output_dir=OUTPUT_DIR)
+bases = [glue_utils.hf_source(spec) for spec in MODELS.split(",") if spec.strip()]
+if MNLI_MODEL_DIR and len(bases) != 1:
+    raise ValueError(f"MNLI_MODEL_DIR names one model's MNLI folder, but HF_MODELS lists {len(bases)} models")
+sources = [glue_utils.from_mnli_source(base, finetune.output_dir, MNLI_MODEL_DIR) for base in bases]
+for source in sources:
+    print(f"{source.label}: starting from {source.path}")
+
+# %%
+runs = []
+for source in sources:
+    runs += glue_utils.run_glue(source, TASKS, finetune, glue_dir=GLUE_DIR or None)
+
+# %%
+print(glue_utils.summarize(runs).to_string(index=False))

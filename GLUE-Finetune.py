@@ -1,0 +1,68 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 3. Fine-tune DitBERT on GLUE
+#
+# Each task gets a fresh head (the `[START]` position's hidden state -> dropout 0.1 -> linear)
+# on the pretrained encoder, and every weight is fine-tuned with AdamW, linear warmup and
+# linear decay (`finetune` in `params.py`). Each seed is its own run, written to
+# `GLUE-Outputs/<model label>-seed<seed>/`: a `results_<task>.csv` per task (one row per
+# epoch), `run_info.json` and the best epoch's model per task. `Aggregate-GLUE-results.py`
+# turns those files into the comparison table.
+#
+# Settings come from the environment so `make` and the tests can drive this notebook:
+#
+# | variable | meaning | default |
+# |---|---|---|
+# | `DITBERT_PRESET`, `DITBERT_SET` | preset and overrides, e.g. `finetune.epochs=3;finetune.lr=5e-5` | `tiny`, none |
+# | `GLUE_TASKS` | comma-separated tasks: GLUE names, `demo`, or a folder with `train.csv`/`dev.csv` | all nine GLUE tasks |
+# | `GLUE_DIR` | a folder in the original GLUE download layout; empty = the Hugging Face hub | empty |
+# | `GLUE_SEEDS` | seeds, one run folder each, e.g. `1,2,3` | `finetune.seeds` |
+# | `GLUE_OUTPUT_DIR` | where run folders go | `finetune.output_dir` |
+# | `DITBERT_MODEL`, `DITBERT_TOKENIZER` | pretrained model folder and tokenizer | this preset's `pretrain/final` and `tokenizer.json` |
+# | `RANDOM_INIT` | `1` = same config, random weights: the control for what pretraining gives | `0` |
+# | `MODEL_LABEL` | the model's name in run folders and tables (`-random-init` is added for the control) | `ditbert-<preset>` |
+
+# %%
+import os
+from pathlib import Path
+
+import glue_utils
+from params import params_from_env
+
+params = params_from_env()
+TASKS = os.environ.get("GLUE_TASKS", ",".join(glue_utils.GLUE_TASKS))
+GLUE_DIR = os.environ.get("GLUE_DIR", "")
+SEEDS = os.environ.get("GLUE_SEEDS", "")
+OUTPUT_DIR = os.environ.get("GLUE_OUTPUT_DIR", "")
+MODEL_DIR = os.environ.get("DITBERT_MODEL", str(Path(params.train.out_dir) / "final"))
+TOKENIZER = os.environ.get("DITBERT_TOKENIZER", str(params.tokenizer_path))
+RANDOM_INIT = os.environ.get("RANDOM_INIT", "0").lower() in ("1", "true", "yes")
+LABEL = os.environ.get("MODEL_LABEL", f"ditbert-{params.preset}")
+
+finetune = glue_utils.finetune_settings(params, seeds=SEEDS, output_dir=OUTPUT_DIR)
+source = glue_utils.ditbert_source(MODEL_DIR, TOKENIZER, label=LABEL, random_init=RANDOM_INIT)
+print(f"{source.label}: {source.init} weights from {MODEL_DIR}, tasks {TASKS}, seeds {finetune.seeds}")
+print(f"GLUE tasks read from {GLUE_DIR or 'the Hugging Face hub'}; outputs under {finetune.output_dir}/")
+
+# %%
+runs = glue_utils.run_glue(source, TASKS, finetune, glue_dir=GLUE_DIR or None)
+
+# %% [markdown]
+# Validation metrics per run and task, at the best epoch (mean of the task's validation
+# metrics) and at the last epoch:
+
+# %%
+print(glue_utils.summarize(runs).to_string(index=False))

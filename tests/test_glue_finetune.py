@@ -1,0 +1,272 @@
+"""Encoding, batching and the fine-tuning loop: output schema, learning, seeds, MNLI-init head
+swaps, and the Hugging Face path on the packaged MiniLM."""
+
+import json
+import random
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import glue_utils
+from glue_utils import TASKS
+from model_defs import load_model, load_tokenizer
+from params import DOC_ID, END_ID, PAD_ID, START_ID, FinetuneConfig, get_params
+
+
+def tiny_ft(out_dir, **kw) -> FinetuneConfig:
+    base = dict(lr=1e-3, warmup_epochs=0.5, epochs=2, batch_size=8, seeds=[1], output_dir=str(out_dir))
+    return FinetuneConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def ditbert(tiny_model_dir, tiny_tokenizer):
+    return glue_utils.ditbert_source(str(tiny_model_dir), str(tiny_tokenizer), label="ditbert-test")
+
+
+# --------------------------------------------------------------------------- encoding and batching
+
+
+def test_ditbert_pair_encoding_truncates_the_longer_text_first(ditbert, tmp_path, tiny_tokenizer):
+    loaded = glue_utils.load_for_task(ditbert, TASKS["rte"], tiny_ft(tmp_path, max_len=16), seed=1)
+    long_a = "the river ran through the old city and past the house " * 5
+    short_b = "a good story"
+    ids = loaded.encode([long_a], [short_b])["input_ids"][0]
+    tok = load_tokenizer(tiny_tokenizer)
+    b_ids = tok.encode(short_b, add_special_tokens=False).ids
+    assert len(ids) == 16 and ids[0] == START_ID and ids[-1] == END_ID
+    assert ids.count(DOC_ID) == 1 and ids[-1 - len(b_ids) : -1] == b_ids  # the short side is untouched
+    single = loaded.encode(["a good story"])["input_ids"][0]
+    assert single == [START_ID] + b_ids + [END_ID]
+
+
+def test_truncate_pair_cuts_the_longer_text_first():
+    a, b = list(range(10)), list(range(100, 103))
+    assert glue_utils.truncate_pair(a, b, 20) == (a, b)  # fits: untouched
+    assert glue_utils.truncate_pair(a, b, 8) == (a[:5], b)  # the short text is kept whole
+    assert glue_utils.truncate_pair(b, a, 8) == (b, a[:5])
+    long_a, long_b = list(range(50)), list(range(100, 140))
+    cut_a, cut_b = glue_utils.truncate_pair(long_a, long_b, 11)
+    assert (cut_a, cut_b) == (long_a[:6], long_b[:5])  # both long: about half each, from the ends
+
+
+def test_a_very_long_pair_is_encoded_to_max_len(ditbert, tmp_path):
+    loaded = glue_utils.load_for_task(ditbert, TASKS["rte"], tiny_ft(tmp_path, max_len=40), seed=1)
+    ids = loaded.encode(["premise " * 20000], ["hypothesis " * 3000])["input_ids"][0]
+    assert len(ids) == 40 and ids.index(DOC_ID) in (19, 20)
+
+
+def test_max_len_is_capped_at_the_model_positions(ditbert, tmp_path):
+    loaded = glue_utils.load_for_task(ditbert, TASKS["sst2"], tiny_ft(tmp_path, max_len=130), seed=1)
+    ids = loaded.encode(["word " * 500])["input_ids"][0]
+    assert len(ids) == loaded.info["max_len"] == 64  # tiny model: seq_len 62 + [START] + [END]
+
+
+def test_train_batches_cover_every_example_once_with_little_padding():
+    rng_lengths = np.random.default_rng(0).integers(3, 120, size=1000)
+    batches = glue_utils.train_batches(rng_lengths, 16, np.random.default_rng(1), bucket=20)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(1000)) and max(len(b) for b in batches) == 16
+    padded = sum(len(b) * rng_lengths[b].max() for b in batches)
+    shuffled = np.random.default_rng(2).permutation(1000)
+    padded_random = sum(16 * rng_lengths[shuffled[i : i + 16]].max() for i in range(0, 1000, 16))
+    assert padded < 0.75 * padded_random
+    again = glue_utils.train_batches(rng_lengths, 16, np.random.default_rng(1), bucket=20)
+    assert all((a == b).all() for a, b in zip(batches, again))  # the seed fixes the order
+    rng = np.random.default_rng(1)
+    epoch1, epoch2 = glue_utils.train_batches(rng_lengths, 16, rng), glue_utils.train_batches(rng_lengths, 16, rng)
+    assert not np.array_equal(np.concatenate(epoch1), np.concatenate(epoch2))  # a new order each epoch
+
+
+def test_collate_pads_per_batch_and_masks_the_padding():
+    enc = {"input_ids": [[1, 7, 2], [1, 7, 8, 9, 2], [1, 2]], "token_type_ids": [[0, 0, 0], [0, 0, 1, 1, 1], [0, 0]],
+           "labels": [0, 1, 1]}
+    batch = glue_utils.collate(enc, [0, 2], pad_id=PAD_ID, regression=False)
+    assert batch["input_ids"].tolist() == [[1, 7, 2], [1, 2, PAD_ID]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert batch["token_type_ids"].shape == (2, 3) and batch["labels"].tolist() == [0, 1]
+    assert glue_utils.collate(enc, [1], 5, regression=True)["labels"].dtype == torch.float32
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def test_run_writes_the_results_schema_run_info_and_a_safetensors_model(ditbert, glue_layout, tmp_path):
+    ft = tiny_ft(tmp_path, seeds=[1, 2])
+    runs = glue_utils.run_glue(ditbert, "cola,mnli,stsb", ft, glue_dir=glue_layout)
+    assert [r.name for r in runs] == ["ditbert-test-seed1", "ditbert-test-seed2"]
+    run = runs[0]
+    assert list(pd.read_csv(run / "results_cola.csv").columns) == ["epoch", "train_mcc", "validation_mcc"]
+    assert list(pd.read_csv(run / "results_stsb.csv").columns) == [
+        "epoch", "train_pearson", "train_spearman", "validation_pearson", "validation_spearman"]
+    mnli = pd.read_csv(run / "results_mnli.csv")
+    assert list(mnli.columns) == ["epoch", "train_accuracy", "validation_matched_accuracy",
+                                  "validation_mismatched_accuracy"]
+    assert mnli["epoch"].tolist() == [1, 2] and mnli.iloc[:, 1:].apply(lambda c: c.between(0, 1)).all().all()
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["model"] == "ditbert-test" and info["seed"] == 1 and info["init"] == "pretrained"
+    assert info["pretrain_tokens_seen"] == 12345 and info["model_source"] == ditbert.path
+    assert info["finetune"]["epochs"] == 2 and info["finetune"]["lr"] == 1e-3
+    assert set(info["tasks"]) == {"cola", "mnli", "stsb"} and info["tasks"]["mnli"]["validation_matched_examples"] == 12
+    best = run / "best_cola"
+    assert sorted(p.name for p in best.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert not list(tmp_path.rglob("*.bin")) and not list(tmp_path.rglob("*.pt"))
+    assert (run / "predictions_ax.tsv").read_text().splitlines()[0] == "index\tprediction"
+    assert len((run / "predictions_ax.tsv").read_text().splitlines()) == 13
+    summary = glue_utils.summarize(runs)
+    assert set(summary["metric"]) == {"validation_mcc", "validation_matched_accuracy",
+                                      "validation_mismatched_accuracy", "validation_pearson", "validation_spearman"}
+
+
+def test_saved_best_model_reloads_to_the_same_predictions(ditbert, glue_layout, tmp_path):
+    ft = tiny_ft(tmp_path, epochs=1)
+    glue_utils.run_glue(ditbert, "rte", ft, glue_dir=glue_layout)
+    best = tmp_path / "ditbert-test-seed1" / "best_rte"
+    model = glue_utils.load_classifier(best).eval()
+    state = load_file(str(best / "model.safetensors"))
+    assert torch.equal(model.head.weight, state["head.weight"]) and model.num_labels == 2
+    again = glue_utils.load_classifier(best).eval()
+    ids = torch.tensor([[START_ID, 10, 11, DOC_ID, 12, END_ID]])
+    assert torch.equal(model(ids), again(ids))
+
+
+def test_same_seed_same_results_other_seed_other_results(ditbert, glue_layout, tmp_path):
+    for out in ("a", "b"):
+        glue_utils.run_glue(ditbert, "sst2", tiny_ft(tmp_path / out, seeds=[3, 4], save_best=False), glue_dir=glue_layout)
+    a3, b3 = (pd.read_csv(tmp_path / d / "ditbert-test-seed3" / "results_sst2.csv") for d in ("a", "b"))
+    pd.testing.assert_frame_equal(a3, b3)
+    assert not list((tmp_path / "a" / "ditbert-test-seed3").glob("best_*"))
+    logits = {}
+    for seed in (3, 4):
+        loaded = glue_utils.load_for_task(ditbert, TASKS["sst2"], tiny_ft(tmp_path), seed)
+        logits[seed] = loaded.model.head.weight.detach().clone()
+    assert not torch.equal(logits[3], logits[4])  # the head's initial weights follow the seed
+
+
+def test_the_loop_learns_a_learnable_task(ditbert, tmp_path):
+    """A custom task whose label is whether 'good' or 'bad' appears: fine-tuning must get it."""
+    rng = random.Random(0)
+    filler = "the a film story plot actor scene music long short old new".split()
+    rows = []
+    for i in range(240):
+        word = ("bad", "good")[i % 2]
+        words = [rng.choice(filler) for _ in range(3)]
+        words.insert(rng.randrange(4), word)
+        rows.append((" ".join(words), i % 2))
+    folder = tmp_path / "goodbad"
+    folder.mkdir()
+    pd.DataFrame(rows[:200], columns=["sentence", "label"]).to_csv(folder / "train.csv", index=False)
+    pd.DataFrame(rows[200:], columns=["sentence", "label"]).to_csv(folder / "dev.csv", index=False)
+    ft = tiny_ft(tmp_path / "out", epochs=8, batch_size=16, lr=5e-3, warmup_epochs=0.5, dropout=0.0, save_best=False)
+    glue_utils.run_glue(ditbert, str(folder), ft)
+    results = pd.read_csv(tmp_path / "out" / "ditbert-test-seed1" / "results_goodbad.csv")
+    assert results["validation_accuracy"].max() >= 0.9, results
+
+
+def test_random_init_control_keeps_the_config_but_not_the_weights(tiny_model_dir, tiny_tokenizer, tmp_path):
+    control = glue_utils.ditbert_source(str(tiny_model_dir), str(tiny_tokenizer), "ditbert-test", random_init=True)
+    assert control.label == "ditbert-test-random-init" and control.init == "random"
+    loaded = glue_utils.load_for_task(control, TASKS["rte"], tiny_ft(tmp_path), seed=1)
+    pretrained = load_model(tiny_model_dir)
+    assert loaded.model.cfg == pretrained.cfg and loaded.info["pretrain_tokens_seen"] == 0
+    assert not torch.equal(loaded.model.encoder.tok_emb.weight, pretrained.encoder.tok_emb.weight)
+    warm = glue_utils.load_for_task(glue_utils.ditbert_source(str(tiny_model_dir), str(tiny_tokenizer), "x"),
+                                    TASKS["rte"], tiny_ft(tmp_path), seed=1)
+    assert torch.equal(warm.model.encoder.tok_emb.weight, pretrained.encoder.tok_emb.weight)
+    assert torch.equal(warm.model.head.weight, loaded.model.head.weight)  # only the encoder differs
+
+
+def test_mnli_init_reuses_the_encoder_and_swaps_the_head_where_labels_differ(ditbert, glue_layout, tmp_path):
+    ft = tiny_ft(tmp_path, epochs=1)
+    glue_utils.run_glue(ditbert, "mnli", ft, glue_dir=glue_layout)
+    mnli_dir = tmp_path / "ditbert-test-seed1" / "best_mnli"
+    mnli_state = load_file(str(mnli_dir / "model.safetensors"))
+    source = glue_utils.from_mnli_source(ditbert, ft.output_dir)
+    assert source.label == "ditbert-test-from-mnli" and source.init == "mnli"
+    for name, n_labels in (("rte", 2), ("stsb", 1), ("mnli", 3)):
+        model = glue_utils.load_for_task(source.resolved(1), TASKS[name], ft, seed=1).model
+        encoder = {k.removeprefix("encoder."): v for k, v in mnli_state.items() if k.startswith("encoder.")}
+        assert all(torch.equal(v, encoder[k]) for k, v in model.encoder.state_dict().items())
+        assert model.head.weight.shape == (n_labels, 32)
+        assert torch.equal(model.head.weight, mnli_state["head.weight"]) == (n_labels == 3)
+    glue_utils.run_glue(source, "rte", ft, glue_dir=glue_layout)
+    info = json.loads((tmp_path / "ditbert-test-from-mnli-seed1" / "run_info.json").read_text())
+    assert info["init"] == "mnli" and info["model_source"] == str(mnli_dir) and info["pretrain_tokens_seen"] == 12345
+
+
+def test_mnli_init_without_an_mnli_model_is_a_clear_error(ditbert, glue_layout, tmp_path):
+    source = glue_utils.from_mnli_source(ditbert, str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"best_mnli is not a fine-tuned DitBERT model"):
+        glue_utils.run_glue(source, "rte", tiny_ft(tmp_path), glue_dir=glue_layout)
+
+
+def test_bad_settings_are_caught_before_training(ditbert, glue_layout, tmp_path):
+    with pytest.raises(KeyError, match="unknown task 'rtee'"):
+        glue_utils.run_glue(ditbert, "rte,rtee", tiny_ft(tmp_path), glue_dir=glue_layout)
+    assert not (tmp_path / "ditbert-test-seed1").exists()  # nothing ran
+    with pytest.raises(ValueError, match="no labels to train on"):
+        glue_utils.run_glue(ditbert, "ax", tiny_ft(tmp_path), glue_dir=glue_layout)
+    with pytest.raises(ValueError, match="pooling must be 'cls' or 'mean'"):
+        glue_utils.run_glue(ditbert, "rte", tiny_ft(tmp_path, pooling="max"), glue_dir=glue_layout)
+
+
+def test_mean_pooling_ignores_padding(tiny_model_dir):
+    model = glue_utils.DitBertClassifier(load_model(tiny_model_dir).encoder, 2, pooling="mean", dropout=0.0).eval()
+    ids = torch.tensor([[START_ID, 10, 11, END_ID]])
+    padded = torch.tensor([[START_ID, 10, 11, END_ID, PAD_ID, PAD_ID]])
+    out = model(ids, torch.ones_like(ids))
+    out_padded = model(padded, (padded != PAD_ID).long())
+    assert torch.allclose(out, out_padded, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- Hugging Face models
+
+
+@pytest.mark.slow
+def test_hf_path_on_the_packaged_minilm_and_its_mnli_head_swap(glue_layout, tmp_path):
+    minilm = glue_utils.hf_source("minilm-l6")
+    assert minilm.label == "minilm-l6" and (glue_utils.packaged_model_dir() / "config.json").is_file()
+    ft = tiny_ft(tmp_path, epochs=1, lr=5e-5, max_train_examples=16, max_eval_examples=8)
+    glue_utils.run_glue(minilm, "mnli", ft, glue_dir=glue_layout)
+    run = tmp_path / "minilm-l6-seed1"
+    assert list(pd.read_csv(run / "results_mnli.csv").columns) == TASKS["mnli"].column_names()
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["kind"] == "hf" and info["model"] == "minilm-l6" and info["tasks"]["mnli"]["train_examples"] == 16
+    assert info["tasks"]["mnli"]["validation_mismatched_examples"] == 8
+    assert (run / "best_mnli" / "model.safetensors").is_file() and (run / "best_mnli" / "tokenizer.json").is_file()
+    pair = glue_utils.load_for_task(minilm, TASKS["rte"], ft, 1).encode(["a cat"], ["a dog"])
+    assert pair["token_type_ids"][0] == [0, 0, 0, 0, 1, 1, 1]  # [CLS] a cat [SEP] a dog [SEP]
+
+    source = glue_utils.from_mnli_source(minilm, ft.output_dir).resolved(1)
+    mnli_state = load_file(str(run / "best_mnli" / "model.safetensors"))
+    model = glue_utils.load_for_task(source, TASKS["stsb"], ft, seed=1).model
+    assert model.classifier.out_features == 1
+    key = "bert.encoder.layer.0.attention.self.query.weight"
+    assert torch.equal(model.state_dict()[key], mnli_state[key])
+    model3 = glue_utils.load_for_task(source, TASKS["mnli"], ft, seed=1).model
+    assert torch.equal(model3.classifier.weight, mnli_state["classifier.weight"])
+
+
+def test_hf_source_spec_forms(tmp_path):
+    assert glue_utils.hf_source("bert-base-uncased") == glue_utils.ModelSource("hf", "bert-base-uncased", "bert-base-uncased")
+    assert glue_utils.hf_source("roberta=roberta-base").label == "roberta"
+    assert glue_utils.hf_source(f"mine={tmp_path}").path == str(tmp_path)
+    assert glue_utils.hf_source(str(tmp_path)).label == tmp_path.name
+    assert glue_utils.hf_source("minilm-l6").path == str(glue_utils.packaged_model_dir())
+
+
+def test_notebook_settings_apply_seeds_and_output_dir_to_the_preset():
+    params = get_params("tiny", {"finetune.epochs": "3"})
+    ft = glue_utils.finetune_settings(params, seeds="1,2,3", output_dir="elsewhere")
+    assert ft.seeds == [1, 2, 3] and ft.output_dir == "elsewhere" and ft.epochs == 3
+    assert params.finetune.seeds == [1] and params.finetune.output_dir == "GLUE-Outputs"  # the input is untouched
+    assert glue_utils.finetune_settings(params).seeds == [1]
+
+
+def test_no_mixed_precision_on_cpu():
+    autocast, scaler = glue_utils._autocast(torch.device("cpu"))
+    assert scaler is None and not torch.is_autocast_enabled()
+    with autocast():
+        assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.float32

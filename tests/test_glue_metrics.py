@@ -1,0 +1,62 @@
+"""GLUE metrics against values worked out by hand."""
+
+import math
+
+import pytest
+
+from glue_utils import TASKS, compute_metrics, csv_task, main_score
+
+# preds vs labels: TP = 2 (items 0, 4), FP = 1 (item 1), TN = 2 (items 2, 3), FN = 1 (item 5)
+PREDS = [1, 1, 0, 0, 1, 0]
+LABELS = [1, 0, 0, 0, 1, 1]
+
+
+def test_cola_matthews_correlation():
+    # (TP*TN - FP*FN) / sqrt((TP+FP)(TP+FN)(TN+FP)(TN+FN)) = (4 - 1) / sqrt(3*3*3*3) = 1/3
+    assert compute_metrics(TASKS["cola"], PREDS, LABELS) == {"mcc": pytest.approx(1 / 3)}
+
+
+def test_matthews_correlation_of_constant_predictions_is_zero():
+    assert compute_metrics(TASKS["cola"], [1] * 6, LABELS)["mcc"] == pytest.approx(0.0)
+
+
+def test_mrpc_and_qqp_accuracy_and_f1_of_the_positive_class():
+    # accuracy 4/6; F1 = 2TP / (2TP + FP + FN) = 4/6
+    expected = {"accuracy": pytest.approx(4 / 6), "f1": pytest.approx(2 / 3)}
+    assert compute_metrics(TASKS["mrpc"], PREDS, LABELS) == expected
+    assert compute_metrics(TASKS["qqp"], PREDS, LABELS) == expected
+    # swapping which class is positive changes F1 but not accuracy: F1(class 1) of these is 2*1/(2*1+0+2) = 1/2
+    m = compute_metrics(TASKS["mrpc"], [0, 0, 0, 0, 1, 0], [1, 0, 0, 0, 1, 1])
+    assert m == {"accuracy": pytest.approx(4 / 6), "f1": pytest.approx(1 / 2)}
+
+
+def test_stsb_pearson_and_spearman():
+    # Pearson of (1,2,3,4) and (2,4,5,9): deviations (-1.5,-.5,.5,1.5) and (-3,-1,0,4):
+    # 11 / sqrt(5 * 26)
+    m = compute_metrics(TASKS["stsb"], [1.0, 2.0, 3.0, 4.0], [2.0, 4.0, 5.0, 9.0])
+    assert m["pearson"] == pytest.approx(11 / math.sqrt(130))
+    assert m["spearman"] == pytest.approx(1.0)  # same order
+    # ranks (1,2,3,4) vs (1,4,3,2): d^2 = 0+4+0+4 = 8, rho = 1 - 6*8 / (4*15) = 0.2
+    assert compute_metrics(TASKS["stsb"], [1.0, 2.0, 3.0, 4.0], [2.0, 9.0, 5.0, 4.0])["spearman"] == pytest.approx(0.2)
+
+
+def test_three_class_accuracy_is_the_fraction_correct():
+    # not the per-class average (which would be (1 + 1/2 + 1) / 3 here)
+    assert compute_metrics(TASKS["mnli"], [0, 1, 2, 2], [0, 1, 1, 2]) == {"accuracy": pytest.approx(0.75)}
+
+
+def test_main_score_averages_validation_metrics_and_treats_nan_as_worst():
+    row = {"epoch": 1, "train_pearson": 0.9, "train_spearman": 0.9, "validation_pearson": 0.5, "validation_spearman": 0.7}
+    assert main_score(row, TASKS["stsb"]) == pytest.approx(0.6)
+    row["validation_pearson"] = float("nan")
+    assert main_score(row, TASKS["stsb"]) == -math.inf
+    mnli = {"epoch": 1, "train_accuracy": 1.0, "validation_matched_accuracy": 0.6, "validation_mismatched_accuracy": 0.8}
+    assert main_score(mnli, TASKS["mnli"]) == pytest.approx(0.7)
+
+
+def test_custom_task_metric_names_are_checked(tmp_path):
+    (tmp_path / "train.csv").write_text("sentence,label\na,0\nb,1\n")
+    (tmp_path / "dev.csv").write_text("sentence,label\na,0\n")
+    (tmp_path / "task.json").write_text('{"metrics": ["accuracy", "auc"]}')
+    with pytest.raises(ValueError, match=r"unknown metrics \['auc'\]"):
+        csv_task(tmp_path)

@@ -1,0 +1,118 @@
+"""The four GLUE notebooks, converted with jupytext and executed with nbclient in tiny mode, and
+one of them run as a plain Python script."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+from nbclient import NotebookClient
+
+import glue_utils
+from params import FinetuneConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+KERNEL = "ditbert-glue-test"
+TINY = "finetune.epochs=1;finetune.batch_size=8;finetune.max_train_examples=16;finetune.max_eval_examples=8"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def jupyter_path(tmp_path_factory):
+    """A kernelspec that runs this interpreter, so the notebooks see this environment's packages
+    whatever other 'python3' kernels the machine has."""
+    root = tmp_path_factory.mktemp("jupyter")
+    spec_dir = root / "kernels" / KERNEL
+    spec_dir.mkdir(parents=True)
+    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": "DitBERT tests", "language": "python"}
+    (spec_dir / "kernel.json").write_text(json.dumps(spec))
+    return root
+
+
+@pytest.fixture
+def nb_env(monkeypatch, jupyter_path, glue_layout, tiny_model_dir, tiny_tokenizer, tmp_path):
+    """Environment for a tiny run: local GLUE files, the tiny model, outputs under tmp_path."""
+    env = {"JUPYTER_PATH": str(jupyter_path), "DITBERT_PRESET": "tiny", "DITBERT_SET": TINY,
+           "GLUE_DIR": str(glue_layout), "GLUE_OUTPUT_DIR": str(tmp_path / "out"), "GLUE_SEEDS": "1",
+           "DITBERT_MODEL": str(tiny_model_dir), "DITBERT_TOKENIZER": str(tiny_tokenizer),
+           "MODEL_LABEL": "ditbert-nb", "HF_MODELS": "minilm-l6", "HF_HUB_OFFLINE": "1", "RANDOM_INIT": "0"}
+    for key in ("MNLI_MODEL_DIR", "GLUE_TASKS"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return tmp_path / "out"
+
+
+def execute(notebook: str, tmp_path: Path):
+    """Convert with the jupytext command line, then run every cell in a fresh kernel."""
+    ipynb = tmp_path / (Path(notebook).stem + ".ipynb")
+    subprocess.run([sys.executable, "-m", "jupytext", "--to", "notebook", "--output", str(ipynb), str(ROOT / notebook)],
+                   check=True, capture_output=True)
+    nb = nbformat.read(ipynb, as_version=4)
+    NotebookClient(nb, kernel_name=KERNEL, timeout=600, resources={"metadata": {"path": str(ROOT)}}).execute()
+    return nb
+
+
+def printed(nb) -> str:
+    return "".join(out.get("text", "") for cell in nb.cells for out in cell.get("outputs", []))
+
+
+def tiny_ft(out: Path) -> FinetuneConfig:
+    return FinetuneConfig(epochs=1, batch_size=8, max_train_examples=16, max_eval_examples=8, output_dir=str(out))
+
+
+def test_glue_finetune_notebook(nb_env, tmp_path, monkeypatch):
+    monkeypatch.setenv("GLUE_TASKS", "mnli,cola")
+    monkeypatch.setenv("GLUE_SEEDS", "1,2")
+    nb = execute("GLUE-Finetune.py", tmp_path)
+    for seed in (1, 2):
+        run = nb_env / f"ditbert-nb-seed{seed}"
+        assert len(pd.read_csv(run / "results_mnli.csv")) == 1
+        assert list(pd.read_csv(run / "results_cola.csv").columns) == ["epoch", "train_mcc", "validation_mcc"]
+        info = json.loads((run / "run_info.json").read_text())
+        assert info["init"] == "pretrained" and info["finetune"]["max_train_examples"] == 16
+    assert "validation_matched_accuracy" in printed(nb)  # the results cell showed the table
+
+
+def test_glue_finetune_from_mnli_notebook(nb_env, tmp_path, tiny_model_dir, tiny_tokenizer, glue_layout, monkeypatch):
+    base = glue_utils.ditbert_source(str(tiny_model_dir), str(tiny_tokenizer), "ditbert-nb")
+    glue_utils.run_glue(base, "mnli", tiny_ft(nb_env), glue_dir=glue_layout)
+    monkeypatch.setenv("GLUE_TASKS", "rte,stsb")
+    execute("GLUE-Finetune-from-mnli.py", tmp_path)
+    run = nb_env / "ditbert-nb-from-mnli-seed1"
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["init"] == "mnli" and info["model"] == "ditbert-nb-from-mnli"
+    assert info["model_source"] == str(nb_env / "ditbert-nb-seed1" / "best_mnli")
+    assert (run / "results_stsb.csv").is_file() and (run / "best_rte" / "model.safetensors").is_file()
+
+
+def test_glue_finetune_huggingface_notebook(nb_env, tmp_path, monkeypatch):
+    monkeypatch.setenv("GLUE_TASKS", "rte")
+    execute("GLUE-Finetune-huggingface.py", tmp_path)
+    run = nb_env / "minilm-l6-seed1"
+    assert list(pd.read_csv(run / "results_rte.csv").columns) == ["epoch", "train_accuracy", "validation_accuracy"]
+    assert json.loads((run / "run_info.json").read_text())["kind"] == "hf"
+
+
+def test_glue_finetune_huggingface_from_mnli_notebook(nb_env, tmp_path, glue_layout, monkeypatch):
+    glue_utils.run_glue(glue_utils.hf_source("minilm-l6"), "mnli", tiny_ft(nb_env), glue_dir=glue_layout)
+    monkeypatch.setenv("GLUE_TASKS", "wnli")
+    execute("GLUE-Finetune-huggingface-from-mnli.py", tmp_path)
+    run = nb_env / "minilm-l6-from-mnli-seed1"
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["init"] == "mnli" and (run / "results_wnli.csv").is_file()
+
+
+def test_notebook_runs_as_a_plain_script_and_drives_the_random_init_control(nb_env):
+    env = {**os.environ, "GLUE_TASKS": "rte", "RANDOM_INIT": "1"}
+    proc = subprocess.run([sys.executable, "GLUE-Finetune.py"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads((nb_env / "ditbert-nb-random-init-seed1" / "run_info.json").read_text())
+    assert info["init"] == "random" and info["pretrain_tokens_seen"] == 0
+    assert "validation_accuracy" in proc.stdout
