@@ -25,7 +25,7 @@ GLUE_TASKS=$TASKS $PY GLUE-Finetune.py
 step "3. fine-tuning on $TASKS: random-init twin"
 GLUE_TASKS=$TASKS RANDOM_INIT=1 $PY GLUE-Finetune.py
 step "3. fine-tuning on $TASKS: MiniLM baseline"
-GLUE_TASKS=$TASKS HF_MODEL=minilm $PY GLUE-Finetune-huggingface.py
+GLUE_TASKS=$TASKS HF_MODELS=minilm-l6 HF_HUB_OFFLINE=1 $PY GLUE-Finetune-huggingface.py
 
 step "4. aggregation"
 $PY Aggregate-GLUE-results.py

@@ -93,8 +93,10 @@ def test_glue_finetune_from_mnli_notebook(nb_env, tmp_path, tiny_model_dir, tiny
 
 def test_glue_finetune_huggingface_notebook(nb_env, tmp_path, monkeypatch):
     monkeypatch.setenv("GLUE_TASKS", "rte")
+    monkeypatch.setenv("DITBERT_SET", TINY + ";finetune.save_best=false")
     execute("GLUE-Finetune-huggingface.py", tmp_path)
     run = nb_env / "minilm-l6-seed1"
+    assert not (run / "best_rte").exists()  # the setting reached the loop
     assert list(pd.read_csv(run / "results_rte.csv").columns) == ["epoch", "train_accuracy", "validation_accuracy"]
     assert json.loads((run / "run_info.json").read_text())["kind"] == "hf"
 
@@ -102,6 +104,7 @@ def test_glue_finetune_huggingface_notebook(nb_env, tmp_path, monkeypatch):
 def test_glue_finetune_huggingface_from_mnli_notebook(nb_env, tmp_path, glue_layout, monkeypatch):
     glue_utils.run_glue(glue_utils.hf_source("minilm-l6"), "mnli", tiny_ft(nb_env), glue_dir=glue_layout)
     monkeypatch.setenv("GLUE_TASKS", "wnli")
+    monkeypatch.setenv("DITBERT_SET", TINY + ";finetune.save_best=false")
     execute("GLUE-Finetune-huggingface-from-mnli.py", tmp_path)
     run = nb_env / "minilm-l6-from-mnli-seed1"
     info = json.loads((run / "run_info.json").read_text())

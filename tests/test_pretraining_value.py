@@ -1,0 +1,121 @@
+"""The pretraining-value experiment: probe, diagnostics and the one-command run, on toy sizes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import pretraining_value as pv
+from conftest import TINY_SEQ_LEN, TINY_VOCAB
+from model_defs import DitBertForMLM
+from params import get_params
+
+
+def test_probe_separates_separable_features_and_not_noise():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 600)
+    x = rng.normal(size=(600, 16))
+    x[:, 3] += 3.0 * (2 * y - 1)  # one informative direction
+    good = pv.probe_accuracy(x[:400], y[:400], x[400:], y[400:])
+    noise = pv.probe_accuracy(rng.normal(size=(400, 16)), y[:400], rng.normal(size=(200, 16)), y[400:])
+    assert good["accuracy"] > 0.95
+    assert noise["accuracy"] < 0.65
+    assert good["l2"] in pv.PROBE_L2
+
+
+def test_representation_stats_tell_collapse_from_spread():
+    rng = np.random.default_rng(0)
+    spread = rng.normal(size=(1000, 64))
+    collapsed = np.ones((1000, 64)) * 5.0 + 0.01 * rng.normal(size=(1000, 64))
+    s, c = pv.representation_stats(spread), pv.representation_stats(collapsed)
+    assert abs(s["mean_cosine"]) < 0.05
+    assert c["mean_cosine"] > 0.99
+    assert c["dim_std"] < 0.05 < s["dim_std"]
+    assert s["norm_mean"] == pytest.approx(8.0, rel=0.05)  # sqrt(64) for unit Gaussians
+
+
+def test_update_ratios_per_layer():
+    before = {"encoder.blocks.0.ffn.fc_in.weight": torch.ones(4, 4), "head.weight": torch.ones(2, 4),
+              "encoder.tok_emb.weight": torch.ones(3, 4)}
+    after = {k: v.clone() for k, v in before.items()}
+    after["head.weight"] += 1.0
+    ratios = pv.update_ratios(before, after)
+    assert ratios == {"block0": 0.0, "head": 1.0, "embeddings": 0.0}
+
+
+def test_parse_steps():
+    assert pv.parse_steps("300, 0,100,100") == [0, 100, 300]
+    with pytest.raises(ValueError):
+        pv.parse_steps("-1,5")
+
+
+def test_hidden_states_has_one_entry_per_layer_and_ends_with_the_encoder_output():
+    from conftest import tiny_model_config
+
+    model = DitBertForMLM(tiny_model_config()).eval()
+    ids = torch.randint(5, TINY_VOCAB, (2, 7))
+    states = pv.hidden_states(model.encoder, ids, torch.ones_like(ids))
+    assert len(states) == len(pv.layer_names(1)) == 3
+    assert torch.allclose(states[-1], model.encoder(ids))
+
+
+def test_experiment_writes_results_with_expected_columns(tiny_corpus, tiny_tokenizer, tmp_path, monkeypatch):
+    """Two snapshots (the control and 2 steps) of a one-layer model on a 40-row demo task."""
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "data" / "demo-movie-reviews"
+    data.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    words = {0: "bad dull awful boring", 1: "good great fine lovely"}
+    for split, n in (("train", 40), ("dev", 16)):
+        labels = rng.integers(0, 2, n)
+        texts = [" ".join(rng.choice(words[y].split(), 4)) + " film" for y in labels]
+        pd.DataFrame({"sentence": texts, "label": labels}).to_csv(data / f"{split}.csv", index=False)
+    (data / "task.json").write_text('{"text_columns": ["sentence"], "label_column": "label", "num_labels": 2}')
+    overrides = {
+        "tokenizer.vocab_size": TINY_VOCAB, "model.n_layers": 1, "model.d_model": 32, "model.n_heads": 2,
+        "model.d_ff": 64, "model.seq_len": TINY_SEQ_LEN, "data.corpus": [str(tiny_corpus)], "data.cache_dir": str(tmp_path),
+        "train.tokenizer": str(tiny_tokenizer), "train.steps": 2, "train.warmup_steps": 1, "train.batch_size": 4,
+        "train.micro_batch": 4, "train.threads": 1, "finetune.epochs": 1, "finetune.seeds": [1, 2],
+        "finetune.output_dir": str(tmp_path / "GLUE-Outputs"), "finetune.save_best": False,
+    }
+    params = get_params("tiny", overrides)
+    exp = pv.Experiment(name="t", steps=[0, 2], out_dir=str(tmp_path / "value"), data_dir=str(tmp_path / "data"))
+    results = pv.run_experiment(params, exp)
+    on_disk = pd.read_csv(tmp_path / "value" / "results.csv")
+    assert list(on_disk.columns) == pv.RESULT_COLUMNS
+    assert len(on_disk) == len(results)
+    finetuned = on_disk[on_disk["method"] == "finetune"]
+    assert sorted(set(finetuned["init"])) == ["pretrained", "random"]
+    assert len(finetuned) == 4  # 2 snapshots x 2 seeds
+    assert set(on_disk["step"]) == {0, 2}
+    assert on_disk.loc[on_disk["step"] == 2, "tokens_seen"].iloc[0] == 2 * 4 * (TINY_SEQ_LEN + 2)
+    assert on_disk["score"].between(0, 100).all()
+    summary = pd.read_csv(tmp_path / "value" / "summary.csv")
+    assert {"mean", "std", "n"} <= set(summary.columns)
+    diagnostics = pd.read_csv(tmp_path / "value" / "diagnostics.csv")
+    assert set(diagnostics["layer"]) == set(pv.layer_names(1))
+    assert (tmp_path / "value" / "curve.png").stat().st_size > 0
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("finished fine-tuning runs must be reused")
+
+    monkeypatch.setattr(pv.glue_utils, "run_glue", no_training)
+    again = pv.run_experiment(params, exp)
+    assert again.loc[again["method"] == "finetune", "score"].tolist() == finetuned["score"].tolist()
+
+
+def test_pos_init_std_rescales_the_sinusoid_table_to_the_token_embeddings():
+    from dataclasses import replace
+
+    from conftest import tiny_model_config
+    from model_defs import sinusoid_table
+
+    cfg = replace(tiny_model_config(), d_model=64, pos_init_std=0.02)
+    pos = DitBertForMLM(cfg).encoder.pos_emb.weight.detach()
+    table = sinusoid_table(cfg.max_positions, cfg.d_model)
+    assert torch.allclose(pos, table * 0.02 * 2**0.5, atol=1e-7)  # sin and cos have std 1/sqrt(2)
+    tokens = DitBertForMLM(cfg).encoder.tok_emb.weight.detach()[5:]
+    assert 0.5 < pos.norm(dim=1).mean() / tokens.norm(dim=1).mean() < 2  # same size as the tokens
+    assert get_params("tiny").model.pos_init_std > 0
