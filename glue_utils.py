@@ -778,6 +778,8 @@ def truncate_pair(a: list, b: list, budget: int) -> tuple[list, list]:
 def _load_hf(source: ModelSource, task: Task, ft: FinetuneConfig) -> Loaded:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    import hf_ditbert  # noqa: F401  registers DitBERT with the Auto classes: an exported DitBERT loads with no remote code
+
     local = Path(source.path).is_dir()
     if source.init == "mnli" and not local:
         raise FileNotFoundError(f"no fine-tuned MNLI model at {source.path}: fine-tune {task.name}'s base model on mnli first")

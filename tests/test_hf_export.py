@@ -327,3 +327,19 @@ def test_shipped_code_is_generated_from_the_repository_source(export_dir):
         assert inspect.getsource(obj) in shipped, f"{obj.__name__} differs from the repository's"
     assert "import model_defs" not in shipped and "from model_defs" not in shipped
     assert inspect.getsource(hf_ditbert.DitBertConfig) in (export_dir / "configuration_ditbert.py").read_text()
+
+
+def test_glue_hf_path_takes_an_exported_ditbert(export_dir, core, tokenizer_path):
+    """The Hugging Face GLUE notebooks accept the exported folder like any model directory,
+    encoding pairs as DitBERT was pretrained, without running code from the folder."""
+    import glue_utils
+    from params import DOC_ID, END_ID, START_ID, get_params
+
+    loaded = glue_utils.load_for_task(glue_utils.hf_source(str(export_dir)), glue_utils.get_task("rte"),
+                                      get_params("tiny").finetune, seed=1)
+    ids = loaded.encode(["The river flows into the sea."], ["It was built in 1850."])["input_ids"][0]
+    assert ids[0] == START_ID and ids[-1] == END_ID and ids.count(DOC_ID) == 1
+    assert isinstance(loaded.model, hf_ditbert.DitBertForSequenceClassification)
+    with torch.no_grad():
+        hidden = loaded.model.ditbert(torch.tensor([ids])).last_hidden_state
+        assert torch.allclose(hidden, core.encoder(torch.tensor([ids])), atol=1e-5), "the pretrained encoder was not loaded"
