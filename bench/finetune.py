@@ -1,6 +1,6 @@
 """GLUE fine-tuning throughput: dynamic padding with length buckets against max-length padding.
 
-    python bench/finetune.py                               # RTE from $GLUE_DIR or /work/shared/glue_data
+    python bench/finetune.py                               # RTE from $GLUE_DIR, else the Hugging Face hub
     python bench/finetune.py --glue-dir path/to/glue_data --task mrpc
 
 The data, encoding, batching and padding are glue_utils' own (load_task, load_for_task,
@@ -36,14 +36,13 @@ from data import ensure_tokenizer  # noqa: E402
 from model_defs import DitBertForMLM, save_model  # noqa: E402
 from params import get_params  # noqa: E402
 
-DEFAULT_GLUE_DIR = "/work/shared/glue_data"
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="tiny", choices=["tiny", "base"])
     ap.add_argument("--task", default="rte", help="a sentence-pair GLUE task (rte, mrpc, stsb, qnli, ...)")
-    ap.add_argument("--glue-dir", default=os.environ.get("GLUE_DIR", DEFAULT_GLUE_DIR))
+    ap.add_argument("--glue-dir", default=os.environ.get("GLUE_DIR") or None, help="GLUE download folder; default $GLUE_DIR, else the hub")
     ap.add_argument("--examples", type=int, default=512, help="training examples in the pass (0 = all)")
     ap.add_argument("--batch-size", type=int, help="default: the preset's finetune.batch_size")
     args = ap.parse_args(argv)
