@@ -92,11 +92,14 @@ def test_tied_head_and_save_load_round_trip(tmp_path, tie):
     assert (loaded.head.decoder.weight is loaded.encoder.tok_emb.weight) == tie
 
 
-def test_positions_start_as_sinusoids():
+def test_positions_start_as_sinusoids_at_the_token_embeddings_scale():
     model = DitBertForMLM(CFG)
     pos = model.encoder.pos_emb.weight
-    assert torch.allclose(pos[0, 1::2], torch.ones(CFG.d_model // 2))  # cos(0) = 1
-    assert torch.allclose(pos[:, 0], torch.sin(torch.arange(CFG.max_positions, dtype=torch.float32)))
+    scale = CFG.pos_init_std * 2**0.5  # sin/cos have std 1/sqrt(2)
+    assert torch.allclose(pos[0, 1::2], torch.full((CFG.d_model // 2,), scale))  # cos(0) = 1
+    assert torch.allclose(pos[:, 0], scale * torch.sin(torch.arange(CFG.max_positions, dtype=torch.float32)))
+    token_std = model.encoder.tok_emb.weight[len(SPECIAL_TOKENS):].std().item()
+    assert 0.5 < pos.std().item() / token_std < 2, "positions would drown the tokens after the embedding LayerNorm"
 
 
 def test_load_model_errors_name_the_file(tmp_path):

@@ -1,0 +1,561 @@
+"""Does pretraining pay? Score against pretraining tokens, beside the random-init twin.
+
+    python pretraining_value.py --steps 0,100,300,500 --seeds 1,2,3
+    python pretraining_value.py --steps 0,300,1000,3000 --glue --glue-dir ../shared/glue_data
+    python pretraining_value.py --set model.pos_init_std=0 --name no-pos-fix   # an ablation
+
+One command pretrains the preset (``params.py`` plus ``--set`` overrides) and keeps a model
+folder at each requested step count, then at each snapshot:
+
+* fine-tunes on the demo task (and with ``--glue`` on RTE, MRPC, STS-B, CoLA and SST-2, the last
+  two on a fixed subsample) with every seed, through ``glue_utils.run_glue``. Step 0 is the
+  control: the same config with fresh random weights per seed (``random_init``);
+* fits a linear probe (logistic regression) on the frozen encoder's pooled features, which
+  tells "the features are better" apart from "fine-tuning makes use of them";
+* measures the MLM perplexity against the unigram figure, and the norm, spread and mutual
+  cosine similarity of the hidden states per layer (a collapsed or anisotropic encoder shows
+  up as cosine near 1).
+
+Writes under ``--out`` (default ``runs/value/<name>``): ``step-<k>/`` model folders,
+``results.csv`` (one row per step, task, method and seed), ``summary.csv`` (mean, std, n),
+``diagnostics.csv`` (per step and layer) and ``curve.png``. Fine-tuning runs go to
+``<out>/glue-outputs/value-<name>-step<k>-seed<s>/`` unless ``finetune.output_dir`` is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+import glue_results
+import glue_utils
+import model_defs
+import train_model
+from params import Params, apply_override, get_params, parse_overrides
+
+RESULT_COLUMNS = ["experiment", "step", "tokens_seen", "pretrain_s", "val_ppl", "unigram_ppl",
+                  "task", "method", "init", "seed", "score"]
+SMALL_GLUE = ("rte", "mrpc", "stsb", "cola", "sst2")
+SUBSAMPLED = ("cola", "sst2")  # the two large training sets, cut to a fixed subsample
+PROBE_L2 = (1e-3, 1e-2, 1e-1)
+
+
+# --------------------------------------------------------------------------- pretraining snapshots
+
+
+def parse_steps(text: str) -> list[int]:
+    """'0, 100,300' -> [0, 100, 300]: sorted, unique, non-negative."""
+    steps = sorted({int(s) for s in str(text).replace(";", ",").split(",") if s.strip()})
+    if not steps or steps[0] < 0:
+        raise ValueError(f"snapshot steps must be non-negative integers, got {text!r}")
+    return steps
+
+
+def snapshot_dir(out_dir: str | Path, step: int) -> Path:
+    return Path(out_dir) / f"step-{step:06d}"
+
+
+def pretrain_snapshots(params: Params, steps: list[int], out_dir: str | Path, show_progress: bool = False) -> list[dict]:
+    """Pretrain once up to max(steps), keeping a model folder at each step count.
+
+    The run goes through ``train_model.train`` with ``stop_at`` and ``resume``, so the
+    snapshots lie on one learning-rate schedule (the preset's ``train.steps``, raised to the
+    last snapshot if shorter) and a snapshot is the same model a single uninterrupted run
+    passes through. Step 0 is the initialisation ``train`` starts from. Existing snapshot
+    folders are reused. Returns one dict per step: step, model_dir, tokens_seen, pretrain_s.
+    """
+    params = copy.deepcopy(params)
+    params.train.steps = max(params.train.steps, max(steps))
+    params.train.out_dir = str(Path(out_dir) / "pretrain")
+    seq_tokens = params.train.batch_size * params.model.max_positions
+    snapshots = []
+    for step in steps:
+        folder = snapshot_dir(out_dir, step)
+        if not (folder / "model.safetensors").is_file():
+            if step == 0:
+                torch.manual_seed(params.train.seed)  # the initialisation train() draws
+                model, elapsed = model_defs.DitBertForMLM(params.model), 0.0
+            else:
+                ckpt = Path(params.train.out_dir) / "checkpoint.pt"
+                resume = ckpt.is_file() and torch.load(ckpt, weights_only=True)["step"] < step
+                summary = train_model.train(params, resume=resume, stop_at=step, show_progress=show_progress)
+                if summary["step"] != step:
+                    raise RuntimeError(f"pretraining stopped at step {summary['step']}, not {step}: {summary}")
+                model, elapsed = model_from_checkpoint(ckpt, params), summary["elapsed_s"]
+            extra = {"preset": params.preset, "steps": step, "tokens_seen": step * seq_tokens,
+                     "pretrain_s": elapsed, "params": params.to_dict()}
+            model_defs.save_model(model, folder, extra)
+        info = json.loads((folder / "config.json").read_text())
+        snapshots.append({"step": step, "model_dir": str(folder), "tokens_seen": info["tokens_seen"],
+                          "pretrain_s": info["pretrain_s"]})
+    return snapshots
+
+
+def model_from_checkpoint(path: str | Path, params: Params) -> model_defs.DitBertForMLM:
+    """The model weights of a training checkpoint (``train_model.load_checkpoint`` checks the config)."""
+    state = train_model.load_checkpoint(Path(path), params)
+    model = model_defs.DitBertForMLM(params.model)
+    model.load_state_dict(state["model"])
+    return model
+
+
+def mlm_perplexity(model: model_defs.DitBertForMLM, params: Params) -> tuple[float, float]:
+    """(validation perplexity, unigram perplexity) on pretraining's fixed validation masks: how far
+    the model's predictions are from guessing each masked token by its frequency alone."""
+    _, val_batch, counts = train_model.prepare_data(params)
+    ppl = train_model.validation_perplexity(model, val_batch, params, torch.device("cpu"), torch.float32)
+    return ppl, train_model.unigram_perplexity(counts, val_batch[1])
+
+
+# --------------------------------------------------------------------------- features of the frozen encoder
+
+
+def layer_names(n_layers: int) -> list[str]:
+    return ["embeddings"] + [f"block{i}" for i in range(n_layers)] + ["final"]
+
+
+@torch.no_grad()
+def hidden_states(encoder: model_defs.DitBertEncoder, input_ids, attention_mask) -> list[torch.Tensor]:
+    """The encoder's representation after the embedding LayerNorm, after each block and after the
+    final LayerNorm (what a classifier head sees), captured with forward hooks: (B, T, D) each."""
+    captured = []
+    modules = [encoder.ln_emb, *encoder.blocks, encoder.ln_final]
+    hooks = [m.register_forward_hook(lambda _m, _i, out: captured.append(out)) for m in modules]
+    try:
+        encoder.eval()
+        encoder(input_ids, attention_mask)
+    finally:
+        for h in hooks:
+            h.remove()
+    return captured
+
+
+def pool(h: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """(B, T, D) -> (B, D): the [START] position (``cls``) or the mean over real tokens (``mean``)."""
+    if pooling == "cls":
+        return h[:, 0]
+    mask = attention_mask.unsqueeze(-1).to(h.dtype)
+    return (h * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+@torch.no_grad()
+def encode_task(model_dir: str | Path, tokenizer: str | Path, task_name: str, params: Params,
+                max_examples: int = 0, data_dir: str | Path = "data", glue_dir=None):
+    """Frozen-encoder features of a task's splits: {split: (pooled, labels, token_sample)}.
+
+    pooled maps ``"<layer>/<pooling>"`` to an (N, D) array for every layer and both poolings;
+    token_sample holds about 4096 token vectors per layer (pads excluded, spread over all
+    sentence lengths) for the representation statistics. Texts are encoded exactly as fine-tuning encodes them.
+    """
+    task = glue_utils.get_task(task_name, data_dir)
+    splits, _ = glue_utils.load_task(task, glue_dir)
+    source = glue_utils.ditbert_source(str(model_dir), str(tokenizer), label="probe")
+    loaded = glue_utils.load_for_task(source, task, params.finetune, seed=0)
+    encoder = loaded.model.encoder
+    names = layer_names(encoder.cfg.n_layers)
+    out = {}
+    for split in ("train", task.eval_splits[0]):
+        enc = glue_utils.encode_split(loaded, glue_utils.subsample(splits[split], max_examples))
+        lengths = [len(x) for x in enc["input_ids"]]
+        stride = max(1, sum(lengths) // 4096)  # every stride-th token, so all lengths are sampled
+        pooled = {f"{n}/{p}": np.zeros((len(lengths), encoder.cfg.d_model), np.float32)
+                  for n in names for p in ("mean", "cls")}
+        tokens = [[] for _ in names]
+        for idx in glue_utils.eval_batches(lengths, 64):
+            batch = glue_utils.collate(enc, idx, loaded.pad_id, task.is_regression)
+            states = hidden_states(encoder, batch["input_ids"], batch["attention_mask"])
+            real = batch["attention_mask"].bool()
+            for name, h, bucket in zip(names, states, tokens):
+                for p in ("mean", "cls"):
+                    pooled[f"{name}/{p}"][idx] = pool(h, batch["attention_mask"], p).numpy()
+                bucket.append(h[real][::stride].clone())
+        token_sample = {n: torch.cat(t)[:4096].numpy() for n, t in zip(names, tokens)}
+        out[split] = (pooled, np.asarray(enc["labels"]), token_sample)
+    return out
+
+
+# --------------------------------------------------------------------------- linear probe
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float, max_iter: int = 100):
+    """Multinomial logistic regression by full-batch L-BFGS: (weights, bias) as tensors."""
+    x_t, y_t = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long)
+    w = torch.zeros(x.shape[1], n_classes, requires_grad=True)
+    b = torch.zeros(n_classes, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(x_t @ w + b, y_t) + l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach(), b.detach()
+
+
+def probe_accuracy(train_x, train_y, eval_x, eval_y, l2_grid=PROBE_L2, seed: int = 0) -> dict:
+    """Accuracy of a linear probe on frozen features.
+
+    Features are standardised with the training statistics; the L2 strength is chosen on a
+    fifth of the training set held out, then the probe is refitted on all of it. The grid
+    keeps the comparison fair between checkpoints whose features differ in scale and rank.
+    """
+    train_x, eval_x = np.asarray(train_x, np.float64), np.asarray(eval_x, np.float64)
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    train_x, eval_x = (train_x - mean) / std, (eval_x - mean) / std
+    train_y, eval_y = np.asarray(train_y).astype(int), np.asarray(eval_y).astype(int)
+    n_classes = int(max(train_y.max(), eval_y.max())) + 1
+    order = np.random.default_rng(seed).permutation(len(train_y))
+    cut = len(order) // 5
+    held, fit = order[:cut], order[cut:]
+
+    def accuracy(x, y, l2, fit_rows=None):
+        rows = slice(None) if fit_rows is None else fit_rows
+        w, b = fit_logistic(train_x[rows], train_y[rows], n_classes, l2)
+        pred = (torch.as_tensor(x, dtype=torch.float32) @ w + b).argmax(-1).numpy()
+        return float((pred == y).mean())
+
+    scores = {l2: accuracy(train_x[held], train_y[held], l2, fit) for l2 in l2_grid}
+    best_l2 = max(scores, key=lambda k: (scores[k], k))
+    return {"accuracy": accuracy(eval_x, eval_y, best_l2), "l2": best_l2, "heldout_accuracy": scores[best_l2]}
+
+
+# --------------------------------------------------------------------------- diagnostics
+
+
+def representation_stats(tokens: np.ndarray, max_tokens: int = 4096) -> dict:
+    """Norm and spread of token vectors (N, D), and their mean pairwise cosine similarity.
+
+    mean_cosine near 1 means every token looks alike (collapse or a dominant common
+    direction: anisotropy); near 0, directions are spread out. dim_std is the std across
+    tokens averaged over dimensions: how wide the cloud is, independent of its offset.
+    """
+    x = np.asarray(tokens, np.float64)[:max_tokens]
+    norms = np.linalg.norm(x, axis=1)
+    unit = x / np.maximum(norms[:, None], 1e-12)
+    n = len(unit)
+    total = np.square(unit.sum(0)).sum()  # sum over all pairs i, j of cos(i, j), the diagonal included
+    mean_cos = (total - n) / max(n * (n - 1), 1)
+    return {"norm_mean": float(norms.mean()), "norm_std": float(norms.std()),
+            "dim_std": float(x.std(0).mean()), "mean_cosine": float(mean_cos)}
+
+
+def parameter_group(name: str) -> str:
+    """A classifier parameter name -> its layer: embeddings, block<i>, final_ln or head."""
+    parts = name.split(".")
+    if parts[0] == "head":
+        return "head"
+    if parts[1] == "blocks":
+        return f"block{parts[2]}"
+    return "final_ln" if parts[1] == "ln_final" else "embeddings"
+
+
+def update_ratios(before: dict, after: dict) -> dict:
+    """Per layer, ||after - before|| / ||before|| over its parameters: how far fine-tuning moved
+    each layer relative to its size (the effective per-layer learning rate)."""
+    diff, size = {}, {}
+    for name, w0 in before.items():
+        if name not in after or not torch.is_floating_point(w0):
+            continue
+        group = parameter_group(name)
+        diff[group] = diff.get(group, 0.0) + float((after[name].float() - w0.float()).pow(2).sum())
+        size[group] = size.get(group, 0.0) + float(w0.float().pow(2).sum())
+    return {g: math.sqrt(diff[g]) / max(math.sqrt(size[g]), 1e-12) for g in diff}
+
+
+def initial_gradient_norms(source: glue_utils.ModelSource, task_name: str, ft, seed: int = 1,
+                           n_batches: int = 8, data_dir: str | Path = "data", glue_dir=None) -> dict:
+    """Per layer, the gradient norm of the task loss at the start of fine-tuning (fresh head),
+    averaged over `n_batches` training batches: where the first updates want to go."""
+    task = glue_utils.get_task(task_name, data_dir)
+    splits, _ = glue_utils.load_task(task, glue_dir)
+    loaded = glue_utils.load_for_task(source, task, ft, seed)
+    enc = glue_utils.encode_split(loaded, glue_utils.subsample(splits["train"], n_batches * ft.batch_size))
+    batches = glue_utils.train_batches([len(x) for x in enc["input_ids"]], ft.batch_size, np.random.default_rng(seed))
+    model = loaded.model
+    model.train()
+    sums: dict[str, float] = {}
+    for idx in batches[:n_batches]:
+        batch = glue_utils.collate(enc, idx, loaded.pad_id, task.is_regression)
+        labels = batch.pop("labels")
+        loss = glue_utils._loss(task, model(**batch), labels)
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        squares: dict[str, float] = {}
+        for name, p in model.named_parameters():
+            if p.grad is not None:
+                g = parameter_group(name)
+                squares[g] = squares.get(g, 0.0) + float(p.grad.pow(2).sum())
+        for g, s in squares.items():
+            sums[g] = sums.get(g, 0.0) + math.sqrt(s) / min(n_batches, len(batches))
+    return sums
+
+
+def finetune_movement(source: glue_utils.ModelSource, task_name: str, ft, seed: int, data_dir="data") -> dict:
+    """`update_ratios` between a run's starting weights (rebuilt as the loop built them, same
+    seed) and its saved best model, if that run kept one (``finetune.save_best``)."""
+    task = glue_utils.get_task(task_name, data_dir)
+    best = Path(ft.output_dir) / f"{source.label}-seed{seed}" / f"best_{task.name}"
+    if not (best / "model.safetensors").is_file():
+        return {}
+    from safetensors.torch import load_file
+
+    start = glue_utils.load_for_task(source, task, ft, seed).model.state_dict()
+    return update_ratios(start, load_file(str(best / "model.safetensors")))
+
+
+# --------------------------------------------------------------------------- fine-tuning
+
+
+def task_settings(ft, task: str, subsample_size: int):
+    """Fine-tuning settings for one task: the large training sets cut to a fixed subsample
+    (``glue_utils.subsample`` draws the same rows for every model and seed)."""
+    ft = copy.deepcopy(ft)
+    if task in SUBSAMPLED and subsample_size:
+        ft.max_train_examples = subsample_size
+    return ft
+
+
+def final_scores(run_dirs, task: str) -> dict[int, float]:
+    """{seed: task score in % at the last epoch}, scored as the aggregated GLUE table scores it."""
+    out = {}
+    for run in map(Path, run_dirs):
+        path = run / f"results_{task}.csv"
+        if not path.is_file():
+            continue
+        scores = glue_results.epoch_scores(task, glue_results.read_task_csv(path), path)
+        task_rows = scores[scores["column"] == task].sort_values("epoch")
+        out[int(json.loads((run / "run_info.json").read_text())["seed"])] = float(task_rows["value"].iloc[-1])
+    return out
+
+
+def finetune_snapshot(snapshot: dict, experiment: str, tokenizer: str, tasks: list[str], ft,
+                      subsample_size: int = 0, glue_dir=None, data_dir="data") -> list[dict]:
+    """Fine-tune one snapshot on each task with every seed; step 0 is fine-tuned from fresh
+    random weights per seed (the control). One result row per task and seed."""
+    control = snapshot["step"] == 0
+    label = f"value-{experiment}-step{snapshot['step']}"
+    source = glue_utils.ditbert_source(snapshot["model_dir"], tokenizer, label, random_init=control)
+    rows = []
+    for task in tasks:
+        task_ft = task_settings(ft, task, subsample_size)
+        todo = [seed for seed in task_ft.seeds if not finished_run(source, task, task_ft, seed)]
+        if todo:
+            glue_utils.run_glue(source, [task], dataclasses.replace(task_ft, seeds=todo), glue_dir, data_dir)
+        runs = [Path(task_ft.output_dir) / f"{source.label}-seed{seed}" for seed in task_ft.seeds]
+        for seed, score in sorted(final_scores(runs, task).items()):
+            rows.append({"task": task, "method": "finetune", "init": "random" if control else "pretrained",
+                         "seed": seed, "score": score})
+    return rows
+
+
+def finished_run(source: glue_utils.ModelSource, task: str, ft, seed: int) -> bool:
+    """Whether this run folder already holds every epoch of `task`, fine-tuned with the same
+    settings: then it is reused, not repeated. Seeds, output folder, model saving and the
+    training subsample are left out of the comparison (the folder's run_info.json keeps the
+    settings of the last task written, and only CoLA and SST-2 are subsampled)."""
+    run = Path(ft.output_dir) / f"{source.label}-seed{seed}"
+    info_path, results = run / "run_info.json", run / f"results_{task}.csv"
+    if not info_path.is_file() or not results.is_file():
+        return False
+    ignore = ("seeds", "output_dir", "save_best", "max_train_examples")
+    info = json.loads(info_path.read_text())
+    done = {k: v for k, v in info.get("finetune", {}).items() if k not in ignore}
+    wanted = {k: v for k, v in dataclasses.asdict(ft).items() if k not in ignore}
+    return task in info.get("tasks", {}) and done == wanted and len(pd.read_csv(results)) >= ft.epochs
+
+
+# --------------------------------------------------------------------------- the experiment
+
+
+@dataclasses.dataclass
+class Experiment:
+    """What one `run_experiment` call does (the model and training settings are in Params)."""
+
+    name: str = "demo"
+    steps: list[int] = dataclasses.field(default_factory=lambda: [0, 100, 300, 500])
+    tasks: list[str] = dataclasses.field(default_factory=lambda: ["demo"])
+    out_dir: str = ""  # default runs/value/<name>
+    subsample: int = 4000  # training examples kept for CoLA and SST-2
+    probe_examples: int = 0  # 0 = the whole demo training set
+    finetune: bool = True
+    glue_dir: str | None = None
+    data_dir: str = "data"
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.out_dir or f"runs/value/{self.name}")
+
+
+def ensure_tokenizer(params: Params, data_dir: str = "data") -> Path:
+    """The preset's tokenizer, learned from the pretraining corpus first if it does not exist yet."""
+    path = params.tokenizer_path
+    if not path.is_file():
+        files = params.data.corpus or [str(model_defs.embedded_corpus_file(data_dir))]
+        model_defs.train_tokenizer(files, params.tokenizer.vocab_size, path, params.tokenizer.min_frequency)
+    return path
+
+
+def probe_and_diagnose(snapshot: dict, params: Params, exp: Experiment) -> tuple[list[dict], list[dict]]:
+    """Linear-probe rows (final layer, mean and cls pooling, plus every layer mean-pooled) and
+    per-layer representation statistics of one snapshot on the demo task."""
+    feats = encode_task(snapshot["model_dir"], params.tokenizer_path, "demo", params, exp.probe_examples,
+                        exp.data_dir)
+    (train_pooled, train_y, _), (eval_pooled, eval_y, eval_tokens) = feats["train"], feats["validation"]
+    rows, diag = [], []
+    for key in train_pooled:
+        layer, pooling = key.split("/")
+        if pooling == "cls" and layer != "final":
+            continue
+        result = probe_accuracy(train_pooled[key], train_y, eval_pooled[key], eval_y)
+        method = f"probe-{pooling}" if layer == "final" else f"probe-{layer}-{pooling}"
+        rows.append({"task": "demo", "method": method, "init": "frozen", "seed": 0, "score": 100 * result["accuracy"]})
+    for layer, tokens in eval_tokens.items():
+        diag.append({"step": snapshot["step"], "layer": layer, **representation_stats(tokens)})
+    return rows, diag
+
+
+def run_experiment(params: Params, exp: Experiment, show_progress: bool = False) -> pd.DataFrame:
+    """Pretrain with snapshots, then probe, diagnose and fine-tune each; write results.csv,
+    summary.csv, diagnostics.csv and curve.png under `exp.folder`. Returns the results."""
+    folder = exp.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = ensure_tokenizer(params, exp.data_dir)
+    snapshots = pretrain_snapshots(params, exp.steps, folder, show_progress)
+    rows, diag_rows = [], []
+    for snap in snapshots:
+        model = model_defs.load_model(snap["model_dir"])
+        val_ppl, unigram_ppl = mlm_perplexity(model, params)
+        common = {"experiment": exp.name, "step": snap["step"], "tokens_seen": snap["tokens_seen"],
+                  "pretrain_s": snap["pretrain_s"], "val_ppl": val_ppl, "unigram_ppl": unigram_ppl}
+        probe_rows, diag = probe_and_diagnose(snap, params, exp)
+        task_rows = probe_rows
+        if exp.finetune:
+            task_rows += finetune_snapshot(snap, exp.name, str(tokenizer), exp.tasks, params.finetune,
+                                           exp.subsample, exp.glue_dir, exp.data_dir)
+        rows += [{**common, **r} for r in task_rows]
+        diag_rows += [{**common, **d} for d in diag]
+        write_results(pd.DataFrame(rows, columns=RESULT_COLUMNS), pd.DataFrame(diag_rows), folder)
+        print(f"step {snap['step']}: val ppl {val_ppl:.0f} (unigram {unigram_ppl:.0f}); "
+              + ", ".join(f"{r['task']} {r['method']} {r['score']:.1f}" for r in task_rows if r["seed"] in (0, 1)))
+    results = pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    plot_curve(summarize(results), folder / "curve.png")
+    return results
+
+
+def summarize(results: pd.DataFrame) -> pd.DataFrame:
+    """Mean, sample std and count of the score per step, task and method; with two or more GLUE
+    tasks also ``glue-small`` (per seed, the mean over those tasks, then over seeds)."""
+    frame = results.copy()
+    glue = frame[(frame["method"] == "finetune") & frame["task"].isin(SMALL_GLUE)]
+    if glue["task"].nunique() >= 2:
+        per_seed = glue.groupby([c for c in RESULT_COLUMNS if c not in ("task", "score")], as_index=False)["score"].mean()
+        frame = pd.concat([frame, per_seed.assign(task="glue-small")], ignore_index=True)
+    keys = ["experiment", "step", "tokens_seen", "pretrain_s", "val_ppl", "unigram_ppl", "task", "method", "init"]
+    return (frame.groupby(keys, as_index=False)["score"].agg(mean="mean", std="std", n="count")
+            .sort_values(["task", "method", "step"], ignore_index=True))
+
+
+def write_results(results: pd.DataFrame, diagnostics: pd.DataFrame, folder: Path) -> None:
+    model_defs.atomic_write_bytes(folder / "results.csv", results.to_csv(index=False).encode())
+    model_defs.atomic_write_bytes(folder / "summary.csv", summarize(results).to_csv(index=False).encode())
+    model_defs.atomic_write_bytes(folder / "diagnostics.csv", diagnostics.to_csv(index=False).encode())
+
+
+def plot_curve(summary: pd.DataFrame, path: str | Path | None = None):
+    """Score against pretraining tokens, one panel per task: fine-tuning mean +- std with the
+    random-init control as a band, and the frozen linear probes (final layer) as dashed lines."""
+    import matplotlib
+
+    if path is not None:
+        matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    shown = summary[summary["method"].isin(["finetune", "probe-mean", "probe-cls"])]
+    tasks = list(dict.fromkeys(shown["task"]))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        part = shown[shown["task"] == task]
+        ft = part[part["method"] == "finetune"]
+        control, pre = ft[ft["init"] == "random"], ft[ft["init"] == "pretrained"].sort_values("tokens_seen")
+        if len(pre):
+            ax.errorbar(pre["tokens_seen"] / 1e6, pre["mean"], yerr=pre["std"].fillna(0), marker="o", capsize=3,
+                        label="fine-tuned, pretrained")
+        if len(control):
+            m, s = control["mean"].iloc[0], np.nan_to_num(control["std"].iloc[0])
+            ax.axhspan(m - s, m + s, color="grey", alpha=0.3)
+            ax.axhline(m, color="grey", label="fine-tuned, random init")
+        for method, style in (("probe-mean", "--"), ("probe-cls", ":")):
+            pr = part[part["method"] == method].sort_values("tokens_seen")
+            if len(pr):
+                ax.plot(pr["tokens_seen"] / 1e6, pr["mean"], style, marker=".", label=f"linear {method}")
+        ax.set_title(task)
+        ax.set_xlabel("pretraining tokens (millions)")
+        ax.set_ylabel("validation score (%)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+    return fig
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def parse_args(argv=None) -> tuple[Params, Experiment, argparse.Namespace]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default=None, help="tiny or base (default: $DITBERT_PRESET, else tiny)")
+    ap.add_argument("--name", default="demo", help="experiment name: output folder and run labels")
+    ap.add_argument("--steps", default="0,100,300,500", help="snapshot step counts; 0 = the random-init control")
+    ap.add_argument("--seeds", default="1,2,3", help="fine-tuning seeds")
+    ap.add_argument("--glue", action="store_true", help="also fine-tune on RTE, MRPC, STS-B, CoLA, SST-2")
+    ap.add_argument("--glue-dir", default=os.environ.get("GLUE_DIR", "../shared/glue_data"),
+                    help="GLUE data in the original layout (default: $GLUE_DIR, else ../shared/glue_data)")
+    ap.add_argument("--subsample", type=int, default=4000, help="CoLA and SST-2 training examples kept")
+    ap.add_argument("--probe-only", action="store_true", help="skip fine-tuning: probes and diagnostics only")
+    ap.add_argument("--out", default="", help="output folder (default runs/value/<name>)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.NAME=VALUE", help="any setting of params.py")
+    args = ap.parse_args(argv)
+    params = get_params(args.preset, parse_overrides(args.set))
+    apply_override(params, "finetune.seeds", args.seeds)
+    exp = Experiment(name=args.name, steps=parse_steps(args.steps), out_dir=args.out, subsample=args.subsample,
+                     tasks=["demo"] + (list(SMALL_GLUE) if args.glue else []), finetune=not args.probe_only,
+                     glue_dir=args.glue_dir if args.glue else None)
+    if not any(pair.startswith("finetune.output_dir=") for pair in args.set):
+        params.finetune.output_dir = str(exp.folder / "glue-outputs")  # kept out of the main GLUE table
+    return params, exp, args
+
+
+def main(argv=None) -> int:
+    params, exp, _ = parse_args(argv)
+    if params.train.threads:
+        torch.set_num_threads(params.train.threads)
+    started = time.time()
+    try:
+        run_experiment(params, exp, show_progress=True)
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    summary = pd.read_csv(exp.folder / "summary.csv")
+    print(summary.to_string(index=False))
+    print(f"outputs in {exp.folder} ({(time.time() - started) / 60:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
