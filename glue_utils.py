@@ -527,9 +527,15 @@ def _f1(preds, target, k):
 
 
 def _mcc(preds, target, k):
-    from torchmetrics.functional import matthews_corrcoef
+    """Matthews correlation from the confusion matrix, 0 when a marginal is constant (as
+    scikit-learn and the official GLUE scorer; torchmetrics returns a non-zero value there,
+    which would score a model that always answers "acceptable" above zero on CoLA)."""
+    from torchmetrics.functional import confusion_matrix
 
-    return matthews_corrcoef(preds, target, task="multiclass", num_classes=max(k, 2))
+    c = confusion_matrix(preds, target, task="multiclass", num_classes=max(k, 2)).double()
+    t, p, correct, total = c.sum(1), c.sum(0), c.trace(), c.sum()
+    denominator = torch.sqrt((total**2 - (p * p).sum()) * (total**2 - (t * t).sum()))
+    return torch.zeros(()) if denominator == 0 else (correct * total - (p * t).sum()) / denominator
 
 
 def _pearson(preds, target, k):

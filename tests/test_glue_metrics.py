@@ -18,6 +18,18 @@ def test_cola_matthews_correlation():
 
 def test_matthews_correlation_of_constant_predictions_is_zero():
     assert compute_metrics(TASKS["cola"], [1] * 6, LABELS)["mcc"] == pytest.approx(0.0)
+    # CoLA's dev balance (721 acceptable, 322 not): always answering "acceptable" scores 0, as in
+    # scikit-learn and the official scorer, not the small positive value torchmetrics returns
+    labels = [1] * 721 + [0] * 322
+    assert compute_metrics(TASKS["cola"], [1] * 1043, labels)["mcc"] == 0.0
+    assert compute_metrics(TASKS["cola"], [0] * 1043, labels)["mcc"] == 0.0
+
+
+def test_matthews_correlation_on_an_unbalanced_case():
+    # TP = 6, FN = 2, FP = 1, TN = 1: (6*1 - 1*2) / sqrt(7 * 8 * 2 * 3) = 4 / sqrt(336)
+    preds = [1] * 6 + [0] * 2 + [1] + [0]
+    labels = [1] * 8 + [0] * 2
+    assert compute_metrics(TASKS["cola"], preds, labels)["mcc"] == pytest.approx(4 / math.sqrt(336))
 
 
 def test_mrpc_and_qqp_accuracy_and_f1_of_the_positive_class():
