@@ -33,4 +33,4 @@ bench: setup
 	bash scripts/bench.sh
 
 clean:
-	rm -rf runs GLUE-Outputs/demo-* .pytest_cache
+	rm -rf runs .pytest_cache
