@@ -140,7 +140,8 @@ def test_untied_head_survives_the_export(tokenizer_path, tmp_path):
         torch.testing.assert_close(model(ids, mask).logits, core_logits(core, ids, mask), rtol=1e-5, atol=1e-5)
 
 
-def test_export_from_a_training_checkpoint_via_the_command_line(tokenizer_path, tmp_path, capsys):
+def test_export_from_a_training_checkpoint_via_the_command_line(tokenizer_path, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a folder without GLUE-aggregated-results.csv
     core = make_core(seed=5)
     params = {"preset": "tiny", "model": asdict(core.cfg), "data": {"corpus": []}}
     state = {f"_orig_mod.{k}": v for k, v in core.state_dict().items()}  # as a compiled model saves it
