@@ -37,6 +37,20 @@ def tiny_tokenizer(tiny_corpus, tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def pretrain_files(tiny_corpus, tmp_path_factory):
+    """(corpus, 512-token tokenizer, folder with the corpus's token file): what a pretraining run reads."""
+    from model_defs import prepare_token_file
+
+    d = tmp_path_factory.mktemp("pretrain-data")
+    corpus = d / "corpus.txt"
+    corpus.write_bytes(tiny_corpus.read_bytes())
+    tok = d / "tokenizer.json"
+    train_tokenizer([corpus], 512, tok)
+    prepare_token_file([corpus], tok, d)
+    return corpus, tok, d
+
+
 def tiny_model_config() -> ModelConfig:
     return ModelConfig(vocab_size=TINY_VOCAB, n_layers=1, d_model=32, n_heads=2, d_ff=64, seq_len=TINY_SEQ_LEN)
 

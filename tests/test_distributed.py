@@ -28,7 +28,6 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from model_defs import embedded_corpus_file, prepare_token_file, train_tokenizer  # noqa: E402
 
 STEPS, GLOBAL_BATCH = 4, 8
 TINY = [
@@ -46,15 +45,8 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("ddp-data")
-    lines = embedded_corpus_file(ROOT / "data").read_text(encoding="utf-8").splitlines()[:300]
-    corpus = d / "corpus.txt"
-    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    tok = d / "tokenizer.json"
-    train_tokenizer([corpus], 512, tok)
-    prepare_token_file([corpus], tok, d)
-    return corpus, tok, d
+def data(pretrain_files):
+    return pretrain_files
 
 
 def launch(data, out: Path, micro: int, ranks: int, *extra: str) -> subprocess.CompletedProcess:

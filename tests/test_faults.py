@@ -28,7 +28,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import train_model  # noqa: E402
-from model_defs import DitBertForMLM, embedded_corpus_file, load_model, prepare_token_file, save_model, train_tokenizer  # noqa: E402
+from model_defs import DitBertForMLM, load_model, save_model  # noqa: E402
 from params import get_params, parse_overrides  # noqa: E402
 
 BATCH = 4
@@ -45,15 +45,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("faults-data")
-    lines = embedded_corpus_file(ROOT / "data").read_text(encoding="utf-8").splitlines()[:300]
-    corpus = d / "corpus.txt"
-    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    tok = d / "tokenizer.json"
-    train_tokenizer([corpus], 512, tok)
-    prepare_token_file([corpus], tok, d)
-    return corpus, tok, d
+def data(pretrain_files):
+    return pretrain_files
 
 
 def argv(data, out: Path, steps: int, *extra: str, sets: tuple[str, ...] = ()) -> list[str]:
