@@ -8,7 +8,6 @@ import torch
 
 from model_defs import (
     SequenceLoader,
-    embedded_corpus_file,
     iter_corpus_documents,
     load_tokenizer,
     open_token_file,
@@ -19,25 +18,8 @@ from model_defs import (
 from params import DOC_ID, END_ID, SPECIAL_TOKENS, START_ID
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """400 real Wikipedia lead sections from the embedded corpus."""
-    d = tmp_path_factory.mktemp("corpus")
-    lines = embedded_corpus_file(d).read_text(encoding="utf-8").splitlines()[:400]
-    path = d / "small.txt"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="module")
-def tokenizer_path(corpus, tmp_path_factory):
-    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
-    train_tokenizer([corpus], 600, path)
-    return path
-
-
-def test_special_tokens_hold_ids_0_to_4_and_round_trip(tokenizer_path):
-    tok = load_tokenizer(tokenizer_path)
+def test_special_tokens_hold_ids_0_to_4_and_round_trip(tiny_tokenizer):
+    tok = load_tokenizer(tiny_tokenizer)
     assert [tok.token_to_id(t) for t in SPECIAL_TOKENS] == [0, 1, 2, 3, 4]
     assert tok.get_vocab_size() == 600
     text = "Paris has 2,148,271 inhabitants — café, naïve 東京."
@@ -48,12 +30,12 @@ def test_special_tokens_hold_ids_0_to_4_and_round_trip(tokenizer_path):
     assert pair.ids[0] == START_ID and pair.ids[-1] == END_ID and DOC_ID in pair.ids
 
 
-def test_tokenizer_without_special_tokens_is_refused(tmp_path, corpus):
+def test_tokenizer_without_special_tokens_is_refused(tmp_path, tiny_corpus):
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel()
-    tok.train([str(corpus)], trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>", "</s>"]))
+    tok.train([str(tiny_corpus)], trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>", "</s>"]))
     path = tmp_path / "other.json"
     tok.save(str(path))
     with pytest.raises(ValueError, match=r"other.json lacks DitBERT's special token \[PAD\]"):
@@ -83,11 +65,11 @@ def test_bad_corpus_files_get_clear_errors(tmp_path, content, message):
     assert "corpus" in str(err.value)
 
 
-def test_a_bad_file_is_reported_before_any_work(tmp_path, corpus):
+def test_a_bad_file_is_reported_before_any_work(tmp_path, tiny_corpus):
     out = tmp_path / "tok.json"
     out.write_text("previous tokenizer")
     with pytest.raises(FileNotFoundError, match="nothere.txt"):
-        train_tokenizer([corpus, tmp_path / "nothere.txt"], 300, out)
+        train_tokenizer([tiny_corpus, tmp_path / "nothere.txt"], 300, out)
     assert out.read_text() == "previous tokenizer", "an earlier output was overwritten"
 
 
@@ -97,24 +79,25 @@ def test_multibyte_character_across_read_chunks_is_valid(tmp_path):
     assert len(list(iter_corpus_documents([path]))) == 1
 
 
-def test_token_file_is_built_once_and_rebuilt_when_the_corpus_changes(tmp_path, corpus, tokenizer_path):
+def test_token_file_is_built_once_and_rebuilt_when_the_corpus_changes(tmp_path, tiny_corpus, tiny_tokenizer):
     my_corpus = tmp_path / "c.txt"
-    my_corpus.write_bytes(corpus.read_bytes())
-    first = prepare_token_file([my_corpus], tokenizer_path)
+    my_corpus.write_bytes(tiny_corpus.read_bytes())
+    first = prepare_token_file([my_corpus], tiny_tokenizer)
     assert first.parent == tmp_path, "the token file is cached beside the corpus"
     meta = json.loads(first.with_suffix(".tokens.json").read_text())
     assert meta["dtype"] == "uint16"
     mtime = first.stat().st_mtime_ns
-    assert prepare_token_file([my_corpus], tokenizer_path) == first and first.stat().st_mtime_ns == mtime
+    assert prepare_token_file([my_corpus], tiny_tokenizer) == first and first.stat().st_mtime_ns == mtime
     tokens = open_token_file(first)
-    tok = load_tokenizer(tokenizer_path)
+    tok = load_tokenizer(tiny_tokenizer)
     first_doc = my_corpus.read_text(encoding="utf-8").splitlines()[0]
     expected = tok.encode(first_doc, add_special_tokens=False).ids + [DOC_ID]
     assert tokens[: len(expected)].tolist() == expected
-    assert (tokens == DOC_ID).sum() == 400, "one [DOC] after every document"
+    n_docs = len(my_corpus.read_text(encoding="utf-8").splitlines())
+    assert n_docs == 300 and (tokens == DOC_ID).sum() == n_docs, "one [DOC] after every document"
     with open(my_corpus, "a", encoding="utf-8") as fh:
         fh.write("One more document.\n")
-    second = prepare_token_file([my_corpus], tokenizer_path)
+    second = prepare_token_file([my_corpus], tiny_tokenizer)
     assert second != first and len(open_token_file(second)) > len(tokens)
 
 
