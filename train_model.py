@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from model_defs import (
     DitBertForMLM,
     SequenceLoader,
-    embedded_corpus_file,
+    corpus_files,
     mask_tokens,
     open_token_file,
     parameter_table,
@@ -43,7 +43,7 @@ from model_defs import (
     save_model,
     split_tokens,
 )
-from params import Params, get_params, params_from_dict, parse_overrides
+from params import Params, env_overrides, get_params, params_from_dict, parse_overrides
 
 LOG_COLUMNS = ["step", "loss", "perplexity", "lr", "tokens_seen", "elapsed_s", "val_perplexity"]
 VAL_MASK_SEED = 20240101  # validation masks are fixed so perplexities compare across steps and runs
@@ -139,7 +139,7 @@ def check_output_dir(out_dir: Path, model: torch.nn.Module) -> None:
 
 def prepare_data(params: Params):
     """Token file -> (training loader, validation batch, unigram token frequencies)."""
-    files = params.data.corpus or [str(embedded_corpus_file("data"))]
+    files = corpus_files(params.data.corpus, params.data.embedded)
     token_path = prepare_token_file(files, params.tokenizer_path, params.data.cache_dir)
     tokens = open_token_file(token_path)
     train_tokens, val_tokens = split_tokens(tokens, params.data.val_fraction, params.model.seq_len)
@@ -495,7 +495,7 @@ def parse_args(argv=None) -> tuple[Params, argparse.Namespace]:
     ap.add_argument("--stop-at", type=int, help="stop after this step with a checkpoint (resume later)")
     ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.NAME=VALUE", help="any other setting of params.py")
     args = ap.parse_args(argv)
-    overrides = parse_overrides(args.set)
+    overrides = env_overrides() | parse_overrides(args.set)  # $DITBERT_SET, then --set and the flags
     for flag, key in (("corpus", "data.corpus"), ("tokenizer", "train.tokenizer"), ("out", "train.out_dir"), ("steps", "train.steps")):
         if getattr(args, flag) is not None:
             overrides[key] = getattr(args, flag)

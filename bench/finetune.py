@@ -12,7 +12,8 @@ weights: speed does not depend on them). Three ways to feed one pass over the sa
 * buckets      -- glue_utils.train_batches: examples of similar length batched together, then
                   padded to the longest (the repository's default).
 
-Each call trains one batch (forward, backward, AdamW step); the three take turns batch by batch,
+Each call trains one batch as the fine-tuning loop does (forward, backward, clipping, its fused
+AdamW step); the three take turns batch by batch,
 and examples/s is the examples of the pass divided by the summed time of its batches.
 """
 
@@ -64,7 +65,7 @@ def main(argv=None) -> int:
     model, max_len = loaded.model.train(), loaded.info["max_len"]
     enc = glue_utils.encode_split(loaded, train)
     lengths = np.array([len(ids) for ids in enc["input_ids"]])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=ft.lr, weight_decay=ft.weight_decay)
+    optimizer, _ = glue_utils.build_optimizer(model, ft, steps_per_epoch=len(lengths) // batch_size)  # the loop's own
 
     rng = np.random.default_rng(0)
     order = rng.permutation(len(lengths))
@@ -87,6 +88,7 @@ def main(argv=None) -> int:
             loss = F.mse_loss(logits.squeeze(-1), batch["labels"]) if task.is_regression \
                 else F.cross_entropy(logits, batch["labels"])
             loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), ft.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         return step

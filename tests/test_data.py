@@ -1,13 +1,16 @@
 """Tokenizer training, corpus checks, the token file and the sequence loader."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import glue_utils
 from model_defs import (
     SequenceLoader,
+    corpus_files,
     iter_corpus_documents,
     load_tokenizer,
     open_token_file,
@@ -16,6 +19,8 @@ from model_defs import (
     train_tokenizer,
 )
 from params import DOC_ID, END_ID, SPECIAL_TOKENS, START_ID
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_special_tokens_hold_ids_0_to_4_and_round_trip(tiny_tokenizer):
@@ -149,3 +154,25 @@ def test_split_keeps_a_validation_tail_and_refuses_tiny_corpora():
         split_tokens(np.arange(15), 0.1, 10)
     with pytest.raises(ValueError, match="fewer than one sequence"):
         SequenceLoader(np.arange(5), 10)
+
+
+def test_default_corpus_is_wikipedia_and_imdb_without_the_rotten_tomatoes_text(tmp_path):
+    """The embedded corpora are written from their packages once; the movie-review package's
+    Rotten Tomatoes sentences (the demo task's and SST-2's source) never reach pretraining."""
+    files = corpus_files([], ["wiki", "imdb"], tmp_path)
+    assert [Path(f).name for f in files] == ["wiki-summaries-en.txt", "imdb-reviews-en.txt"]
+    reviews = Path(files[1]).read_text(encoding="utf-8").splitlines()
+    assert len(reviews) > 24_000 and len(set(reviews)) == len(reviews)
+    assert not any("<br" in r for r in reviews[:2000])
+    demo = glue_utils.get_task("demo", ROOT / "data")
+    splits, _ = glue_utils.load_task(demo)
+    sentences = [s for s in splits["validation"]["text_a"] if len(s) > 40]
+    text = "\n".join(reviews)
+    assert sum(s in text for s in sentences[:300]) == 0
+    assert corpus_files(["mine.txt"], ["wiki"], tmp_path) == ["mine.txt"]  # the user's files win
+
+
+@pytest.mark.parametrize("embedded", [[], ["wiki", "books"]])
+def test_unknown_or_no_embedded_corpus_is_an_error(tmp_path, embedded):
+    with pytest.raises(ValueError, match="data.embedded"):
+        corpus_files([], embedded, tmp_path)

@@ -258,9 +258,9 @@ def test_hf_source_spec_forms(tmp_path):
 
 
 def test_notebook_settings_apply_seeds_and_output_dir_to_the_preset():
-    params = get_params("tiny", {"finetune.epochs": "3"})
+    params = get_params("tiny", {"finetune.epochs": "5"})
     ft = glue_utils.finetune_settings(params, seeds="1,2,3", output_dir="elsewhere")
-    assert ft.seeds == [1, 2, 3] and ft.output_dir == "elsewhere" and ft.epochs == 3
+    assert ft.seeds == [1, 2, 3] and ft.output_dir == "elsewhere" and ft.epochs == 5
     assert params.finetune.seeds == [1] and params.finetune.output_dir == "GLUE-Outputs"  # the input is untouched
     assert glue_utils.finetune_settings(params).seeds == [1]
 
@@ -270,3 +270,23 @@ def test_no_mixed_precision_on_cpu():
     assert scaler is None and not torch.is_autocast_enabled()
     with autocast():
         assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.float32
+
+
+@pytest.mark.parametrize("decay", [1.0, 0.5])
+def test_layer_lr_decay_gives_each_layer_its_rate(tiny_model_dir, decay):
+    """The head and final norm train at lr, block i of L at lr * decay**(L - i), the embeddings
+    at lr * decay**L; decay 1 is one rate for all. Biases and norms never get weight decay."""
+    encoder = load_model(tiny_model_dir).encoder
+    model = glue_utils.DitBertClassifier(encoder, 2)
+    ft = FinetuneConfig(lr=1e-3, layer_lr_decay=decay)
+    opt, _ = glue_utils.build_optimizer(model, ft, steps_per_epoch=10)
+    rate = {id(p): (g["initial_lr"], g["weight_decay"]) for g in opt.param_groups for p in g["params"]}  # before warmup
+    named = dict(model.named_parameters())
+    L = len(encoder.blocks)
+    assert rate[id(named["head.weight"])] == (1e-3, ft.weight_decay)
+    assert rate[id(named["encoder.ln_final.weight"])][0] == 1e-3
+    for i in range(L):
+        assert rate[id(named[f"encoder.blocks.{i}.ffn.fc_in.weight"])][0] == pytest.approx(1e-3 * decay ** (L - i))
+        assert rate[id(named[f"encoder.blocks.{i}.ffn.fc_in.bias"])][1] == 0.0
+    assert rate[id(named["encoder.tok_emb.weight"])][0] == pytest.approx(1e-3 * decay ** (L + 1))
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(named)
