@@ -127,16 +127,26 @@ class SelfAttention(nn.Module):
         self.use_sdpa = cfg.attention == "sdpa"
 
     def forward(self, x, key_mask, keep=None):
-        """(B, T, D) -> (B, T, D), or (N, D) at the N positions where `keep` (B, T) is True."""
+        """(B, T, D) -> (B, T, D), or (N, D) at the N positions where `keep` (B, T) is True:
+        then every position is still a key and value, but only the kept ones are queries."""
         B, T, D = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)  # (B, nh, T, hs) each
+        if keep is None:
+            q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
+            return self.out(self._attend(q, k, v, key_mask).transpose(1, 2).reshape(B, T, D))
+        rows, valid = kept_rows(keep)  # (B, M) kept positions first, and which of them are real
+        w_q, w_kv = self.qkv.weight.split([D, 2 * D])
+        b_q, b_kv = self.qkv.bias.split([D, 2 * D])
+        x_q = x.gather(1, rows[..., None].expand(-1, -1, D))  # (B, M, D)
+        q = F.linear(x_q, w_q, b_q).view(B, -1, self.n_heads, D // self.n_heads).transpose(1, 2)  # (B, nh, M, hs)
+        k, v = F.linear(x, w_kv, b_kv).view(B, T, 2, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
+        y = self._attend(q, k, v, key_mask).transpose(1, 2).reshape(B, -1, D)  # (B, M, D)
+        return self.out(y[valid])  # (N, D), in the row-major order of x[keep]
+
+    def _attend(self, q, k, v, key_mask):
         p = self.dropout if self.training else 0.0
         if self.use_sdpa:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=p)  # (B, nh, T, hs)
-        else:
-            y = self.reference_attention(q, k, v, key_mask, p)
-        y = y.transpose(1, 2).reshape(B, T, D)
-        return self.out(y if keep is None else y[keep])
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=p)  # (B, nh, Tq, hs)
+        return self.reference_attention(q, k, v, key_mask, p)
 
     @staticmethod
     def reference_attention(q, k, v, key_mask, dropout_p: float):
@@ -146,6 +156,17 @@ class SelfAttention(nn.Module):
         if key_mask is not None:
             scores = scores.masked_fill(~key_mask, float("-inf"))
         return F.dropout(scores.softmax(-1), dropout_p) @ v
+
+
+def kept_rows(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a (B, T) bool mask: the kept positions of each row in increasing order, padded to the
+    longest row's count M with other positions, (B, M); and a (B, M) mask of the real ones.
+    ``x.gather(1, rows)[valid]`` equals ``x[keep]``, element for element."""
+    counts = keep.sum(1)
+    order = torch.argsort((~keep).to(torch.uint8), dim=1, stable=True)  # kept first, each group in order
+    m = max(int(counts.max()), 1) if keep.numel() else 1
+    rows = order[:, :m]
+    return rows, torch.arange(m, device=keep.device)[None, :] < counts[:, None]
 
 
 class FeedForward(nn.Module):
@@ -170,8 +191,8 @@ class Block(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x, key_mask, keep=None):
-        """With `keep` (B, T), every position is attended to, but the rest of the block (output
-        projection, FFN) runs only at the kept positions: (N, D)."""
+        """With `keep` (B, T), every position is a key and value, but the queries, the output
+        projection and the FFN run only at the kept positions: (N, D)."""
         x = (x if keep is None else x[keep]) + self.drop(self.attn(self.ln_attn(x), key_mask, keep))
         return x + self.drop(self.ffn(self.ln_ffn(x)))
 
@@ -234,9 +255,10 @@ class MLMHead(nn.Module):
 
 
 class DitBertForMLM(nn.Module):
-    """The pretraining model. The last block's output projection and FFN, the final LayerNorm and
-    the head run only at masked positions (cfg.mlm_masked_only): most of the vocabulary
-    projection's cost, and most of the last block's, is skipped, since 85% of positions carry no loss."""
+    """The pretraining model. The last block's queries, output projection and FFN, the final
+    LayerNorm and the head run only at masked positions (cfg.mlm_masked_only): most of the
+    vocabulary projection's cost, and most of the last block's, is skipped, since 85% of positions
+    carry no loss."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()

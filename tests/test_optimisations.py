@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import model_defs
-from model_defs import DitBertForMLM, mask_tokens
+from model_defs import DitBertForMLM, kept_rows, mask_tokens
 from params import END_ID, PAD_ID, START_ID, get_params
 from train_model import build_optimizer, to_device
 
@@ -92,15 +92,36 @@ def test_masked_only_head_matches_full_projection():
     assert logits.shape == (int(labels.ne(-100).sum()), settings().model.vocab_size)
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "math"])
+def test_masked_only_path_matches_with_padding_and_rows_without_masks(attention):
+    """Padded sequences, and a row with no masked token, take the same numbers both ways."""
+    plain, fast = twin(settings(model__mlm_masked_only=False, model__attention=attention),
+                       settings(model__mlm_masked_only=True, model__attention=attention))
+    inputs, labels = batch(settings())
+    inputs[0, 20:], labels[0, 20:] = PAD_ID, -100  # a padded row
+    labels[1] = -100  # a row without masked tokens
+    assert_same(loss_and_grads(plain, inputs, labels), loss_and_grads(fast, inputs, labels), atol=1e-5)
+
+
+def test_kept_rows_gather_equals_boolean_selection():
+    keep = torch.rand(5, 17, generator=torch.Generator().manual_seed(0)) < 0.2
+    keep[2] = False
+    x = torch.randn(5, 17, 3)
+    rows, valid = kept_rows(keep)
+    assert rows.shape[1] == int(keep.sum(1).max())
+    assert torch.equal(x.gather(1, rows[..., None].expand(-1, -1, 3))[valid], x[keep])
+
+
 def test_masked_only_head_computes_less():
     """The fast path really skips work: the last FFN sees only the masked positions."""
     p = settings()
     model = DitBertForMLM(p.model)
     inputs, labels = batch(p)
-    seen = []
+    seen, queries = [], []
     model.encoder.blocks[-1].ffn.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+    model.encoder.blocks[-1].attn.out.register_forward_hook(lambda m, i, o: queries.append(i[0].shape[0]))
     model(inputs, labels)
-    assert seen == [int(labels.ne(-100).sum())]
+    assert seen == queries == [int(labels.ne(-100).sum())]
 
 
 @pytest.mark.parametrize("fused", [True, False])
