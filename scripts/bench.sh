@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 if [ -z "${GLUE_DIR:-}" ] && [ -d ../shared/glue_data ]; then export GLUE_DIR="$(cd ../shared/glue_data && pwd)"; fi
 $PY bench/pretrain_step.py --preset tiny --device cpu
-$PY bench/pretrain_step.py --preset base --device cpu --no-compile
+$PY bench/pretrain_step.py --preset base --device cpu --no-compile --rounds 8
 $PY bench/data.py
 if [ -n "${GLUE_DIR:-}" ]; then
     $PY bench/finetune.py --task rte    # long premises: the hardest pair task for padding savings
