@@ -79,6 +79,7 @@ class DitBertConfig(PretrainedConfig):
         dropout: float = 0.0,
         tie_lm_head: bool = True,
         layer_norm_eps: float = 1e-5,
+        position: str = "learned",
         classifier_dropout: float = 0.1,
         pooling: str = "cls",
         initializer_range: float = 0.02,
@@ -95,6 +96,7 @@ class DitBertConfig(PretrainedConfig):
         self.dropout = dropout
         self.tie_lm_head = tie_lm_head
         self.layer_norm_eps = layer_norm_eps
+        self.position = position  # learned: a position table; alibi: a distance penalty in attention
         self.classifier_dropout = classifier_dropout  # dropout before the classification layer
         self.pooling = pooling  # cls: the [START] vector; mean: the average over real tokens
         self.initializer_range = initializer_range  # std of newly created weights (BERT's 0.02)
@@ -339,7 +341,7 @@ def to_hf(core: model_defs.DitBertForMLM) -> DitBertForMaskedLM:
 # What an exported directory's modeling file is made of, in order. Every name used by the
 # wrapper classes must come from this list or from the header imports.
 SHIPPED_CORE = [params.ModelConfig, model_defs.SelfAttention, model_defs.FeedForward, model_defs.Block,
-                model_defs.DitBertEncoder, model_defs.MLMHead]
+                model_defs.alibi_slopes, model_defs.alibi_bias, model_defs.DitBertEncoder, model_defs.MLMHead]
 SHIPPED_WRAPPERS = [core_config, DitBertPreTrainedModel, DitBertModel, DitBertForMaskedLM, pool_hidden,
                     DitBertForSequenceClassification]
 AUTO_MAP = {

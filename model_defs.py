@@ -27,15 +27,22 @@ from params import DOC_ID, END_ID, MASK_ID, PAD_ID, SPECIAL_TOKENS, START_ID, Mo
 
 
 def build_tokenizer():
-    """An untrained byte-level BPE tokenizer: NFKC, digits split one by one, DitBERT's pair template."""
+    """An untrained byte-level BPE tokenizer: NFKC, digits split one by one, DitBERT's pair template.
+
+    A text that does not start with a space gets one before it is split, so a word is the same
+    tokens at the start of a text as inside one. Fine-tuning inputs are short sentences whose
+    first word often carries the label; without the space it would be cut into pieces that
+    pretraining, which meets the word mid-text as " Word", hardly ever sees. The decoder drops
+    one leading space again.
+    """
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFKC()
     tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+        [pre_tokenizers.ByteLevel(add_prefix_space=True), pre_tokenizers.Digits(individual_digits=True)]
     )
-    tok.decoder = decoders.ByteLevel()
+    tok.decoder = decoders.Sequence([decoders.ByteLevel(), decoders.Strip(" ", 1, 0)])
     tok.post_processor = processors.TemplateProcessing(
         single="[START] $A [END]",
         pair="[START] $A [DOC] $B [END]",
@@ -128,12 +135,17 @@ class SelfAttention(nn.Module):
 
     def forward(self, x, key_mask, keep=None):
         """(B, T, D) -> (B, T, D), or (N, D) at the N positions where `keep` (B, T) is True:
-        then every position is still a key and value, but only the kept ones are queries."""
+        then every position is still a key and value, but only the kept ones are queries.
+        `key_mask` is None, a bool mask (B, 1, 1, T) of who may be attended to, or a float bias
+        added to the attention scores ((B or 1, nh, T, T): ALiBi's distances, -inf at padding)."""
         B, T, D = x.shape
         if keep is None:
             q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
             return self.out(self._attend(q, k, v, key_mask).transpose(1, 2).reshape(B, T, D))
         rows, valid = kept_rows(keep)  # (B, M) kept positions first, and which of them are real
+        if key_mask is not None and key_mask.size(2) > 1:  # a bias per query: keep the kept queries' rows
+            bias = key_mask.expand(B, self.n_heads, T, T)
+            key_mask = bias.gather(2, rows[:, None, :, None].expand(-1, self.n_heads, -1, T))
         w_q, w_kv = self.qkv.weight.split([D, 2 * D])
         b_q, b_kv = self.qkv.bias.split([D, 2 * D])
         x_q = x.gather(1, rows[..., None].expand(-1, -1, D))  # (B, M, D)
@@ -153,8 +165,10 @@ class SelfAttention(nn.Module):
         """softmax(q k^T / sqrt(hs)) v written out, materialising the (B, nh, T, T) scores: the
         baseline that SDPA's fused kernels are checked and timed against (model.attention=math)."""
         scores = (q @ k.transpose(-2, -1)) * q.size(-1) ** -0.5  # (B, nh, T, T)
-        if key_mask is not None:
+        if key_mask is not None and key_mask.dtype == torch.bool:
             scores = scores.masked_fill(~key_mask, float("-inf"))
+        elif key_mask is not None:
+            scores = scores + key_mask
         return F.dropout(scores.softmax(-1), dropout_p) @ v
 
 
@@ -197,6 +211,18 @@ class Block(nn.Module):
         return x + self.drop(self.ffn(self.ln_ffn(x)))
 
 
+def alibi_slopes(n_heads: int) -> torch.Tensor:
+    """ALiBi's head slopes 2^(-8 h / n), h = 1..n: the first heads look near, the last almost everywhere."""
+    return torch.tensor([2.0 ** (-8.0 * h / n_heads) for h in range(1, n_heads + 1)])
+
+
+def alibi_bias(n_heads: int, T: int, device=None) -> torch.Tensor:
+    """(1, nh, T, T) symmetric ALiBi bias -slope_h |i - j| added to the attention scores."""
+    pos = torch.arange(T, device=device)
+    distance = (pos[None, :] - pos[:, None]).abs().float()  # (T, T)
+    return -alibi_slopes(n_heads).to(device)[None, :, None, None] * distance
+
+
 def sinusoid_table(n_positions: int, dim: int) -> torch.Tensor:
     """The fixed sine/cosine table of 'Attention is all you need', used to start the learned positions."""
     pos = torch.arange(n_positions, dtype=torch.float32)[:, None]
@@ -214,7 +240,9 @@ class DitBertEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=PAD_ID)
-        self.pos_emb = nn.Embedding(cfg.max_positions, cfg.d_model)
+        if cfg.position not in ("learned", "alibi"):
+            raise ValueError(f"model.position must be 'learned' or 'alibi', got {cfg.position!r}")
+        self.pos_emb = nn.Embedding(cfg.max_positions, cfg.d_model) if cfg.position == "learned" else None
         self.ln_emb = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
@@ -232,8 +260,13 @@ class DitBertEncoder(nn.Module):
         key_mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): who may be attended to
         if bool(key_mask.all()):
             key_mask = None  # no padding: lets SDPA pick its fastest kernel
-        pos = torch.arange(T, device=input_ids.device)
-        x = self.drop(self.ln_emb(self.tok_emb(input_ids) + self.pos_emb(pos)))
+        x = self.tok_emb(input_ids)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(torch.arange(T, device=input_ids.device))
+        else:  # ALiBi: positions enter as a distance penalty on every attention score
+            bias = alibi_bias(self.cfg.n_heads, T, input_ids.device).to(x.dtype)
+            key_mask = bias if key_mask is None else bias.masked_fill(~key_mask, float("-inf"))
+        x = self.drop(self.ln_emb(x))
         for i, block in enumerate(self.blocks):
             x = block(x, key_mask, keep if i == len(self.blocks) - 1 else None)
         return self.ln_final(x)
@@ -270,7 +303,8 @@ class DitBertForMLM(nn.Module):
             table = sinusoid_table(cfg.max_positions, cfg.d_model)
             if cfg.pos_init_std > 0:  # rescale to the token embeddings' size (sin/cos have std 1/sqrt 2)
                 table = table * (cfg.pos_init_std * math.sqrt(2.0))
-            self.encoder.pos_emb.weight.copy_(table)
+            if self.encoder.pos_emb is not None:
+                self.encoder.pos_emb.weight.copy_(table)
 
     def forward(self, input_ids, labels, attention_mask=None):
         """Mean cross-entropy over positions with labels != -100, and the logits there (N, V)."""

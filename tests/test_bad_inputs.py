@@ -126,8 +126,10 @@ def test_tokenizer_encodes_any_text(tok, text):
     assert all(0 <= i < VOCAB for i in ids)
     if no_special_literals(text):
         assert START_ID not in ids[1:-1] and END_ID not in ids[1:-1] and PAD_ID not in ids
-        # byte-level BPE loses nothing but what NFKC normalisation changes
-        assert tok.decode(ids) == unicodedata.normalize("NFKC", text)
+        # byte-level BPE loses nothing but what NFKC normalisation changes, and one leading
+        # space: the tokenizer puts a space before every text that lacks one
+        normal = unicodedata.normalize("NFKC", text)
+        assert tok.decode(ids) == (normal[1:] if normal.startswith(" ") else normal)
 
 
 @FAST

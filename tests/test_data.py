@@ -29,10 +29,19 @@ def test_special_tokens_hold_ids_0_to_4_and_round_trip(tiny_tokenizer):
     assert tok.get_vocab_size() == 600
     text = "Paris has 2,148,271 inhabitants — café, naïve 東京."
     assert tok.decode(tok.encode(text, add_special_tokens=False).ids) == text
-    digits = tok.encode("12345", add_special_tokens=False).tokens
-    assert digits == ["1", "2", "3", "4", "5"], "digits are not split one by one"
+    digits = tok.encode("in 12345", add_special_tokens=False).tokens
+    assert digits[-5:] == ["1", "2", "3", "4", "5"], "digits are not split one by one"
     pair = tok.encode("a b", "c")
     assert pair.ids[0] == START_ID and pair.ids[-1] == END_ID and DOC_ID in pair.ids
+
+
+def test_a_word_is_the_same_tokens_at_the_start_of_a_text_as_inside_it(tiny_tokenizer):
+    tok = load_tokenizer(tiny_tokenizer)
+    for word in ["Paris", "river", "Viewed", "Comes"]:
+        alone = tok.encode(f"{word} and", add_special_tokens=False).ids
+        inside = tok.encode(f"and {word} and", add_special_tokens=False).ids
+        assert alone == inside[-len(alone):], (word, alone, inside)
+        assert tok.decode(alone) == f"{word} and"
 
 
 def test_tokenizer_without_special_tokens_is_refused(tmp_path, tiny_corpus):

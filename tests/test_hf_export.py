@@ -42,16 +42,18 @@ def tokenizer_path(tmp_path_factory):
     return folder / "tokenizer.json"
 
 
-def make_core(tie: bool = True, seed: int = 0, vocab: int = VOCAB) -> DitBertForMLM:
-    cfg = ModelConfig(vocab_size=vocab, seq_len=30, n_layers=2, d_model=32, n_heads=2, d_ff=64, tie_lm_head=tie)
+def make_core(tie: bool = True, seed: int = 0, vocab: int = VOCAB, position: str = "learned") -> DitBertForMLM:
+    cfg = ModelConfig(vocab_size=vocab, seq_len=30, n_layers=2, d_model=32, n_heads=2, d_ff=64, tie_lm_head=tie,
+                      position=position)
     model = DitBertForMLM(cfg)
     randomize(model, seed)
     return model.eval()
 
 
-@pytest.fixture(scope="module")
-def core():
-    return make_core()
+@pytest.fixture(scope="module", params=["learned", "alibi"])
+def core(request):
+    """The exported model, with each position scheme (ALiBi has no table and its own code)."""
+    return make_core(position=request.param)
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +192,7 @@ def test_tokenizer_maps_special_tokens_and_the_pair_template(export_dir, tokeniz
     assert tok(a)["input_ids"] == [START_ID, *a_ids, END_ID]
     assert "token_type_ids" not in tok(a, b)
     assert DOC_ID in tok.all_special_ids
-    assert tok.decode(tok(a, b)["input_ids"], skip_special_tokens=True) == a + b
+    assert tok.decode(tok(a, b)["input_ids"], skip_special_tokens=True) == f"{a} {b}"
     assert tok.model_max_length == 32
 
 

@@ -1,9 +1,11 @@
 """The encoder, the MLM head and the masking helper."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
-from model_defs import DitBertEncoder, DitBertForMLM, load_model, mask_tokens, parameter_table, save_model, set_dropout
+from model_defs import DitBertEncoder, DitBertForMLM, alibi_bias, load_model, mask_tokens, parameter_table, save_model, set_dropout
 from params import END_ID, MASK_ID, PAD_ID, SPECIAL_TOKENS, START_ID, ModelConfig
 
 CFG = ModelConfig(vocab_size=300, seq_len=14, n_layers=2, d_model=32, n_heads=4, d_ff=64)
@@ -42,9 +44,10 @@ def test_masking_is_reproducible_with_a_generator():
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
-def test_padding_does_not_change_real_token_states():
+@pytest.mark.parametrize("position", ["learned", "alibi"])
+def test_padding_does_not_change_real_token_states(position):
     torch.manual_seed(0)
-    enc = DitBertEncoder(CFG).eval()
+    enc = DitBertEncoder(replace(CFG, position=position)).eval()
     ids = random_ids(1, 10)
     padded = torch.cat([ids, torch.full((1, 6), PAD_ID)], dim=1)
     short = enc(ids)
@@ -131,3 +134,29 @@ def test_set_dropout_reaches_every_layer():
 def test_bad_head_count_is_an_error():
     with pytest.raises(ValueError, match="not divisible"):
         DitBertEncoder(ModelConfig(**{**vars(CFG), "n_heads": 5}))
+
+
+def test_alibi_has_no_position_table_and_penalises_distance_per_head():
+    model = DitBertForMLM(replace(CFG, position="alibi"))
+    assert model.encoder.pos_emb is None
+    assert not any("pos_emb" in k for k in model.state_dict())
+    bias = alibi_bias(4, 6)[0]  # (nh, T, T)
+    assert torch.equal(bias, bias.transpose(-1, -2)), "a bidirectional encoder looks both ways alike"
+    assert (bias.diagonal(dim1=-2, dim2=-1) == 0).all()
+    assert (bias[:, 0, 1:] < bias[:, 0, :-1]).all(), "farther tokens are penalised more"
+    assert (bias[0, 0, 1:] < bias[-1, 0, 1:]).all(), "the first head looks nearer than the last"
+
+
+def test_alibi_encoder_sees_word_order():
+    """Without a position table the distance bias alone must tell the order of the tokens."""
+    torch.manual_seed(0)
+    enc = DitBertEncoder(replace(CFG, position="alibi")).eval()
+    ids = random_ids(1, 10)
+    swapped = ids.clone()
+    swapped[0, [2, 6]] = ids[0, [6, 2]]
+    assert not torch.allclose(enc(ids)[0, 1], enc(swapped)[0, 1], atol=1e-4)
+
+
+def test_unknown_position_scheme_is_an_error():
+    with pytest.raises(ValueError, match="model.position"):
+        DitBertEncoder(replace(CFG, position="rotary"))

@@ -68,8 +68,10 @@ def test_switches_keep_the_state_dict():
         assert set(DitBertForMLM(get_params("tiny", {**SMALL, **override}).model).state_dict()) == keys
 
 
-def test_sdpa_matches_plain_attention(monkeypatch):
-    p_plain, p_fast = settings(model__attention="math"), settings(model__attention="sdpa")
+@pytest.mark.parametrize("position", ["learned", "alibi"])
+def test_sdpa_matches_plain_attention(monkeypatch, position):
+    p_plain = settings(model__attention="math", model__position=position)
+    p_fast = settings(model__attention="sdpa", model__position=position)
     plain, fast = twin(p_plain, p_fast)
     inputs, labels = batch(p_fast)
     result_fast = loss_and_grads(fast, inputs, labels)
@@ -92,11 +94,13 @@ def test_masked_only_head_matches_full_projection():
     assert logits.shape == (int(labels.ne(-100).sum()), settings().model.vocab_size)
 
 
+@pytest.mark.parametrize("position", ["learned", "alibi"])
 @pytest.mark.parametrize("attention", ["sdpa", "math"])
-def test_masked_only_path_matches_with_padding_and_rows_without_masks(attention):
-    """Padded sequences, and a row with no masked token, take the same numbers both ways."""
-    plain, fast = twin(settings(model__mlm_masked_only=False, model__attention=attention),
-                       settings(model__mlm_masked_only=True, model__attention=attention))
+def test_masked_only_path_matches_with_padding_and_rows_without_masks(attention, position):
+    """Padded sequences, and a row with no masked token, take the same numbers both ways
+    (with ALiBi the kept queries must also keep their own rows of the distance bias)."""
+    plain, fast = twin(settings(model__mlm_masked_only=False, model__attention=attention, model__position=position),
+                       settings(model__mlm_masked_only=True, model__attention=attention, model__position=position))
     inputs, labels = batch(settings())
     inputs[0, 20:], labels[0, 20:] = PAD_ID, -100  # a padded row
     labels[1] = -100  # a row without masked tokens

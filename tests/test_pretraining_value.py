@@ -112,7 +112,7 @@ def test_pos_init_std_rescales_the_sinusoid_table_to_the_token_embeddings():
     from conftest import tiny_model_config
     from model_defs import sinusoid_table
 
-    cfg = replace(tiny_model_config(), d_model=64, pos_init_std=0.02)
+    cfg = replace(tiny_model_config(), d_model=64, pos_init_std=0.02, position="learned")
     pos = DitBertForMLM(cfg).encoder.pos_emb.weight.detach()
     table = sinusoid_table(cfg.max_positions, cfg.d_model)
     assert torch.allclose(pos, table * 0.02 * 2**0.5, atol=1e-7)  # sin and cos have std 1/sqrt(2)
