@@ -2,7 +2,7 @@
 
     python pretraining_value.py --steps 0,100,300,500 --seeds 1,2,3
     python pretraining_value.py --steps 0,300,1000,3000 --glue --glue-dir ../shared/glue_data
-    python pretraining_value.py --set model.pos_init_std=0 --name no-pos-fix   # an ablation
+    python pretraining_value.py --set model.position=learned --name learned-positions   # an ablation
 
 One command pretrains the preset (``params.py`` plus ``--set`` overrides) and keeps a model
 folder at each requested step count, then at each snapshot:
