@@ -95,7 +95,11 @@ def test_two_ranks_compute_the_same_steps_as_one_process(runs):
     assert_close_weights(one["model"], two["model"], "2 ranks vs 1 process")
     for group in ("exp_avg", "exp_avg_sq"):  # the optimizer saw the same gradients
         for key, state in one["optimizer"]["state"].items():
-            torch.testing.assert_close(state[group], two["optimizer"]["state"][key][group], rtol=1e-3, atol=1e-9)
+            # all-reduce sums in another order than accumulation; an entry far below the tensor's
+            # largest (a rare token's row) may differ in its third digit, a wrong gradient in its first
+            ours = state[group]
+            torch.testing.assert_close(ours, two["optimizer"]["state"][key][group], rtol=1e-3,
+                                       atol=1e-5 * float(ours.abs().max()) + 1e-12)
     with open(root / "one" / "log.csv") as fh:
         losses_one = [float(r["loss"]) for r in csv.DictReader(fh)]
     with open(root / "two" / "log.csv") as fh:
