@@ -37,6 +37,9 @@
 # | `VALUE_NAME` | experiment name: `runs/value/<name>/`, run labels `value-<name>-step<k>` | `notebook` |
 # | `VALUE_GLUE` | `1` = also RTE, MRPC, STS-B, CoLA, SST-2 from `GLUE_DIR` | `0` |
 # | `VALUE_FINETUNE` | `0` = probes and diagnostics only (fast) | `1` |
+#
+# `DITBERT_SET=model.position=learned` swaps `tiny`'s ALiBi for BERT's position table: its MLM
+# perplexity then stalls near 600 for about 2000 steps (README, "Does pretraining pay?").
 
 # %%
 import os
