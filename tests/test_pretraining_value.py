@@ -61,10 +61,9 @@ def test_hidden_states_has_one_entry_per_layer_and_ends_with_the_encoder_output(
     assert torch.allclose(states[-1], model.encoder(ids))
 
 
-def test_experiment_writes_results_with_expected_columns(tiny_corpus, tiny_tokenizer, tmp_path, monkeypatch):
-    """Two snapshots (the control and 2 steps) of a one-layer model on a 40-row demo task."""
-    monkeypatch.chdir(tmp_path)
-    data = tmp_path / "data" / "demo-movie-reviews"
+def toy_demo_task(root) -> None:
+    """A 40-row demo task under ``<root>/data`` whose label a bag of words tells."""
+    data = root / "data" / "demo-movie-reviews"
     data.mkdir(parents=True)
     rng = np.random.default_rng(0)
     words = {0: "bad dull awful boring", 1: "good great fine lovely"}
@@ -73,14 +72,24 @@ def test_experiment_writes_results_with_expected_columns(tiny_corpus, tiny_token
         texts = [" ".join(rng.choice(words[y].split(), 4)) + " film" for y in labels]
         pd.DataFrame({"sentence": texts, "label": labels}).to_csv(data / f"{split}.csv", index=False)
     (data / "task.json").write_text('{"text_columns": ["sentence"], "label_column": "label", "num_labels": 2}')
-    overrides = {
+
+
+def toy_overrides(tiny_corpus, tiny_tokenizer, tmp_path) -> dict:
+    """A one-layer model pretrained for 2 steps of 4 sequences, fine-tuned for one epoch."""
+    return {
         "tokenizer.vocab_size": TINY_VOCAB, "model.n_layers": 1, "model.d_model": 32, "model.n_heads": 2,
         "model.d_ff": 64, "model.seq_len": TINY_SEQ_LEN, "data.corpus": [str(tiny_corpus)], "data.cache_dir": str(tmp_path),
         "train.tokenizer": str(tiny_tokenizer), "train.steps": 2, "train.warmup_steps": 1, "train.batch_size": 4,
         "train.micro_batch": 4, "train.threads": 1, "finetune.epochs": 1, "finetune.seeds": [1, 2],
         "finetune.output_dir": str(tmp_path / "GLUE-Outputs"), "finetune.save_best": False,
     }
-    params = get_params("tiny", overrides)
+
+
+def test_experiment_writes_results_with_expected_columns(tiny_corpus, tiny_tokenizer, tmp_path, monkeypatch):
+    """Two snapshots (the control and 2 steps) of a one-layer model on a 40-row demo task."""
+    monkeypatch.chdir(tmp_path)
+    toy_demo_task(tmp_path)
+    params = get_params("tiny", toy_overrides(tiny_corpus, tiny_tokenizer, tmp_path))
     exp = pv.Experiment(name="t", steps=[0, 2], out_dir=str(tmp_path / "value"), data_dir=str(tmp_path / "data"))
     results = pv.run_experiment(params, exp)
     on_disk = pd.read_csv(tmp_path / "value" / "results.csv")
@@ -119,3 +128,51 @@ def test_pos_init_std_rescales_the_sinusoid_table_to_the_token_embeddings():
     tokens = DitBertForMLM(cfg).encoder.tok_emb.weight.detach()[5:]
     assert 0.5 < pos.norm(dim=1).mean() / tokens.norm(dim=1).mean() < 2  # same size as the tokens
     assert get_params("tiny").model.pos_init_std > 0
+
+
+@pytest.mark.slow
+def test_pretraining_value_notebook_runs_every_cell(tiny_corpus, tiny_tokenizer, tmp_path):
+    """The notebook, converted with jupytext and executed in a fresh kernel on the toy task,
+    writes the curve, the summary and the diagnostics of both snapshots."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    root = Path(__file__).resolve().parents[1]
+    toy_demo_task(tmp_path)
+    overrides = toy_overrides(tiny_corpus, tiny_tokenizer, tmp_path)
+    overrides["data.corpus"] = str(tiny_corpus)
+    overrides.pop("finetune.seeds")
+    kernels = tmp_path / "jupyter" / "kernels" / "ditbert-value-test"
+    kernels.mkdir(parents=True)
+    (kernels / "kernel.json").write_text(json.dumps(
+        {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"], "language": "python",
+         "display_name": "DitBERT tests"}))
+    env = {"JUPYTER_PATH": str(tmp_path / "jupyter"), "PYTHONPATH": str(root), "DITBERT_PRESET": "tiny",
+           "DITBERT_SET": ";".join(f"{k}={v}" for k, v in overrides.items()), "VALUE_STEPS": "0,2",
+           "VALUE_SEEDS": "1", "VALUE_NAME": "nb"}
+    ipynb = tmp_path / "Pretraining-Value.ipynb"
+    subprocess.run([sys.executable, "-m", "jupytext", "--to", "notebook", "--output", str(ipynb),
+                    str(root / "Pretraining-Value.py")], check=True, capture_output=True)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        nb = nbformat.read(ipynb, as_version=4)
+        NotebookClient(nb, kernel_name="ditbert-value-test", timeout=600,
+                       resources={"metadata": {"path": str(tmp_path)}}).execute()
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    folder = tmp_path / "runs" / "value" / "nb"
+    results = pd.read_csv(folder / "results.csv")
+    assert set(results["step"]) == {0, 2}
+    assert len(results[results["method"] == "finetune"]) == 2  # control and snapshot, one seed
+    assert (folder / "curve.png").stat().st_size > 0
+    assert set(pd.read_csv(folder / "diagnostics.csv")["layer"]) == set(pv.layer_names(1))
+    printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "grad norm, step 2" in printed and "moved, step 2" in printed
