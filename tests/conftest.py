@@ -7,7 +7,10 @@ lead sections, a one-layer 32-wide DitBERT, and a handful of rows per GLUE file.
 
 from __future__ import annotations
 
+import json
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -159,3 +162,41 @@ def write_glue_layout(root: Path, n_train: int = 24, n_dev: int = 12, seed: int 
 def glue_layout(tmp_path_factory) -> Path:
     """A folder in the original GLUE layout with a few rows per file (read-only for tests)."""
     return write_glue_layout(tmp_path_factory.mktemp("glue_data"))
+
+
+# --------------------------------------------------------------------------- notebooks
+
+ROOT = Path(__file__).resolve().parents[1]
+KERNEL = "ditbert-tests"
+
+
+@pytest.fixture(scope="session")
+def jupyter_path(tmp_path_factory):
+    """A kernelspec that runs this interpreter, so the notebooks see this environment's packages
+    whatever other 'python3' kernels the machine has (set JUPYTER_PATH to it)."""
+    root = tmp_path_factory.mktemp("jupyter")
+    spec_dir = root / "kernels" / KERNEL
+    spec_dir.mkdir(parents=True)
+    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": "DitBERT tests", "language": "python"}
+    (spec_dir / "kernel.json").write_text(json.dumps(spec))
+    return root
+
+
+def execute_notebook(notebook: str, tmp_path: Path, cwd: Path = ROOT):
+    """Convert a repository notebook with the jupytext command line, then run every cell in a fresh
+    kernel whose working directory is `cwd`; returns the executed notebook."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    ipynb = tmp_path / (Path(notebook).stem + ".ipynb")
+    subprocess.run([sys.executable, "-m", "jupytext", "--to", "notebook", "--output", str(ipynb), str(ROOT / notebook)],
+                   check=True, capture_output=True)
+    nb = nbformat.read(ipynb, as_version=4)
+    NotebookClient(nb, kernel_name=KERNEL, timeout=600, resources={"metadata": {"path": str(cwd)}}).execute()
+    return nb
+
+
+def printed(nb) -> str:
+    """Everything an executed notebook's cells printed."""
+    return "".join(out.get("text", "") for cell in nb.cells for out in cell.get("outputs", []))

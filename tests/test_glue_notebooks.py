@@ -7,31 +7,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nbformat
 import pandas as pd
 import pytest
-from nbclient import NotebookClient
 
 import glue_utils
+from conftest import execute_notebook, printed
 from params import FinetuneConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-KERNEL = "ditbert-glue-test"
 TINY = "finetune.epochs=1;finetune.batch_size=8;finetune.max_train_examples=16;finetune.max_eval_examples=8"
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def jupyter_path(tmp_path_factory):
-    """A kernelspec that runs this interpreter, so the notebooks see this environment's packages
-    whatever other 'python3' kernels the machine has."""
-    root = tmp_path_factory.mktemp("jupyter")
-    spec_dir = root / "kernels" / KERNEL
-    spec_dir.mkdir(parents=True)
-    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-            "display_name": "DitBERT tests", "language": "python"}
-    (spec_dir / "kernel.json").write_text(json.dumps(spec))
-    return root
 
 
 @pytest.fixture
@@ -48,20 +33,6 @@ def nb_env(monkeypatch, jupyter_path, glue_layout, tiny_model_dir, tiny_tokenize
     return tmp_path / "out"
 
 
-def execute(notebook: str, tmp_path: Path):
-    """Convert with the jupytext command line, then run every cell in a fresh kernel."""
-    ipynb = tmp_path / (Path(notebook).stem + ".ipynb")
-    subprocess.run([sys.executable, "-m", "jupytext", "--to", "notebook", "--output", str(ipynb), str(ROOT / notebook)],
-                   check=True, capture_output=True)
-    nb = nbformat.read(ipynb, as_version=4)
-    NotebookClient(nb, kernel_name=KERNEL, timeout=600, resources={"metadata": {"path": str(ROOT)}}).execute()
-    return nb
-
-
-def printed(nb) -> str:
-    return "".join(out.get("text", "") for cell in nb.cells for out in cell.get("outputs", []))
-
-
 def tiny_ft(out: Path) -> FinetuneConfig:
     return FinetuneConfig(epochs=1, batch_size=8, max_train_examples=16, max_eval_examples=8, output_dir=str(out))
 
@@ -69,7 +40,7 @@ def tiny_ft(out: Path) -> FinetuneConfig:
 def test_glue_finetune_notebook(nb_env, tmp_path, monkeypatch):
     monkeypatch.setenv("GLUE_TASKS", "mnli,cola")
     monkeypatch.setenv("GLUE_SEEDS", "1,2")
-    nb = execute("GLUE-Finetune.py", tmp_path)
+    nb = execute_notebook("GLUE-Finetune.py", tmp_path)
     for seed in (1, 2):
         run = nb_env / f"ditbert-nb-seed{seed}"
         assert len(pd.read_csv(run / "results_mnli.csv")) == 1
@@ -83,7 +54,7 @@ def test_glue_finetune_from_mnli_notebook(nb_env, tmp_path, tiny_model_dir, tiny
     base = glue_utils.ditbert_source(str(tiny_model_dir), str(tiny_tokenizer), "ditbert-nb")
     glue_utils.run_glue(base, "mnli", tiny_ft(nb_env), glue_dir=glue_layout)
     monkeypatch.setenv("GLUE_TASKS", "rte,stsb")
-    execute("GLUE-Finetune-from-mnli.py", tmp_path)
+    execute_notebook("GLUE-Finetune-from-mnli.py", tmp_path)
     run = nb_env / "ditbert-nb-from-mnli-seed1"
     info = json.loads((run / "run_info.json").read_text())
     assert info["init"] == "mnli" and info["model"] == "ditbert-nb-from-mnli"
@@ -94,7 +65,7 @@ def test_glue_finetune_from_mnli_notebook(nb_env, tmp_path, tiny_model_dir, tiny
 def test_glue_finetune_huggingface_notebook(nb_env, tmp_path, monkeypatch):
     monkeypatch.setenv("GLUE_TASKS", "rte")
     monkeypatch.setenv("DITBERT_SET", TINY + ";finetune.save_best=false")
-    execute("GLUE-Finetune-huggingface.py", tmp_path)
+    execute_notebook("GLUE-Finetune-huggingface.py", tmp_path)
     run = nb_env / "minilm-l6-seed1"
     assert not (run / "best_rte").exists()  # the setting reached the loop
     assert list(pd.read_csv(run / "results_rte.csv").columns) == ["epoch", "train_accuracy", "validation_accuracy"]
@@ -105,7 +76,7 @@ def test_glue_finetune_huggingface_from_mnli_notebook(nb_env, tmp_path, glue_lay
     glue_utils.run_glue(glue_utils.hf_source("minilm-l6"), "mnli", tiny_ft(nb_env), glue_dir=glue_layout)
     monkeypatch.setenv("GLUE_TASKS", "wnli")
     monkeypatch.setenv("DITBERT_SET", TINY + ";finetune.save_best=false")
-    execute("GLUE-Finetune-huggingface-from-mnli.py", tmp_path)
+    execute_notebook("GLUE-Finetune-huggingface-from-mnli.py", tmp_path)
     run = nb_env / "minilm-l6-from-mnli-seed1"
     info = json.loads((run / "run_info.json").read_text())
     assert info["init"] == "mnli" and (run / "results_wnli.csv").is_file()

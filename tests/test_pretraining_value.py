@@ -131,48 +131,27 @@ def test_pos_init_std_rescales_the_sinusoid_table_to_the_token_embeddings():
 
 
 @pytest.mark.slow
-def test_pretraining_value_notebook_runs_every_cell(tiny_corpus, tiny_tokenizer, tmp_path):
+def test_pretraining_value_notebook_runs_every_cell(tiny_corpus, tiny_tokenizer, jupyter_path, tmp_path, monkeypatch):
     """The notebook, converted with jupytext and executed in a fresh kernel on the toy task,
     writes the curve, the summary and the diagnostics of both snapshots."""
-    import json
-    import os
-    import subprocess
-    import sys
     from pathlib import Path
 
-    import nbformat
-    from nbclient import NotebookClient
+    from conftest import execute_notebook, printed
 
-    root = Path(__file__).resolve().parents[1]
     toy_demo_task(tmp_path)
     overrides = toy_overrides(tiny_corpus, tiny_tokenizer, tmp_path)
     overrides["data.corpus"] = str(tiny_corpus)
     overrides.pop("finetune.seeds")
-    kernels = tmp_path / "jupyter" / "kernels" / "ditbert-value-test"
-    kernels.mkdir(parents=True)
-    (kernels / "kernel.json").write_text(json.dumps(
-        {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"], "language": "python",
-         "display_name": "DitBERT tests"}))
-    env = {"JUPYTER_PATH": str(tmp_path / "jupyter"), "PYTHONPATH": str(root), "DITBERT_PRESET": "tiny",
-           "DITBERT_SET": ";".join(f"{k}={v}" for k, v in overrides.items()), "VALUE_STEPS": "0,2",
-           "VALUE_SEEDS": "1", "VALUE_NAME": "nb"}
-    ipynb = tmp_path / "Pretraining-Value.ipynb"
-    subprocess.run([sys.executable, "-m", "jupytext", "--to", "notebook", "--output", str(ipynb),
-                    str(root / "Pretraining-Value.py")], check=True, capture_output=True)
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        nb = nbformat.read(ipynb, as_version=4)
-        NotebookClient(nb, kernel_name="ditbert-value-test", timeout=600,
-                       resources={"metadata": {"path": str(tmp_path)}}).execute()
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    env = {"JUPYTER_PATH": str(jupyter_path), "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+           "DITBERT_PRESET": "tiny", "DITBERT_SET": ";".join(f"{k}={v}" for k, v in overrides.items()),
+           "VALUE_STEPS": "0,2", "VALUE_SEEDS": "1", "VALUE_NAME": "nb"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    nb = execute_notebook("Pretraining-Value.py", tmp_path, cwd=tmp_path)
     folder = tmp_path / "runs" / "value" / "nb"
     results = pd.read_csv(folder / "results.csv")
     assert set(results["step"]) == {0, 2}
     assert len(results[results["method"] == "finetune"]) == 2  # control and snapshot, one seed
     assert (folder / "curve.png").stat().st_size > 0
     assert set(pd.read_csv(folder / "diagnostics.csv")["layer"]) == set(pv.layer_names(1))
-    printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
-    assert "grad norm, step 2" in printed and "moved, step 2" in printed
+    assert "grad norm, step 2" in printed(nb) and "moved, step 2" in printed(nb)
