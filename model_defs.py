@@ -143,7 +143,7 @@ class SelfAttention(nn.Module):
             q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
             return self.out(self._attend(q, k, v, key_mask).transpose(1, 2).reshape(B, T, D))
         rows, valid = kept_rows(keep)  # (B, M) kept positions first, and which of them are real
-        if key_mask is not None and key_mask.size(2) > 1:  # a bias per query: keep the kept queries' rows
+        if key_mask is not None and key_mask.dtype != torch.bool:  # a bias per query: keep the kept queries' rows
             bias = key_mask.expand(B, self.n_heads, T, T)
             key_mask = bias.gather(2, rows[:, None, :, None].expand(-1, self.n_heads, -1, T))
         w_q, w_kv = self.qkv.weight.split([D, 2 * D])
@@ -299,11 +299,11 @@ class DitBertForMLM(nn.Module):
         self.encoder = DitBertEncoder(cfg)
         self.head = MLMHead(cfg, self.encoder.tok_emb)
         self.apply(init_weights)
-        with torch.no_grad():
+        if self.encoder.pos_emb is not None:  # ALiBi has no table to start
             table = sinusoid_table(cfg.max_positions, cfg.d_model)
             if cfg.pos_init_std > 0:  # rescale to the token embeddings' size (sin/cos have std 1/sqrt 2)
                 table = table * (cfg.pos_init_std * math.sqrt(2.0))
-            if self.encoder.pos_emb is not None:
+            with torch.no_grad():
                 self.encoder.pos_emb.weight.copy_(table)
 
     def forward(self, input_ids, labels, attention_mask=None):
