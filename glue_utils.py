@@ -903,6 +903,29 @@ def build_optimizer(model: nn.Module, ft: FinetuneConfig, steps_per_epoch: int):
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+def train_head_first(loaded: Loaded, task: Task, enc: dict, lengths, ft: FinetuneConfig, device, rng, desc: str) -> dict:
+    """LP-FT (Kumar et al., 2022): `ft.head_epochs` epochs that train only the top of the model
+    (head and final norm) on the frozen encoder, at `ft.head_lr`, before everything is fine-tuned.
+    A randomly initialised head sends large, random gradients into a pretrained encoder in the first
+    steps and can distort the features it should build on; a head fitted first does not.
+    Returns the training metrics of the last head-only epoch."""
+    depths = layer_depths(loaded.model)
+    top = max(depths.values(), default=0)
+    frozen = [p for n, p in loaded.model.named_parameters() if depths[n] < top and p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        head_ft = dataclasses.replace(ft, lr=ft.head_lr, epochs=ft.head_epochs, warmup_epochs=0.0, layer_lr_decay=1.0)
+        opt, sched = build_optimizer(loaded.model, head_ft, math.ceil(len(lengths) / ft.batch_size))
+        for epoch in range(1, ft.head_epochs + 1):
+            batches = train_batches(lengths, ft.batch_size, rng)
+            train = train_epoch(loaded, task, enc, batches, opt, sched, ft, device, f"{desc} head {epoch}/{ft.head_epochs}")
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    return train
+
+
 def _loss(task: Task, logits, labels):
     if task.is_regression:
         return F.mse_loss(logits.squeeze(-1).float(), labels)
@@ -989,6 +1012,9 @@ def finetune_task(
     encoded = {s: encode_split(loaded, ds) for s, ds in splits.items()}
     lengths = [len(x) for x in encoded["train"]["input_ids"]]
     rng = np.random.default_rng(seed)  # batch order of every epoch
+    if ft.head_epochs > 0:
+        head = train_head_first(loaded, task, encoded["train"], lengths, ft, device, rng, f"{source.label} seed {seed} {task.name}")
+        print(f"{source.label} seed {seed} {task.name} head only: " + ", ".join(f"train_{k} {v:.4f}" for k, v in head.items()))
     opt, sched = build_optimizer(loaded.model, ft, math.ceil(len(lengths) / ft.batch_size))
     rows, best, best_state, started = [], -math.inf, None, time.time()
     for epoch in range(1, ft.epochs + 1):

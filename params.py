@@ -126,6 +126,10 @@ class FinetuneConfig:
     max_eval_examples: int = 0
     grad_clip: float = 1.0
     layer_lr_decay: float = 1.0  # lr factor per layer going down from the head; 1 = one lr for all
+    # LP-FT: epochs that train only the head (and final norm) on the frozen encoder before the
+    # whole model is fine-tuned, at head_lr; a random head then does not scramble pretrained features.
+    head_epochs: int = 0
+    head_lr: float = 1e-3
     pooling: str = "cls"  # cls | mean
     output_dir: str = "GLUE-Outputs"  # one folder per run: <model label>-seed<seed>/
     save_best: bool = True  # keep the best epoch's model per task as safetensors (best_<task>/)

@@ -290,3 +290,30 @@ def test_layer_lr_decay_gives_each_layer_its_rate(tiny_model_dir, decay):
         assert rate[id(named[f"encoder.blocks.{i}.ffn.fc_in.bias"])][1] == 0.0
     assert rate[id(named["encoder.tok_emb.weight"])][0] == pytest.approx(1e-3 * decay ** (L + 1))
     assert sum(len(g["params"]) for g in opt.param_groups) == len(named)
+
+
+def test_head_first_epochs_move_only_the_top_and_release_the_encoder(ditbert, tmp_path):
+    """LP-FT: the head-only epochs change the head and final norm, leave every encoder weight
+    as it was, and hand back an encoder that trains again; the full run then moves everything."""
+    ft = tiny_ft(tmp_path, head_epochs=2, head_lr=1e-2, dropout=0.0)
+    loaded = glue_utils.load_for_task(ditbert, TASKS["sst2"], ft, seed=1)
+    texts = [f"a {w} story about the river" for w in ("good", "bad", "fine", "dull", "great", "poor")] * 4
+    enc = loaded.encode(texts)
+    enc["labels"] = [i % 2 for i in range(len(texts))]
+    lengths = [len(x) for x in enc["input_ids"]]
+    before = {k: v.detach().clone() for k, v in loaded.model.state_dict().items()}
+    depths = glue_utils.layer_depths(loaded.model)
+    top = max(depths.values())
+    glue_utils.train_head_first(loaded, TASKS["sst2"], enc, lengths, ft, torch.device("cpu"),
+                                np.random.default_rng(1), "test")
+    after = loaded.model.state_dict()
+    moved = {n for n in depths if not torch.equal(before[n], after[n])}
+    assert moved == {n for n, d in depths.items() if d == top}  # head and final norm, nothing below
+    assert all(p.requires_grad for p in loaded.model.parameters())
+
+
+def test_head_first_epochs_run_inside_finetune_task(ditbert, glue_layout, tmp_path, capsys):
+    ft = tiny_ft(tmp_path, head_epochs=1, save_best=False)
+    glue_utils.run_glue(ditbert, "rte", ft, glue_dir=glue_layout)
+    assert "rte head only: train_accuracy" in capsys.readouterr().out
+    assert len(pd.read_csv(tmp_path / "ditbert-test-seed1" / "results_rte.csv")) == ft.epochs  # head epochs not counted
