@@ -1012,13 +1012,14 @@ def finetune_task(
     encoded = {s: encode_split(loaded, ds) for s, ds in splits.items()}
     lengths = [len(x) for x in encoded["train"]["input_ids"]]
     rng = np.random.default_rng(seed)  # batch order of every epoch
+    run_name = f"{source.label} seed {seed} {task.name}"
     if ft.head_epochs > 0:
-        head = train_head_first(loaded, task, encoded["train"], lengths, ft, device, rng, f"{source.label} seed {seed} {task.name}")
-        print(f"{source.label} seed {seed} {task.name} head only: " + ", ".join(f"train_{k} {v:.4f}" for k, v in head.items()))
+        head = train_head_first(loaded, task, encoded["train"], lengths, ft, device, rng, run_name)
+        print(f"{run_name} head only: " + ", ".join(f"train_{k} {v:.4f}" for k, v in head.items()))
     opt, sched = build_optimizer(loaded.model, ft, math.ceil(len(lengths) / ft.batch_size))
     rows, best, best_state, started = [], -math.inf, None, time.time()
     for epoch in range(1, ft.epochs + 1):
-        desc = f"{source.label} seed {seed} {task.name} epoch {epoch}/{ft.epochs}"
+        desc = f"{run_name} epoch {epoch}/{ft.epochs}"
         batches = train_batches(lengths, ft.batch_size, rng)
         train = train_epoch(loaded, task, encoded["train"], batches, opt, sched, ft, device, desc)
         row = {"epoch": epoch, **{f"train_{k}": v for k, v in train.items()}, **evaluate(loaded, task, encoded, ft, device)}

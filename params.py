@@ -10,7 +10,7 @@ Two presets:
   Batch arithmetic: 32 sequences per micro-batch x 100 accumulation steps x 1 GPU
   = 3200 sequences = 3200 x 130 = 416,000 tokens per optimizer step.
 * ``tiny`` -- the same code at a size that trains for real on two CPU cores in
-  about a quarter of an hour (2 x 256, 8192-token vocabulary, ALiBi); the default of
+  about 17 minutes of pretraining (2 x 256, 8192-token vocabulary, ALiBi); the default of
   ``make demo`` and of the tests.
   Batch arithmetic: 32 sequences per micro-batch x 1 accumulation step = 32
   sequences = 4,160 tokens per optimizer step.
@@ -174,7 +174,7 @@ def _tiny() -> Params:
         steps=1800,
         warmup_steps=150,
         lr=1e-3,
-        mask_prob=0.4,  # 2.7x the predictions per sequence for little more compute (Wettig et al., 2023)
+        mask_prob=0.4,  # 2.7x the MLM predictions per sequence; only the output layer's work grows (Wettig et al., 2023)
         batch_size=32,
         micro_batch=32,
         checkpoint_every=100,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import pretraining_value as pv
-from conftest import TINY_SEQ_LEN, TINY_VOCAB
+from conftest import ROOT, TINY_SEQ_LEN, TINY_VOCAB, execute_notebook, printed
 from model_defs import DitBertForMLM
 from params import get_params
 
@@ -134,15 +134,11 @@ def test_pos_init_std_rescales_the_sinusoid_table_to_the_token_embeddings():
 def test_pretraining_value_notebook_runs_every_cell(tiny_corpus, tiny_tokenizer, jupyter_path, tmp_path, monkeypatch):
     """The notebook, converted with jupytext and executed in a fresh kernel on the toy task,
     writes the curve, the summary and the diagnostics of both snapshots."""
-    from pathlib import Path
-
-    from conftest import execute_notebook, printed
-
     toy_demo_task(tmp_path)
     overrides = toy_overrides(tiny_corpus, tiny_tokenizer, tmp_path)
     overrides["data.corpus"] = str(tiny_corpus)
     overrides.pop("finetune.seeds")
-    env = {"JUPYTER_PATH": str(jupyter_path), "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    env = {"JUPYTER_PATH": str(jupyter_path), "PYTHONPATH": str(ROOT),
            "DITBERT_PRESET": "tiny", "DITBERT_SET": ";".join(f"{k}={v}" for k, v in overrides.items()),
            "VALUE_STEPS": "0,2", "VALUE_SEEDS": "1", "VALUE_NAME": "nb"}
     for key, value in env.items():
