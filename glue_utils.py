@@ -992,6 +992,21 @@ def evaluate(loaded: Loaded, task: Task, encoded: dict, ft: FinetuneConfig, devi
     return row
 
 
+def check_finetune_settings(ft: FinetuneConfig) -> None:
+    """Reject fine-tuning settings that would fail, or silently do nothing, after data and
+    model are loaded: the counts and rates the loop divides by or iterates over."""
+    problems = [f"finetune.{name}={getattr(ft, name)!r} must be {rule}" for name, ok, rule in [
+        ("epochs", ft.epochs >= 1, "at least 1"),
+        ("head_epochs", ft.head_epochs >= 0, "0 (off) or more"),
+        ("batch_size", ft.batch_size >= 1, "at least 1"),
+        ("lr", ft.lr > 0, "positive"),
+        ("head_lr", ft.head_epochs == 0 or ft.head_lr > 0, "positive when head_epochs is set"),
+        ("pooling", ft.pooling in ("cls", "mean"), "'cls' or 'mean'"),
+    ] if not ok]
+    if problems:
+        raise ValueError("bad fine-tuning settings: " + "; ".join(problems))
+
+
 def finetune_task(
     task: Task, source: ModelSource, ft: FinetuneConfig, seed: int, glue_dir=None, data=None
 ) -> pd.DataFrame:
@@ -1002,6 +1017,7 @@ def finetune_task(
     """
     if task.label_column is None:
         raise ValueError(f"task {task.name} has no labels to train on; it is predicted by the MNLI model (run mnli)")
+    check_finetune_settings(ft)
     source = source.resolved(seed)
     run_dir = Path(ft.output_dir) / f"{source.label}-seed{seed}"
     splits, reports = data or load_task(task, glue_dir, ft.max_bad_fraction)
@@ -1083,6 +1099,7 @@ def run_glue(source: ModelSource, tasks, ft: FinetuneConfig, glue_dir=None, data
     if not names:
         raise ValueError("no tasks given")
     resolved = [get_task(n, data_dir) for n in names]  # every name checked before any training
+    check_finetune_settings(ft)
     runs = []
     for task in resolved:
         data = load_task(task, glue_dir, ft.max_bad_fraction)

@@ -208,8 +208,13 @@ def test_bad_settings_are_caught_before_training(ditbert, glue_layout, tmp_path)
     assert not (tmp_path / "ditbert-test-seed1").exists()  # nothing ran
     with pytest.raises(ValueError, match="no labels to train on"):
         glue_utils.run_glue(ditbert, "ax", tiny_ft(tmp_path), glue_dir=glue_layout)
-    with pytest.raises(ValueError, match="pooling must be 'cls' or 'mean'"):
+    with pytest.raises(ValueError, match="finetune.pooling='max' must be 'cls' or 'mean'"):
         glue_utils.run_glue(ditbert, "rte", tiny_ft(tmp_path, pooling="max"), glue_dir=glue_layout)
+    with pytest.raises(ValueError, match=r"finetune.head_epochs=-1 must be 0 \(off\) or more"):
+        glue_utils.run_glue(ditbert, "rte", tiny_ft(tmp_path, head_epochs=-1), glue_dir=glue_layout)
+    with pytest.raises(ValueError, match="finetune.epochs=0 must be at least 1; finetune.lr=0.0 must be positive"):
+        glue_utils.run_glue(ditbert, "rte", tiny_ft(tmp_path, epochs=0, lr=0.0), glue_dir=glue_layout)
+    assert not (tmp_path / "ditbert-test-seed1").exists()  # nothing ran
 
 
 def test_mean_pooling_ignores_padding(tiny_model_dir):
