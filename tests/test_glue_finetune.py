@@ -208,7 +208,7 @@ def test_bad_settings_are_caught_before_training(ditbert, glue_layout, tmp_path)
     assert not (tmp_path / "ditbert-test-seed1").exists()  # nothing ran
     with pytest.raises(ValueError, match="no labels to train on"):
         glue_utils.run_glue(ditbert, "ax", tiny_ft(tmp_path), glue_dir=glue_layout)
-    with pytest.raises(ValueError, match="finetune.pooling='max' must be 'cls' or 'mean'"):
+    with pytest.raises(ValueError, match="pooling must be 'cls' or 'mean', got 'max'"):
         glue_utils.run_glue(ditbert, "rte", tiny_ft(tmp_path, pooling="max"), glue_dir=glue_layout)
     with pytest.raises(ValueError, match=r"finetune.head_epochs=-1 must be 0 \(off\) or more"):
         glue_utils.run_glue(ditbert, "rte", tiny_ft(tmp_path, head_epochs=-1), glue_dir=glue_layout)
