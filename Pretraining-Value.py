@@ -32,13 +32,13 @@
 # | variable | meaning | default |
 # |---|---|---|
 # | `DITBERT_PRESET`, `DITBERT_SET` | preset and overrides, e.g. `train.threads=1` | `tiny`, none |
-# | `VALUE_STEPS` | snapshot step counts (0 = the random-init control) | `0,600,1200,1800` |
+# | `VALUE_STEPS` | snapshot step counts (0 = the random-init control) | `0,700,1400,2800` |
 # | `VALUE_SEEDS` | fine-tuning seeds | `1,2,3` |
 # | `VALUE_NAME` | experiment name: `runs/value/<name>/`, run labels `value-<name>-step<k>` | `notebook` |
 # | `VALUE_GLUE` | `1` = also RTE, MRPC, STS-B, CoLA, SST-2 from `GLUE_DIR` | `0` |
 # | `VALUE_FINETUNE` | `0` = probes and diagnostics only (fast) | `1` |
 #
-# With the defaults the snapshots lie on `tiny`'s own 1800-step schedule (about 25 minutes on two
+# With the defaults the snapshots lie on `tiny`'s own 2800-step schedule (about 25 minutes on two
 # cores, fine-tuning included). Measured so far on the demo task (README, "Does pretraining pay?"):
 # the pretrained 2 x 256 encoder beats its twin (70.7 %) by 1.4, 1.8 and 3.6 points after 4, 8
 # and 17M pretraining tokens. On the small GLUE tasks (2000 training examples
@@ -64,7 +64,7 @@ if params.train.threads:
 glue = os.environ.get("VALUE_GLUE", "0") == "1"
 exp = pv.Experiment(
     name=os.environ.get("VALUE_NAME", "notebook"),
-    steps=pv.parse_steps(os.environ.get("VALUE_STEPS", "0,600,1200,1800")),
+    steps=pv.parse_steps(os.environ.get("VALUE_STEPS", "0,700,1400,2800")),
     tasks=["demo"] + (list(pv.SMALL_GLUE) if glue else []),
     finetune=os.environ.get("VALUE_FINETUNE", "1") == "1",
     glue_dir=os.environ.get("GLUE_DIR", "../shared/glue_data") if glue else None,

@@ -3,6 +3,7 @@
     python pretraining_value.py --steps 0,100,300,500 --seeds 1,2,3
     python pretraining_value.py --steps 0,300,1000,3000 --glue --glue-dir ../shared/glue_data
     python pretraining_value.py --set model.position=learned --name learned-positions   # an ablation
+    python pretraining_value.py --name lr1e-4 --snapshots-from runs/value/demo --set finetune.lr=1e-4
 
 One command pretrains the preset (``params.py`` plus ``--set`` overrides) and keeps a model
 folder at each requested step count, then at each snapshot:
@@ -18,7 +19,9 @@ folder at each requested step count, then at each snapshot:
 
 Writes under ``--out`` (default ``runs/value/<name>``): ``step-<k>/`` model folders,
 ``results.csv`` (one row per step, task, method and seed), ``summary.csv`` (mean, std, n),
-``diagnostics.csv`` (per step and layer) and ``curve.png``. Fine-tuning runs go to
+``diagnostics.csv`` (per step and layer) and ``curve.png``. With ``--snapshots-from`` the snapshots of
+an earlier experiment are fine-tuned and probed again, under other fine-tuning settings, and
+nothing is pretrained. Fine-tuning runs go to
 ``<out>/glue-outputs/value-<name>-step<k>-seed<s>/`` unless ``finetune.output_dir`` is set.
 """
 
@@ -98,6 +101,30 @@ def pretrain_snapshots(params: Params, steps: list[int], out_dir: str | Path, sh
                      "pretrain_s": elapsed, "params": params.to_dict()}
             model_defs.save_model(model, folder, extra)
         info = json.loads((folder / "config.json").read_text())
+        snapshots.append({"step": step, "model_dir": str(folder), "tokens_seen": info["tokens_seen"],
+                          "pretrain_s": info["pretrain_s"]})
+    return snapshots
+
+
+def existing_snapshots(source_dir: str | Path, steps: list[int], params: Params) -> list[dict]:
+    """The snapshots another experiment pretrained (its output folder), for trying a fine-tuning
+    setting on the very same models without pretraining again. Each must exist and have been
+    made with this model config and tokenizer; otherwise the error names what differs."""
+    snapshots = []
+    for step in steps:
+        folder = snapshot_dir(source_dir, step)
+        if not (folder / "model.safetensors").is_file():
+            raise FileNotFoundError(f"{source_dir} holds no snapshot of step {step} ({folder}); "
+                                    "run the experiment that pretrains it first")
+        info = json.loads((folder / "config.json").read_text())
+        made_with = info.get("params", {})
+        differ = sorted(f"model.{k}" for k, v in dataclasses.asdict(params.model).items()
+                        if made_with.get("model", {}).get(k) != v)
+        if made_with.get("train", {}).get("tokenizer") != str(params.tokenizer_path):
+            differ.append("train.tokenizer")
+        if differ:
+            raise ValueError(f"the snapshot {folder} was made with other settings ({', '.join(differ)}); "
+                             "pass the --set values of the experiment that made it")
         snapshots.append({"step": step, "model_dir": str(folder), "tokens_seen": info["tokens_seen"],
                           "pretrain_s": info["pretrain_s"]})
     return snapshots
@@ -393,6 +420,7 @@ class Experiment:
     probe_examples: int = 0  # 0 = the whole demo training set
     finetune: bool = True
     glue_dir: str | None = None
+    snapshots_from: str = ""  # another experiment's folder: reuse its snapshots instead of pretraining
     data_dir: str = "data"
 
     @property
@@ -434,7 +462,10 @@ def run_experiment(params: Params, exp: Experiment, show_progress: bool = False)
     folder = exp.folder
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = ensure_tokenizer(params, exp.data_dir)
-    snapshots = pretrain_snapshots(params, exp.steps, folder, show_progress)
+    if exp.snapshots_from:
+        snapshots = existing_snapshots(exp.snapshots_from, exp.steps, params)
+    else:
+        snapshots = pretrain_snapshots(params, exp.steps, folder, show_progress)
     rows, diag_rows = [], []
     for snap in snapshots:
         model = model_defs.load_model(snap["model_dir"])
@@ -529,13 +560,16 @@ def parse_args(argv=None) -> tuple[Params, Experiment, argparse.Namespace]:
     ap.add_argument("--subsample", type=int, default=4000, help="CoLA and SST-2 training examples kept")
     ap.add_argument("--probe-only", action="store_true", help="skip fine-tuning: probes and diagnostics only")
     ap.add_argument("--out", default="", help="output folder (default runs/value/<name>)")
+    ap.add_argument("--snapshots-from", default="", metavar="DIR",
+                    help="fine-tune and probe the snapshots in another experiment's folder instead of "
+                         "pretraining: a fine-tuning setting tried on the same models")
     ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.NAME=VALUE", help="any setting of params.py")
     args = ap.parse_args(argv)
     params = get_params(args.preset, env_overrides() | parse_overrides(args.set))
     apply_override(params, "finetune.seeds", args.seeds)
     exp = Experiment(name=args.name, steps=parse_steps(args.steps), out_dir=args.out, subsample=args.subsample,
                      tasks=["demo"] + (list(SMALL_GLUE) if args.glue else []), finetune=not args.probe_only,
-                     glue_dir=args.glue_dir if args.glue else None)
+                     glue_dir=args.glue_dir if args.glue else None, snapshots_from=args.snapshots_from)
     if not any(pair.startswith("finetune.output_dir=") for pair in args.set):
         params.finetune.output_dir = str(exp.folder / "glue-outputs")  # kept out of the main GLUE table
     return params, exp, args

@@ -36,6 +36,7 @@ from model_defs import (
     DitBertForMLM,
     SequenceLoader,
     corpus_files,
+    load_tokenizer,
     mask_tokens,
     open_token_file,
     parameter_table,
@@ -139,6 +140,12 @@ def check_output_dir(out_dir: Path, model: torch.nn.Module) -> None:
 
 def prepare_data(params: Params):
     """Token file -> (training loader, validation batch, unigram token frequencies)."""
+    vocab = load_tokenizer(params.tokenizer_path).get_vocab_size()
+    if vocab > params.model.vocab_size:  # ids past the embedding table would fail deep inside the model
+        raise ValueError(
+            f"tokenizer {params.tokenizer_path} has {vocab} tokens but model.vocab_size is {params.model.vocab_size}: "
+            "train the tokenizer for this preset (Train-Tokenizer.py) or set model.vocab_size"
+        )
     files = corpus_files(params.data.corpus, params.data.embedded)
     token_path = prepare_token_file(files, params.tokenizer_path, params.data.cache_dir)
     tokens = open_token_file(token_path)

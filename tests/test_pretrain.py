@@ -2,6 +2,7 @@
 
 import csv
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -151,6 +152,13 @@ def test_checkpoint_from_another_config_is_refused(make_params):
 def test_resume_without_checkpoint_names_the_file(make_params):
     with pytest.raises(FileNotFoundError, match="checkpoint.pt does not exist"):
         train_model.train(make_params("fresh"), resume=True, show_progress=False)
+
+
+def test_tokenizer_larger_than_the_model_vocabulary_is_refused_before_training(make_params):
+    params = make_params("small-vocab", model__vocab_size=300)  # the tokenizer has 600 tokens
+    with pytest.raises(ValueError, match=r"tokenizer .*tokenizer.json has 600 tokens but model.vocab_size is 300"):
+        train_model.train(params, show_progress=False)
+    assert not (Path(params.train.out_dir) / "checkpoint.pt").exists()
 
 
 def test_command_line_reports_a_missing_corpus(tmp_path, capsys, corpus_and_tokenizer):

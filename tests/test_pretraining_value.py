@@ -110,9 +110,31 @@ def test_experiment_writes_results_with_expected_columns(tiny_corpus, tiny_token
     def no_training(*args, **kwargs):
         raise AssertionError("finished fine-tuning runs must be reused")
 
+    run_glue = pv.glue_utils.run_glue
     monkeypatch.setattr(pv.glue_utils, "run_glue", no_training)
     again = pv.run_experiment(params, exp)
     assert again.loc[again["method"] == "finetune", "score"].tolist() == finetuned["score"].tolist()
+
+    # A fine-tuning setting tried on the same snapshots: nothing pretrained, its own folder and runs.
+    def no_pretraining(*args, **kwargs):
+        raise AssertionError("the snapshots of the first experiment must be reused")
+
+    monkeypatch.setattr(pv.glue_utils, "run_glue", run_glue)
+    monkeypatch.setattr(pv.train_model, "train", no_pretraining)
+    params.finetune.lr = 1e-3
+    lever = pv.Experiment(name="lever", steps=[0, 2], out_dir=str(tmp_path / "lever"), data_dir=str(tmp_path / "data"),
+                          snapshots_from=str(tmp_path / "value"))
+    trial = pv.run_experiment(params, lever)
+    assert len(trial[trial["method"] == "finetune"]) == 4
+    assert sorted((tmp_path / "GLUE-Outputs").glob("value-lever-step*-seed*")) != []
+    assert pd.read_csv(tmp_path / "value" / "results.csv").equals(on_disk)  # the first experiment's results stay
+    assert not (tmp_path / "lever" / "pretrain").exists()
+    with pytest.raises(FileNotFoundError, match="no snapshot of step 5"):
+        pv.run_experiment(params, pv.Experiment(name="x", steps=[5], out_dir=str(tmp_path / "x"),
+                                                data_dir=str(tmp_path / "data"), snapshots_from=str(tmp_path / "value")))
+    params.model.d_ff = 128
+    with pytest.raises(ValueError, match=r"other settings \(model.d_ff\)"):
+        pv.run_experiment(params, lever)
 
 
 def test_pos_init_std_rescales_the_sinusoid_table_to_the_token_embeddings():
