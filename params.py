@@ -10,7 +10,7 @@ Two presets:
   Batch arithmetic: 32 sequences per micro-batch x 100 accumulation steps x 1 GPU
   = 3200 sequences = 3200 x 130 = 416,000 tokens per optimizer step.
 * ``tiny`` -- the same code at a size that trains for real on two CPU cores in
-  about 17 minutes of pretraining (2 x 256, 4096-token vocabulary, ALiBi); the default of
+  about 15 minutes of pretraining (2 x 256, 4096-token vocabulary, ALiBi); the default of
   ``make demo`` and of the tests.
   Batch arithmetic: 32 sequences per micro-batch x 1 accumulation step = 32
   sequences = 4,160 tokens per optimizer step.
@@ -162,7 +162,7 @@ def _tiny() -> Params:
     p = Params(preset="tiny")
     # Vocabulary 4096: with 40 % of positions masked the vocabulary projection and its softmax are
     # most of a CPU step; halving the vocabulary gives 1.5x the tokens per second (1.1x the tokens
-    # per word), and in 16 minutes the demo lead over the twin grew from 0.4 to 2.2 points (README).
+    # per word); in 15-16 minutes the demo lead over the twin grew from 0.4 to 1.7-2.2 points (README).
     p.tokenizer = TokenizerConfig(vocab_size=4096)
     # ALiBi: with a learned position table MLM sits near perplexity 600 for 2000 steps before it
     # learns to look at the neighbouring tokens; with attention that starts local it is at 412 by step 400.

@@ -12,7 +12,9 @@ attn_implementation="sdpa" and no dropout, as DitBERT pretrains. The models take
 process (see common.interleave); the first rounds are warm-up and not timed.
 
 Then one ablation per speed switch: DitBERT with that one switch flipped, interleaved with
-default DitBERT, so each row says what the switch buys.
+default DitBERT, so each row says what the switch buys. At ``tiny`` also what the recipe's own
+choices cost per step (the vocabulary, the masking rate): these change the model and what it
+learns, so they are not speed switches, but the step time is the price of each.
 
 Model FLOPs utilisation (CUDA): the FLOPs the masked-LM step needs, divided by step time and by
 the GPU's dense bf16 peak. Per step, with L layers, width d, FFN width f, vocabulary V,
@@ -62,6 +64,13 @@ ABLATIONS = [
     ("TF32 off", {"train.tf32": False}, ("cuda",)),
     ("fp32 instead of bf16 autocast", {"train.dtype": "fp32"}, ("cuda",)),
     ("pageable memory, blocking copies", {"train.pin_memory": False}, ("cuda",)),
+]
+
+# tiny only: recipe choices that change what is learned, priced by their step time
+RECIPE_CHOICES = [
+    ("vocabulary 8192 instead of 4096", {"model.vocab_size": 8192}),
+    ("15 % masking instead of 40 %", {"train.mask_prob": 0.15}),
+    ("vocabulary 8192 and 15 % masking", {"model.vocab_size": 8192, "train.mask_prob": 0.15}),
 ]
 
 
@@ -212,15 +221,18 @@ def main(argv=None) -> int:
     del contenders[1:]
 
     if not args.no_ablations:
-        for label, override, devices in ABLATIONS:
-            if args.device not in devices or (args.no_compile and "train.compile" in override):
-                continue
-            variant = ditbert(f"DitBERT, {label}", get_params(args.preset, {**base_overrides, **override}), device, batches)
+        variants = [("ablation", label, override) for label, override, devices in ABLATIONS
+                    if args.device in devices and not (args.no_compile and "train.compile" in override)]
+        if args.preset == "tiny":
+            variants += [("recipe", label, override) for label, override in RECIPE_CHOICES]
+        for kind, label, override in variants:
+            vp = get_params(args.preset, {**base_overrides, **override})
+            variant = ditbert(f"DitBERT, {label}", vp, device, masked_batches(vp, micro, count=4))
             pair = measure([dit, variant], rounds, args.warmup, tokens)
             del variant
             speedup = pair[1]["ms_per_step"] / pair[0]["ms_per_step"]
             for row in pair:
-                row.update(comparison=f"ablation: {label}", speedup_of_ditbert=speedup if row is pair[1] else 1.0)
+                row.update(comparison=f"{kind}: {label}", speedup_of_ditbert=speedup if row is pair[1] else 1.0)
                 if peak:
                     row["mfu"] = flops / (row["ms_per_step"] / 1e3) / (peak * 1e12)
             rows.append(pair[1] | {"default_ms_per_step": pair[0]["ms_per_step"]})
@@ -231,7 +243,7 @@ def main(argv=None) -> int:
     columns = ["model", "ms_per_step", "spread", "tokens_per_s", "speedup_of_ditbert", "memory_mb", "default_ms_per_step"]
     columns += ["mfu"] if peak else []
     common.report(f"pretrain_step_{tag}", rows, meta, columns)
-    print(f"speedup_of_ditbert: HF rows = DitBERT tokens/s / that model's; ablation rows = that variant's "
+    print(f"speedup_of_ditbert: HF rows = DitBERT tokens/s / that model's; ablation and recipe rows = that variant's "
           f"ms/step / default DitBERT's (interleaved pair). memory: {rows[0]['memory_is']}")
     if peak:
         print(common.result_line(f"pretrain_{tag}_mfu", rows[0]["mfu"]))
