@@ -110,6 +110,9 @@ def existing_snapshots(source_dir: str | Path, steps: list[int], params: Params)
     """The snapshots another experiment pretrained (its output folder), for trying a fine-tuning
     setting on the very same models without pretraining again. Each must exist and have been
     made with this model config and tokenizer; otherwise the error names what differs."""
+    if not params.tokenizer_path.is_file():
+        raise FileNotFoundError(f"tokenizer {params.tokenizer_path} does not exist; the snapshots need the one "
+                                "they were pretrained with (set train.tokenizer)")
     snapshots = []
     for step in steps:
         folder = snapshot_dir(source_dir, step)
@@ -461,10 +464,11 @@ def run_experiment(params: Params, exp: Experiment, show_progress: bool = False)
     summary.csv, diagnostics.csv and curve.png under `exp.folder`. Returns the results."""
     folder = exp.folder
     folder.mkdir(parents=True, exist_ok=True)
-    tokenizer = ensure_tokenizer(params, exp.data_dir)
-    if exp.snapshots_from:
+    if exp.snapshots_from:  # checked before ensure_tokenizer, which would train a new, foreign tokenizer
         snapshots = existing_snapshots(exp.snapshots_from, exp.steps, params)
+        tokenizer = params.tokenizer_path
     else:
+        tokenizer = ensure_tokenizer(params, exp.data_dir)
         snapshots = pretrain_snapshots(params, exp.steps, folder, show_progress)
     rows, diag_rows = [], []
     for snap in snapshots:

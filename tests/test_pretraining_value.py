@@ -135,6 +135,10 @@ def test_experiment_writes_results_with_expected_columns(tiny_corpus, tiny_token
     params.model.d_ff = 128
     with pytest.raises(ValueError, match=r"other settings \(model.d_ff\)"):
         pv.run_experiment(params, lever)
+    params.train.tokenizer = str(tmp_path / "gone.json")
+    with pytest.raises(FileNotFoundError, match="gone.json does not exist"):
+        pv.run_experiment(params, lever)
+    assert not (tmp_path / "gone.json").exists()  # no new tokenizer trained in its place
 
 
 def test_pos_init_std_rescales_the_sinusoid_table_to_the_token_embeddings():
