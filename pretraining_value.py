@@ -100,10 +100,14 @@ def pretrain_snapshots(params: Params, steps: list[int], out_dir: str | Path, sh
             extra = {"preset": params.preset, "steps": step, "tokens_seen": step * seq_tokens,
                      "pretrain_s": elapsed, "params": params.to_dict()}
             model_defs.save_model(model, folder, extra)
-        info = json.loads((folder / "config.json").read_text())
-        snapshots.append({"step": step, "model_dir": str(folder), "tokens_seen": info["tokens_seen"],
-                          "pretrain_s": info["pretrain_s"]})
+        snapshots.append(snapshot_info(folder, step))
     return snapshots
+
+
+def snapshot_info(folder: Path, step: int) -> dict:
+    """What run_experiment needs of a saved snapshot: step, model_dir, tokens_seen, pretrain_s."""
+    info = json.loads((folder / "config.json").read_text())
+    return {"step": step, "model_dir": str(folder), "tokens_seen": info["tokens_seen"], "pretrain_s": info["pretrain_s"]}
 
 
 def existing_snapshots(source_dir: str | Path, steps: list[int], params: Params) -> list[dict]:
@@ -128,8 +132,7 @@ def existing_snapshots(source_dir: str | Path, steps: list[int], params: Params)
         if differ:
             raise ValueError(f"the snapshot {folder} was made with other settings ({', '.join(differ)}); "
                              "pass the --set values of the experiment that made it")
-        snapshots.append({"step": step, "model_dir": str(folder), "tokens_seen": info["tokens_seen"],
-                          "pretrain_s": info["pretrain_s"]})
+        snapshots.append(snapshot_info(folder, step))
     return snapshots
 
 
