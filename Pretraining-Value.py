@@ -44,8 +44,9 @@
 # and 17M pretraining tokens (vocabulary 8192); with the 4096 vocabulary, 1.5x faster per token,
 # 11M tokens in 16 minutes lead it by 1.7-2.2 points. On the small GLUE tasks (2000 training examples
 # each) an 8000-step schedule (33M tokens, about 95 minutes with all fine-tuning) leads the twin
-# on four of five tasks and by 2.3 points on their mean; with the 4096 vocabulary 10000 steps
-# (42M tokens, 73 minutes in all) lead by 2.7, STS-B the one task behind. The commands are in the README.
+# on four of five tasks and by 2.3 points on their mean; with the 4096 vocabulary 10000 and 13000 steps
+# (42M and 54M tokens, 73 and 96 minutes in all) lead by 2.7 and 2.8, STS-B the one task behind. The
+# commands are in the README.
 #
 # `DITBERT_SET=model.position=learned` swaps `tiny`'s ALiBi for BERT's position table: its MLM
 # perplexity then stalls near 600 for about 2000 steps.
