@@ -629,32 +629,67 @@ def from_mnli_source(base: ModelSource, output_dir: str, mnli_dir: str = "") -> 
 
 
 class DitBertClassifier(nn.Module):
-    """The DitBERT encoder with a task head: pool ([START] position or masked mean) -> dropout -> linear."""
+    """The DitBERT encoder with a task head: pool ([START] position or masked mean) -> dropout -> linear.
 
-    def __init__(self, encoder: model_defs.DitBertEncoder, num_labels: int, pooling: str = "cls", dropout: float = 0.1):
+    With `pair_features` (two-text tasks) each text of ``[START] a [DOC] b [END]`` is pooled on
+    its own, into u and v, and the head reads ``[u, v, |u - v|, u * v]`` (InferSent's features):
+    how alike the texts are is then a linear function of the features, where a head on one pooled
+    vector needs the encoder's attention to learn the comparison from the task's few examples.
+    """
+
+    def __init__(self, encoder: model_defs.DitBertEncoder, num_labels: int, pooling: str = "cls", dropout: float = 0.1,
+                 pair_features: bool = False):
         super().__init__()
         if pooling not in ("cls", "mean"):
             raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
-        self.cfg, self.num_labels, self.pooling = encoder.cfg, num_labels, pooling
+        self.cfg, self.pooling = encoder.cfg, pooling
         self.encoder = encoder
         self.drop = nn.Dropout(dropout)
-        self.head = nn.Linear(self.cfg.d_model, num_labels)
-        model_defs.init_weights(self.head)
+        self.new_head(num_labels, pair_features)
 
-    def new_head(self, num_labels: int) -> None:
-        """Replace the head with a freshly initialised one for `num_labels` outputs."""
+    def new_head(self, num_labels: int, pair_features: bool | None = None) -> None:
+        """Replace the head with a freshly initialised one for `num_labels` outputs (and, if given,
+        pair features on or off)."""
         self.num_labels = num_labels
-        self.head = nn.Linear(self.cfg.d_model, num_labels).to(self.head.weight.device)
+        if pair_features is not None:
+            self.pair_features = pair_features
+        width = (4 if self.pair_features else 1) * self.cfg.d_model
+        old = getattr(self, "head", None)
+        self.head = nn.Linear(width, num_labels)
+        if old is not None:
+            self.head.to(old.weight.device)
         model_defs.init_weights(self.head)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+        if attention_mask is None:
+            attention_mask = input_ids.ne(PAD_ID)
         h = self.encoder(input_ids, attention_mask)  # (B, T, D)
-        if self.pooling == "cls":
-            pooled = h[:, 0]
+        if self.pair_features:
+            u, v = pool_texts(h, input_ids, attention_mask, self.pooling)
+            features = torch.cat([u, v, (u - v).abs(), u * v], dim=-1)  # (B, 4D)
+        elif self.pooling == "cls":
+            features = h[:, 0]
         else:
-            mask = attention_mask.unsqueeze(-1).to(h.dtype)  # (B, T, 1)
-            pooled = (h * mask).sum(1) / mask.sum(1).clamp(min=1)
-        return self.head(self.drop(pooled))  # (B, num_labels)
+            features = masked_mean(h, attention_mask.bool())
+        return self.head(self.drop(features))  # (B, num_labels)
+
+
+def masked_mean(h: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Mean of h (B, T, D) over the positions where keep (B, T) is true; zeros for an empty row."""
+    weights = keep.unsqueeze(-1).to(h.dtype)
+    return (h * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
+def pool_texts(h: torch.Tensor, input_ids, attention_mask, pooling: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two texts of ``[START] a [DOC] b [END]`` pooled one by one: the states at [START] and
+    [DOC] (cls), or the means over ``[START] a`` and ``b [END]`` (mean)."""
+    is_sep = input_ids.eq(DOC_ID)
+    if pooling == "cls":
+        sep = is_sep.int().argmax(1)  # the first [DOC]; 0 (the [START] state) when a row has none
+        return h[:, 0], h[torch.arange(len(h), device=h.device), sep]
+    in_b = is_sep.int().cumsum(1) > 0  # [DOC] and what follows it
+    real = attention_mask.bool()
+    return masked_mean(h, real & ~in_b), masked_mean(h, real & in_b & ~is_sep)
 
 
 def save_classifier(model: DitBertClassifier, out_dir: str | Path, tokenizer: str | Path, extra: dict | None = None):
@@ -665,7 +700,7 @@ def save_classifier(model: DitBertClassifier, out_dir: str | Path, tokenizer: st
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     model_defs.atomic_write_bytes(out_dir / "model.safetensors", save(state))
     config = {"model": dataclasses.asdict(model.cfg), "num_labels": model.num_labels, "pooling": model.pooling,
-              **(extra or {})}
+              "pair_features": model.pair_features, **(extra or {})}
     model_defs.atomic_write_bytes(out_dir / "config.json", json.dumps(config, indent=2).encode())
     if Path(tokenizer).resolve() != (out_dir / "tokenizer.json").resolve():
         shutil.copyfile(tokenizer, out_dir / "tokenizer.json")
@@ -683,7 +718,8 @@ def load_classifier(model_dir: str | Path, dropout: float = 0.1) -> DitBertClass
     if "num_labels" not in config:
         raise ValueError(f"{model_dir} holds a pretrained DitBERT, not a fine-tuned one (no num_labels in config.json)")
     encoder = model_defs.DitBertEncoder(ModelConfig(**config["model"]))
-    model = DitBertClassifier(encoder, config["num_labels"], config.get("pooling", "cls"), dropout)
+    model = DitBertClassifier(encoder, config["num_labels"], config.get("pooling", "cls"), dropout,
+                              config.get("pair_features", False))
     model.load_state_dict(load_file(str(model_dir / "model.safetensors")))
     return model
 
@@ -720,12 +756,13 @@ def load_for_task(source: ModelSource, task: Task, ft: FinetuneConfig, seed: int
 def _load_ditbert(source: ModelSource, task: Task, ft: FinetuneConfig, seed: int) -> Loaded:
     """Pretrained encoder (or a fresh one of the same config, or an MNLI model's) + a head."""
     path = Path(source.path)
+    pair_features = ft.pair_features and len(task.text_columns) == 2
     if source.init == "mnli":
         model = load_classifier(path, ft.dropout)
         tokenizer_path = Path(source.tokenizer) if source.tokenizer else path / "tokenizer.json"
-        if model.num_labels != task.num_labels:
+        if model.num_labels != task.num_labels or model.pair_features != pair_features:
             torch.manual_seed(seed)
-            model.new_head(task.num_labels)
+            model.new_head(task.num_labels, pair_features)
         if ft.pooling not in ("cls", "mean"):
             raise ValueError(f"pooling must be 'cls' or 'mean', got {ft.pooling!r}")
         model.pooling = ft.pooling
@@ -740,7 +777,7 @@ def _load_ditbert(source: ModelSource, task: Task, ft: FinetuneConfig, seed: int
             encoder = pretrained.encoder
             tokens = _tokens_seen(path)
         torch.manual_seed(seed)  # the same head for the pretrained model and its control
-        model = DitBertClassifier(encoder, task.num_labels, ft.pooling, ft.dropout)
+        model = DitBertClassifier(encoder, task.num_labels, ft.pooling, ft.dropout, pair_features)
     model_defs.set_dropout(model, ft.dropout)
     tok = model_defs.load_tokenizer(tokenizer_path)
     if tok.get_vocab_size() > model.cfg.vocab_size:

@@ -226,6 +226,40 @@ def test_mean_pooling_ignores_padding(tiny_model_dir):
     assert torch.allclose(out, out_padded, atol=1e-5)
 
 
+def test_pool_texts_pools_each_text_of_a_pair_on_its_own():
+    ids = torch.tensor([[START_ID, 10, 11, DOC_ID, 12, 13, 14, END_ID, PAD_ID]])
+    mask = ids.ne(PAD_ID).long()
+    h = torch.arange(9, dtype=torch.float).view(1, 9, 1).expand(1, 9, 2)  # each position's state is its index
+    u, v = glue_utils.pool_texts(h, ids, mask, "mean")
+    assert u.tolist() == [[1.0, 1.0]]  # [START] a a: positions 0-2
+    assert v.tolist() == [[5.5, 5.5]]  # b b b [END]: positions 4-7; neither [DOC] nor padding
+    u, v = glue_utils.pool_texts(h, ids, mask, "cls")
+    assert u.tolist() == [[0.0, 0.0]] and v.tolist() == [[3.0, 3.0]]  # the [START] and [DOC] states
+
+
+def test_pair_features_head_on_pair_tasks_only_and_saved_with_the_model(ditbert, glue_layout, tmp_path):
+    ft = tiny_ft(tmp_path, epochs=1, pooling="mean", pair_features=True)
+    assert glue_utils.load_for_task(ditbert, TASKS["sst2"], ft, seed=1).model.head.in_features == 32
+    model = glue_utils.load_for_task(ditbert, TASKS["rte"], ft, seed=1).model.eval()
+    assert model.pair_features and model.head.in_features == 4 * 32
+    pair = torch.tensor([[START_ID, 10, 11, DOC_ID, 12, END_ID]])
+    swapped = torch.tensor([[START_ID, 12, DOC_ID, 10, 11, END_ID]])
+    u, v = glue_utils.pool_texts(model.encoder(pair, pair.ne(PAD_ID)), pair, pair.ne(PAD_ID), "mean")
+    features = torch.cat([u, v, (u - v).abs(), u * v], dim=-1)
+    assert torch.allclose(model(pair), model.head(features), atol=1e-6)  # the head reads the four parts
+    assert not torch.allclose(model(pair), model(swapped))
+    glue_utils.run_glue(ditbert, "rte", ft, glue_dir=glue_layout)
+    best = tmp_path / "ditbert-test-seed1" / "best_rte"
+    assert json.loads((best / "config.json").read_text())["pair_features"] is True
+    reloaded = glue_utils.load_classifier(best).eval()
+    assert reloaded.pair_features and reloaded.head.in_features == 4 * 32
+    source = glue_utils.from_mnli_source(ditbert, ft.output_dir, mnli_dir=str(best))
+    plain = glue_utils.load_for_task(source.resolved(1), TASKS["mrpc"], tiny_ft(tmp_path), seed=1).model
+    assert not plain.pair_features and plain.head.in_features == 32  # the setting wins: a fresh head
+    kept = glue_utils.load_for_task(source.resolved(1), TASKS["mrpc"], ft, seed=1).model
+    assert torch.equal(kept.head.weight, reloaded.head.weight)  # same labels, same features: head kept
+
+
 # --------------------------------------------------------------------------- Hugging Face models
 
 
