@@ -632,9 +632,11 @@ class DitBertClassifier(nn.Module):
     """The DitBERT encoder with a task head: pool ([START] position or masked mean) -> dropout -> linear.
 
     With `pair_features` (two-text tasks) each text of ``[START] a [DOC] b [END]`` is pooled on
-    its own, into u and v, and the head reads ``[u, v, |u - v|, u * v]`` (InferSent's features):
-    how alike the texts are is then a linear function of the features, where a head on one pooled
-    vector needs the encoder's attention to learn the comparison from the task's few examples.
+    its own and scaled to length sqrt(d_model), into u and v, and the head reads
+    ``[u, v, |u - v|, u * v]`` (InferSent's features): how alike the texts are, the cosine of u and
+    v, is then a sum over the features, where a head on one pooled vector needs the encoder's
+    attention to learn the comparison from the task's few examples. Scaling keeps the cosine
+    readable when pretraining has given every state one large common direction.
     """
 
     def __init__(self, encoder: model_defs.DitBertEncoder, num_labels: int, pooling: str = "cls", dropout: float = 0.1,
@@ -665,7 +667,8 @@ class DitBertClassifier(nn.Module):
             attention_mask = input_ids.ne(PAD_ID)
         h = self.encoder(input_ids, attention_mask)  # (B, T, D)
         if self.pair_features:
-            u, v = pool_texts(h, input_ids, attention_mask, self.pooling)
+            u, v = (F.normalize(x, dim=-1) * math.sqrt(self.cfg.d_model)
+                    for x in pool_texts(h, input_ids, attention_mask, self.pooling))
             features = torch.cat([u, v, (u - v).abs(), u * v], dim=-1)  # (B, 4D)
         elif self.pooling == "cls":
             features = h[:, 0]

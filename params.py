@@ -132,8 +132,8 @@ class FinetuneConfig:
     head_epochs: int = 0
     head_lr: float = 1e-3
     pooling: str = "cls"  # cls | mean
-    # Two-text tasks (MRPC, STS-B, RTE...): pool each text on its own and give the head
-    # [u, v, |u - v|, u * v] (glue_utils.DitBertClassifier); DitBERT models only.
+    # Two-text tasks (MRPC, STS-B, RTE...): pool each text on its own, scale both to one length
+    # and give the head [u, v, |u - v|, u * v] (glue_utils.DitBertClassifier); DitBERT models only.
     pair_features: bool = False
     output_dir: str = "GLUE-Outputs"  # one folder per run: <model label>-seed<seed>/
     save_best: bool = True  # keep the best epoch's model per task as safetensors (best_<task>/)

@@ -12,7 +12,8 @@ folder at each requested step count, then at each snapshot:
   two on a fixed subsample) with every seed, through ``glue_utils.run_glue``. Step 0 is the
   control: the same config with fresh random weights per seed (``random_init``);
 * fits a linear probe (logistic regression) on the frozen encoder's pooled features, which
-  tells "the features are better" apart from "fine-tuning makes use of them";
+  tells "the features are better" apart from "fine-tuning makes use of them"; with ``--glue``
+  also scores STS-B by the cosine of the frozen encoder's two pooled texts (``zero-shot-cosine``);
 * measures the MLM perplexity against the unigram figure, and the norm, spread and mutual
   cosine similarity of the hidden states per layer (a collapsed or anisotropic encoder shows
   up as cosine near 1).
@@ -179,8 +180,7 @@ def pool(h: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.T
     """(B, T, D) -> (B, D): the [START] position (``cls``) or the mean over real tokens (``mean``)."""
     if pooling == "cls":
         return h[:, 0]
-    mask = attention_mask.unsqueeze(-1).to(h.dtype)
-    return (h * mask).sum(1) / mask.sum(1).clamp(min=1)
+    return glue_utils.masked_mean(h, attention_mask.bool())
 
 
 @torch.no_grad()
@@ -217,6 +217,30 @@ def encode_task(model_dir: str | Path, tokenizer: str | Path, task_name: str, pa
         token_sample = {n: torch.cat(t)[:4096].numpy() for n, t in zip(names, tokens)}
         out[split] = (pooled, np.asarray(enc["labels"]), token_sample)
     return out
+
+
+@torch.no_grad()
+def zero_shot_similarity(model_dir: str | Path, tokenizer: str | Path, params: Params, glue_dir,
+                         data_dir: str | Path = "data") -> float:
+    """STS-B validation score (x100, mean of Pearson and Spearman) of the cosine between the two
+    sentences' mean-pooled final states, encoded as fine-tuning encodes the pair, with no training:
+    what the frozen encoder already knows about how alike two texts are -- the pair tasks'
+    counterpart of the linear probe. Lexical overlap alone scores well here."""
+    task = glue_utils.get_task("stsb", data_dir)
+    splits, _ = glue_utils.load_task(task, glue_dir)
+    source = glue_utils.ditbert_source(str(model_dir), str(tokenizer), label="probe")
+    loaded = glue_utils.load_for_task(source, task, params.finetune, seed=0)
+    encoder = loaded.model.encoder.eval()
+    enc = glue_utils.encode_split(loaded, splits[task.eval_splits[0]])
+    lengths = [len(x) for x in enc["input_ids"]]
+    cosine = torch.zeros(len(lengths))
+    for idx in glue_utils.eval_batches(lengths, 64):
+        batch = glue_utils.collate(enc, idx, loaded.pad_id, regression=True)
+        h = encoder(batch["input_ids"], batch["attention_mask"])
+        u, v = glue_utils.pool_texts(h, batch["input_ids"], batch["attention_mask"], "mean")
+        cosine[torch.as_tensor(idx)] = F.cosine_similarity(u, v, dim=-1)
+    metrics = glue_utils.compute_metrics(task, cosine, enc["labels"])
+    return 100 * (metrics["pearson"] + metrics["spearman"]) / 2
 
 
 # --------------------------------------------------------------------------- linear probe
@@ -481,6 +505,9 @@ def run_experiment(params: Params, exp: Experiment, show_progress: bool = False)
                   "pretrain_s": snap["pretrain_s"], "val_ppl": val_ppl, "unigram_ppl": unigram_ppl}
         probe_rows, diag = probe_and_diagnose(snap, params, exp)
         task_rows = probe_rows
+        if exp.glue_dir:
+            score = zero_shot_similarity(snap["model_dir"], tokenizer, params, exp.glue_dir, exp.data_dir)
+            task_rows.append({"task": "stsb", "method": "zero-shot-cosine", "init": "frozen", "seed": 0, "score": score})
         if exp.finetune:
             task_rows += finetune_snapshot(snap, exp.name, str(tokenizer), exp.tasks, params.finetune,
                                            exp.subsample, exp.glue_dir, exp.data_dir)

@@ -245,6 +245,7 @@ def test_pair_features_head_on_pair_tasks_only_and_saved_with_the_model(ditbert,
     pair = torch.tensor([[START_ID, 10, 11, DOC_ID, 12, END_ID]])
     swapped = torch.tensor([[START_ID, 12, DOC_ID, 10, 11, END_ID]])
     u, v = glue_utils.pool_texts(model.encoder(pair, pair.ne(PAD_ID)), pair, pair.ne(PAD_ID), "mean")
+    u, v = (torch.nn.functional.normalize(x, dim=-1) * 32**0.5 for x in (u, v))  # length sqrt(d_model)
     features = torch.cat([u, v, (u - v).abs(), u * v], dim=-1)
     assert torch.allclose(model(pair), model.head(features), atol=1e-6)  # the head reads the four parts
     assert not torch.allclose(model(pair), model(swapped))

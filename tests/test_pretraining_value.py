@@ -45,6 +45,30 @@ def test_update_ratios_per_layer():
     assert ratios == {"block0": 0.0, "head": 1.0, "embeddings": 0.0}
 
 
+def test_zero_shot_similarity_ranks_repeated_sentences_above_unrelated_ones(tiny_model_dir, tiny_tokenizer, tmp_path):
+    """STS-B dev pairs that are one sentence twice or two unrelated sentences: the cosine of the
+    frozen encoder's two pooled texts must tell them apart, and the score follow the labels' sign."""
+    rng = np.random.default_rng(0)
+    words = "the river ran past an old house where we found small red boats and green fields".split()
+    rows = []
+    for i in range(40):
+        a, b = (" ".join(rng.choice(words, size=6)) + "." for _ in range(2))
+        same = i % 2 == 0
+        rows.append([str(i), "main-news", "headlines", "2015", f"{i:04d}", "none", "none", a, a if same else b,
+                     "5.000" if same else "0.000"])
+    folder = tmp_path / "glue" / "STS-B"
+    folder.mkdir(parents=True)
+    head = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"
+    for name in ("train.tsv", "dev.tsv"):
+        (folder / name).write_text("\n".join([head] + ["\t".join(r) for r in rows]) + "\n")
+    params = get_params("tiny")
+    score = pv.zero_shot_similarity(tiny_model_dir, tiny_tokenizer, params, tmp_path / "glue")
+    assert score > 50
+    flipped = [r[:-1] + ["5.000" if r[-1] == "0.000" else "0.000"] for r in rows]
+    (folder / "dev.tsv").write_text("\n".join([head] + ["\t".join(r) for r in flipped]) + "\n")
+    assert pv.zero_shot_similarity(tiny_model_dir, tiny_tokenizer, params, tmp_path / "glue") == pytest.approx(-score)
+
+
 def test_parse_steps():
     assert pv.parse_steps("300, 0,100,100") == [0, 100, 300]
     with pytest.raises(ValueError):
