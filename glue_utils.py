@@ -635,8 +635,9 @@ class DitBertClassifier(nn.Module):
     its own and scaled to length sqrt(d_model), into u and v, and the head reads
     ``[u, v, |u - v|, u * v]`` (InferSent's features): how alike the texts are, the cosine of u and
     v, is then a sum over the features, where a head on one pooled vector needs the encoder's
-    attention to learn the comparison from the task's few examples. Scaling keeps the cosine
-    readable when pretraining has given every state one large common direction.
+    attention to learn the comparison from the task's few examples. Scaled, the sum of u * v is
+    d_model times the cosine whatever the states' norms (STS-B 36 and 62 for the 13000-step `tiny`
+    model and its twin, against 25 and 24 unscaled; README, "Two texts, two vectors").
     """
 
     def __init__(self, encoder: model_defs.DitBertEncoder, num_labels: int, pooling: str = "cls", dropout: float = 0.1,
