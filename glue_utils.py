@@ -657,10 +657,7 @@ class DitBertClassifier(nn.Module):
         if pair_features is not None:
             self.pair_features = pair_features
         width = (4 if self.pair_features else 1) * self.cfg.d_model
-        old = getattr(self, "head", None)
-        self.head = nn.Linear(width, num_labels)
-        if old is not None:
-            self.head.to(old.weight.device)
+        self.head = nn.Linear(width, num_labels).to(self.encoder.tok_emb.weight.device)
         model_defs.init_weights(self.head)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None):
