@@ -17,7 +17,8 @@
 #
 # Each task gets a fresh head on the pretrained encoder (the pooled hidden states -> dropout 0.1
 # -> linear; `tiny` pools by the mean, and on two-text tasks pools each text on its own and gives
-# the head `[u, v, |u - v|, u * v]`), and every weight is fine-tuned with AdamW, linear warmup and
+# the head `[u, v, |u - v|, u * v]`, or on STS-B scores the pair by the texts' cosine, scaled and
+# shifted by two numbers fitted first), and every weight is fine-tuned with AdamW, linear warmup and
 # linear decay (`finetune` in `params.py`). Each seed is its own run, written to
 # `GLUE-Outputs/<model label>-seed<seed>/`: a `results_<task>.csv` per task (one row per
 # epoch), `run_info.json` and the best epoch's model per task. `Aggregate-GLUE-results.py`

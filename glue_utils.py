@@ -638,32 +638,46 @@ class DitBertClassifier(nn.Module):
     attention to learn the comparison from the task's few examples. Scaled, the sum of u * v is
     d_model times the cosine whatever the states' norms (STS-B 36 and 62 for the 13000-step `tiny`
     model and its twin, against 25 and 24 unscaled; README, "Two texts, two vectors").
+
+    With `similarity_head` (regression on two texts: STS-B) the score is ``scale * cosine + bias``
+    instead (`SimilarityHead`, `text_cosine`): the task asks how alike two texts are, and the cosine
+    is that question's answer up to a scale, which `fit_similarity_head` fits before fine-tuning.
     """
 
     def __init__(self, encoder: model_defs.DitBertEncoder, num_labels: int, pooling: str = "cls", dropout: float = 0.1,
-                 pair_features: bool = False):
+                 pair_features: bool = False, similarity_head: bool = False):
         super().__init__()
         if pooling not in ("cls", "mean"):
             raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
         self.cfg, self.pooling = encoder.cfg, pooling
         self.encoder = encoder
         self.drop = nn.Dropout(dropout)
-        self.new_head(num_labels, pair_features)
+        self.new_head(num_labels, pair_features, similarity_head)
 
-    def new_head(self, num_labels: int, pair_features: bool | None = None) -> None:
+    def new_head(self, num_labels: int, pair_features: bool | None = None, similarity_head: bool | None = None) -> None:
         """Replace the head with a freshly initialised one for `num_labels` outputs (and, if given,
-        pair features on or off)."""
+        pair features and the similarity head on or off)."""
         self.num_labels = num_labels
         if pair_features is not None:
             self.pair_features = pair_features
+        if similarity_head is not None:
+            self.similarity_head = similarity_head
+        device = self.encoder.tok_emb.weight.device
+        if self.similarity_head:
+            if num_labels != 1:
+                raise ValueError(f"the similarity head scores one number (regression), not {num_labels} labels")
+            self.head = SimilarityHead().to(device)  # no random draws: scale 1, bias 0 until fitted
+            return
         width = (4 if self.pair_features else 1) * self.cfg.d_model
-        self.head = nn.Linear(width, num_labels).to(self.encoder.tok_emb.weight.device)
+        self.head = nn.Linear(width, num_labels).to(device)
         model_defs.init_weights(self.head)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None):
         if attention_mask is None:
             attention_mask = input_ids.ne(PAD_ID)
         h = self.encoder(input_ids, attention_mask)  # (B, T, D)
+        if self.similarity_head:
+            return self.head(self.text_cosine(h, input_ids, attention_mask))
         if self.pair_features:
             u, v = (F.normalize(x, dim=-1) * math.sqrt(self.cfg.d_model)
                     for x in pool_texts(h, input_ids, attention_mask, self.pooling))
@@ -673,6 +687,55 @@ class DitBertClassifier(nn.Module):
         else:
             features = masked_mean(h, attention_mask.bool())
         return self.head(self.drop(features))  # (B, num_labels)
+
+    def text_cosine(self, h, input_ids, attention_mask) -> torch.Tensor:
+        """How alike the two texts of each pair are, (B,): the mean of two cosines between the texts'
+        pooled vectors, one of the final states `h` and one of the embedding layer.
+
+        The embedding layer keeps which tokens the texts share; the final states add what the
+        encoder made of them in context. A small MLM-pretrained encoder blurs token identity in its
+        final states (zero-shot STS-B 60.7 there, 65.4 from its own embeddings), where a random
+        one keeps it, so the final states alone would hand the random-init control the lexical
+        overlap that scores STS-B. (The mean of the two cosines is the cosine of the two texts'
+        vectors [final / |final|, embeddings / |embeddings|].)"""
+        cosines = [F.cosine_similarity(*pool_texts(states, input_ids, attention_mask, self.pooling), dim=-1)
+                   for states in (h, self.encoder.embed(input_ids))]
+        return (cosines[0] + cosines[1]).float() / 2
+
+
+class SimilarityHead(nn.Module):
+    """``scale * cosine + bias``: a pair's similarity score (STS-B's 0-5) from its texts' cosine.
+
+    Sentence-BERT's regression objective. Two numbers that `fit_similarity_head` sets by least
+    squares before fine-tuning: left at a default, the score's offset from the labels' mean is a
+    gradient common to every pair, and fine-tuning answers it by pushing all texts apart or
+    together, which wrecks the similarities it should refine (STS-B 36 for the 13000-step `tiny`
+    model with the head unfitted, 66 fitted, at lr 3e-5)."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(1.0))
+        self.bias = nn.Parameter(torch.tensor(0.0))
+
+    def forward(self, cosine):
+        return (self.scale * cosine + self.bias).unsqueeze(-1)  # (B, 1), as the linear head's output
+
+
+@torch.no_grad()
+def fit_similarity_head(loaded: "Loaded", enc: dict, device) -> tuple[float, float]:
+    """Set the similarity head's scale and bias to the least-squares line from the frozen model's
+    cosines to the training labels (what fine-tuning then starts from); returns (scale, bias)."""
+    head = loaded.model.head
+    head.scale.fill_(1.0)
+    head.bias.fill_(0.0)
+    cosine = predict(loaded, enc, 64, regression=True, device=device).squeeze(-1).double()
+    labels = torch.as_tensor(enc["labels"], dtype=torch.float64)
+    spread = (cosine - cosine.mean()).square().sum()
+    scale = ((cosine - cosine.mean()) * (labels - labels.mean())).sum() / spread if spread > 0 else torch.tensor(1.0)
+    bias = labels.mean() - scale * cosine.mean()
+    head.scale.fill_(float(scale))
+    head.bias.fill_(float(bias))
+    return float(scale), float(bias)
 
 
 def masked_mean(h: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -701,7 +764,7 @@ def save_classifier(model: DitBertClassifier, out_dir: str | Path, tokenizer: st
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     model_defs.atomic_write_bytes(out_dir / "model.safetensors", save(state))
     config = {"model": dataclasses.asdict(model.cfg), "num_labels": model.num_labels, "pooling": model.pooling,
-              "pair_features": model.pair_features, **(extra or {})}
+              "pair_features": model.pair_features, "similarity_head": model.similarity_head, **(extra or {})}
     model_defs.atomic_write_bytes(out_dir / "config.json", json.dumps(config, indent=2).encode())
     if Path(tokenizer).resolve() != (out_dir / "tokenizer.json").resolve():
         shutil.copyfile(tokenizer, out_dir / "tokenizer.json")
@@ -720,7 +783,7 @@ def load_classifier(model_dir: str | Path, dropout: float = 0.1) -> DitBertClass
         raise ValueError(f"{model_dir} holds a pretrained DitBERT, not a fine-tuned one (no num_labels in config.json)")
     encoder = model_defs.DitBertEncoder(ModelConfig(**config["model"]))
     model = DitBertClassifier(encoder, config["num_labels"], config.get("pooling", "cls"), dropout,
-                              config.get("pair_features", False))
+                              config.get("pair_features", False), config.get("similarity_head", False))
     model.load_state_dict(load_file(str(model_dir / "model.safetensors")))
     return model
 
@@ -758,12 +821,13 @@ def _load_ditbert(source: ModelSource, task: Task, ft: FinetuneConfig, seed: int
     """Pretrained encoder (or a fresh one of the same config, or an MNLI model's) + a head."""
     path = Path(source.path)
     pair_features = ft.pair_features and len(task.text_columns) == 2
+    similarity_head = ft.similarity_head and len(task.text_columns) == 2 and task.is_regression
     if source.init == "mnli":
         model = load_classifier(path, ft.dropout)
         tokenizer_path = Path(source.tokenizer) if source.tokenizer else path / "tokenizer.json"
-        if model.num_labels != task.num_labels or model.pair_features != pair_features:
+        if (model.num_labels, model.pair_features, model.similarity_head) != (task.num_labels, pair_features, similarity_head):
             torch.manual_seed(seed)
-            model.new_head(task.num_labels, pair_features)
+            model.new_head(task.num_labels, pair_features, similarity_head)
         if ft.pooling not in ("cls", "mean"):
             raise ValueError(f"pooling must be 'cls' or 'mean', got {ft.pooling!r}")
         model.pooling = ft.pooling
@@ -778,7 +842,7 @@ def _load_ditbert(source: ModelSource, task: Task, ft: FinetuneConfig, seed: int
             encoder = pretrained.encoder
             tokens = _tokens_seen(path)
         torch.manual_seed(seed)  # the same head for the pretrained model and its control
-        model = DitBertClassifier(encoder, task.num_labels, ft.pooling, ft.dropout, pair_features)
+        model = DitBertClassifier(encoder, task.num_labels, ft.pooling, ft.dropout, pair_features, similarity_head)
     model_defs.set_dropout(model, ft.dropout)
     tok = model_defs.load_tokenizer(tokenizer_path)
     if tok.get_vocab_size() > model.cfg.vocab_size:
@@ -1066,6 +1130,9 @@ def finetune_task(
     lengths = [len(x) for x in encoded["train"]["input_ids"]]
     rng = np.random.default_rng(seed)  # batch order of every epoch
     run_name = f"{source.label} seed {seed} {task.name}"
+    if getattr(loaded.model, "similarity_head", False):
+        scale, bias = fit_similarity_head(loaded, encoded["train"], device)
+        print(f"{run_name} similarity head fitted: score = {scale:.3f} * cosine + {bias:.3f}")
     if ft.head_epochs > 0:
         head = train_head_first(loaded, task, encoded["train"], lengths, ft, device, rng, run_name)
         print(f"{run_name} head only: " + ", ".join(f"train_{k} {v:.4f}" for k, v in head.items()))

@@ -260,16 +260,22 @@ class DitBertEncoder(nn.Module):
         key_mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): who may be attended to
         if bool(key_mask.all()):
             key_mask = None  # no padding: lets SDPA pick its fastest kernel
-        x = self.tok_emb(input_ids)
-        if self.pos_emb is not None:
-            x = x + self.pos_emb(torch.arange(T, device=input_ids.device))
-        else:  # ALiBi: positions enter as a distance penalty on every attention score
+        x = self.embed(input_ids)
+        if self.pos_emb is None:  # ALiBi: positions enter as a distance penalty on every attention score
             bias = alibi_bias(self.cfg.n_heads, T, input_ids.device).to(x.dtype)
             key_mask = bias if key_mask is None else bias.masked_fill(~key_mask, float("-inf"))
-        x = self.drop(self.ln_emb(x))
+        x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x, key_mask, keep if i == len(self.blocks) - 1 else None)
         return self.ln_final(x)
+
+    def embed(self, input_ids):
+        """The embedding layer: token (+ learned position) embeddings after their LayerNorm, (B, T, D),
+        before any attention -- each token's own vector, which the blocks then mix with its context."""
+        x = self.tok_emb(input_ids)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(torch.arange(input_ids.shape[1], device=input_ids.device))
+        return self.ln_emb(x)
 
 
 class MLMHead(nn.Module):

@@ -135,6 +135,9 @@ class FinetuneConfig:
     # Two-text tasks (MRPC, STS-B, RTE...): pool each text on its own, scale both to one length
     # and give the head [u, v, |u - v|, u * v] (glue_utils.DitBertClassifier); DitBERT models only.
     pair_features: bool = False
+    # Regression on two texts (STS-B): score = scale * cosine of the two texts + bias, the scale and
+    # bias fitted by least squares before fine-tuning (glue_utils.SimilarityHead); DitBERT models only.
+    similarity_head: bool = False
     output_dir: str = "GLUE-Outputs"  # one folder per run: <model label>-seed<seed>/
     save_best: bool = True  # keep the best epoch's model per task as safetensors (best_<task>/)
     max_bad_fraction: float = 0.01  # more malformed rows than this in a data file is an error
@@ -192,7 +195,8 @@ def _tiny() -> Params:
     # pair features: from one vector for both texts no 2-layer encoder learns to compare them on
     # 2000 pairs (STS-B 14 pretrained, 17 random); with the texts pooled apart and scaled the head
     # reads their cosine (36 and 62: README, "Two texts, two vectors").
-    p.finetune = FinetuneConfig(lr=3e-4, warmup_epochs=0.2, epochs=3, max_len=130, pooling="mean", pair_features=True)
+    p.finetune = FinetuneConfig(lr=3e-4, warmup_epochs=0.2, epochs=3, max_len=130, pooling="mean", pair_features=True,
+                                similarity_head=True)
     return p
 
 

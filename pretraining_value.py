@@ -222,23 +222,23 @@ def encode_task(model_dir: str | Path, tokenizer: str | Path, task_name: str, pa
 @torch.no_grad()
 def zero_shot_similarity(model_dir: str | Path, tokenizer: str | Path, params: Params, glue_dir,
                          data_dir: str | Path = "data") -> float:
-    """STS-B validation score (x100, mean of Pearson and Spearman) of the cosine between the two
-    sentences' mean-pooled final states, encoded as fine-tuning encodes the pair, with no training:
-    what the frozen encoder already knows about how alike two texts are -- the pair tasks'
-    counterpart of the linear probe. Lexical overlap alone scores well here."""
+    """STS-B validation score (x100, mean of Pearson and Spearman) of the two sentences' cosine as
+    the similarity head computes it (`glue_utils.DitBertClassifier.text_cosine`), encoded as
+    fine-tuning encodes the pair, with no training: what the frozen encoder already knows about
+    how alike two texts are -- the pair tasks' counterpart of the linear probe, and where the
+    similarity head starts. Lexical overlap alone scores well here."""
     task = glue_utils.get_task("stsb", data_dir)
     splits, _ = glue_utils.load_task(task, glue_dir)
     source = glue_utils.ditbert_source(str(model_dir), str(tokenizer), label="probe")
-    loaded = glue_utils.load_for_task(source, task, params.finetune, seed=0)
-    encoder = loaded.model.encoder.eval()
-    enc = glue_utils.encode_split(loaded, splits[task.eval_splits[0]])
+    model = glue_utils.load_for_task(source, task, params.finetune, seed=0)
+    enc = glue_utils.encode_split(model, splits[task.eval_splits[0]])
+    classifier = model.model.eval()
     lengths = [len(x) for x in enc["input_ids"]]
     cosine = torch.zeros(len(lengths))
     for idx in glue_utils.eval_batches(lengths, 64):
-        batch = glue_utils.collate(enc, idx, loaded.pad_id, regression=True)
-        h = encoder(batch["input_ids"], batch["attention_mask"])
-        u, v = glue_utils.pool_texts(h, batch["input_ids"], batch["attention_mask"], "mean")
-        cosine[torch.as_tensor(idx)] = F.cosine_similarity(u, v, dim=-1)
+        batch = glue_utils.collate(enc, idx, model.pad_id, regression=True)
+        h = classifier.encoder(batch["input_ids"], batch["attention_mask"])
+        cosine[torch.as_tensor(idx)] = classifier.text_cosine(h, batch["input_ids"], batch["attention_mask"])
     metrics = glue_utils.compute_metrics(task, cosine, enc["labels"])
     return 100 * (metrics["pearson"] + metrics["spearman"]) / 2
 

@@ -1,6 +1,7 @@
 """Encoding, batching and the fine-tuning loop: output schema, learning, seeds, MNLI-init head
 swaps, and the Hugging Face path on the packaged MiniLM."""
 
+import dataclasses
 import json
 import random
 
@@ -259,6 +260,79 @@ def test_pair_features_head_on_pair_tasks_only_and_saved_with_the_model(ditbert,
     assert not plain.pair_features and plain.head.in_features == 32  # the setting wins: a fresh head
     kept = glue_utils.load_for_task(source.resolved(1), TASKS["mrpc"], ft, seed=1).model
     assert torch.equal(kept.head.weight, reloaded.head.weight)  # same labels, same features: head kept
+
+
+def similarity_ft(out_dir, **kw) -> FinetuneConfig:
+    return tiny_ft(out_dir, pooling="mean", pair_features=True, similarity_head=True, **kw)
+
+
+def test_encoder_embed_is_the_embedding_layer_the_blocks_read(tiny_model_dir):
+    encoder = load_model(tiny_model_dir).encoder.eval()
+    ids = torch.tensor([[START_ID, 10, 11, DOC_ID, 12, END_ID]])
+    seen = []
+    hook = encoder.ln_emb.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    try:
+        encoder(ids)
+    finally:
+        hook.remove()
+    assert torch.equal(encoder.embed(ids), seen[0])
+
+
+def test_similarity_head_scores_the_mean_of_final_and_embedding_cosines(ditbert, tmp_path):
+    ft = similarity_ft(tmp_path)
+    assert isinstance(glue_utils.load_for_task(ditbert, TASKS["rte"], ft, seed=1).model.head, torch.nn.Linear)
+    assert glue_utils.load_for_task(ditbert, TASKS["sst2"], ft, seed=1).model.head.in_features == 32
+    model = glue_utils.load_for_task(ditbert, TASKS["stsb"], ft, seed=1).model.eval()
+    assert model.similarity_head and isinstance(model.head, glue_utils.SimilarityHead)
+    with torch.no_grad():
+        model.head.scale.fill_(2.0)
+        model.head.bias.fill_(0.5)
+    pair = torch.tensor([[START_ID, 10, 11, DOC_ID, 12, 13, END_ID], [START_ID, 14, DOC_ID, 14, 15, END_ID, PAD_ID]])
+    mask = pair.ne(PAD_ID)
+    cosines = [torch.nn.functional.cosine_similarity(*glue_utils.pool_texts(h, pair, mask, "mean"), dim=-1)
+               for h in (model.encoder(pair, mask), model.encoder.embed(pair))]
+    expected = 2.0 * (cosines[0] + cosines[1]) / 2 + 0.5
+    assert not torch.allclose(cosines[0], cosines[1])  # two layers, two different cosines
+    assert torch.allclose(model(pair, mask).squeeze(-1), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="regression"):
+        model.new_head(3)
+
+
+def test_fit_similarity_head_finds_the_least_squares_line(ditbert, tmp_path):
+    loaded = glue_utils.load_for_task(ditbert, TASKS["stsb"], similarity_ft(tmp_path), seed=1)
+    words = "the river ran past an old house where we found small red boats".split()
+    rng = random.Random(0)
+    texts = [" ".join(rng.choices(words, k=5)) for _ in range(40)]
+    enc = loaded.encode(texts[:20], texts[20:])
+    enc["labels"] = [0.0] * 20
+    cosine = glue_utils.predict(loaded, enc, 8, True, "cpu").squeeze(-1)  # a fresh head: scale 1, bias 0
+    assert cosine.std() > 0.01
+    enc["labels"] = (3.0 * cosine + 1.0).tolist()
+    with torch.no_grad():
+        loaded.model.head.scale.fill_(7.0)  # whatever the head held before is replaced
+        loaded.model.head.bias.fill_(-2.0)
+    scale, bias = glue_utils.fit_similarity_head(loaded, enc, "cpu")
+    assert (scale, bias) == (pytest.approx(3.0, abs=1e-4), pytest.approx(1.0, abs=1e-4))
+    assert loaded.model.head.scale.item() == pytest.approx(3.0, abs=1e-4)
+    enc["labels"] = (5.0 - 2.0 * cosine).tolist()  # a falling line: the fit follows it
+    assert glue_utils.fit_similarity_head(loaded, enc, "cpu") == (pytest.approx(-2.0, abs=1e-4), pytest.approx(5.0, abs=1e-4))
+
+
+def test_similarity_head_fine_tuned_saved_and_reloaded(ditbert, glue_layout, tmp_path, capsys):
+    ft = similarity_ft(tmp_path, epochs=1)
+    glue_utils.run_glue(ditbert, "stsb,rte", ft, glue_dir=glue_layout)
+    assert "similarity head fitted: score = " in capsys.readouterr().out
+    best = tmp_path / "ditbert-test-seed1" / "best_stsb"
+    assert json.loads((best / "config.json").read_text())["similarity_head"] is True
+    saved = load_file(str(best / "model.safetensors"))
+    reloaded = glue_utils.load_classifier(best)
+    assert isinstance(reloaded.head, glue_utils.SimilarityHead)
+    assert reloaded.head.scale.item() == saved["head.scale"].item() != 1.0  # fitted, then fine-tuned
+    source = glue_utils.from_mnli_source(ditbert, ft.output_dir, mnli_dir=str(tmp_path / "ditbert-test-seed1" / "best_rte"))
+    model = glue_utils.load_for_task(source.resolved(1), TASKS["stsb"], ft, seed=1).model
+    assert isinstance(model.head, glue_utils.SimilarityHead)  # a two-label model starting STS-B gets the similarity head
+    linear = glue_utils.load_for_task(source.resolved(1), TASKS["stsb"], dataclasses.replace(ft, similarity_head=False), 1)
+    assert linear.model.head.out_features == 1
 
 
 # --------------------------------------------------------------------------- Hugging Face models
