@@ -690,7 +690,8 @@ class DitBertClassifier(nn.Module):
 
     def text_cosine(self, h, input_ids, attention_mask) -> torch.Tensor:
         """How alike the two texts of each pair are, (B,): the mean of two cosines between the texts'
-        pooled vectors, one of the final states `h` and one of the embedding layer.
+        pooled vectors, one of the final states `h` (pooled as the model pools) and one of the
+        embedding layer (always the mean: there, the [START] and [DOC] states are the same for every pair).
 
         The embedding layer keeps which tokens the texts share; the final states add what the
         encoder made of them in context. A small MLM-pretrained encoder blurs token identity in its
@@ -698,9 +699,9 @@ class DitBertClassifier(nn.Module):
         one keeps it, so the final states alone would hand the random-init control the lexical
         overlap that scores STS-B. (The mean of the two cosines is the cosine of the two texts'
         vectors [final / |final|, embeddings / |embeddings|].)"""
-        cosines = [F.cosine_similarity(*pool_texts(states, input_ids, attention_mask, self.pooling), dim=-1)
-                   for states in (h, self.encoder.embed(input_ids))]
-        return (cosines[0] + cosines[1]).float() / 2
+        final = pool_texts(h, input_ids, attention_mask, self.pooling)
+        embedded = pool_texts(self.encoder.embed(input_ids), input_ids, attention_mask, "mean")
+        return (F.cosine_similarity(*final, dim=-1) + F.cosine_similarity(*embedded, dim=-1)).float() / 2
 
 
 class SimilarityHead(nn.Module):

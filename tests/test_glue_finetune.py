@@ -296,6 +296,9 @@ def test_similarity_head_scores_the_mean_of_final_and_embedding_cosines(ditbert,
     assert torch.allclose(model(pair, mask).squeeze(-1), expected, atol=1e-6)
     with pytest.raises(ValueError, match="regression"):
         model.new_head(3)
+    model.pooling = "cls"  # the final states at [START] and [DOC]; the embedding layer still by the mean
+    final = torch.nn.functional.cosine_similarity(*glue_utils.pool_texts(model.encoder(pair, mask), pair, mask, "cls"), dim=-1)
+    assert torch.allclose(model(pair, mask).squeeze(-1), 2.0 * (final + cosines[1]) / 2 + 0.5, atol=1e-6)
 
 
 def test_fit_similarity_head_finds_the_least_squares_line(ditbert, tmp_path):
