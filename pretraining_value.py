@@ -230,15 +230,10 @@ def zero_shot_similarity(model_dir: str | Path, tokenizer: str | Path, params: P
     task = glue_utils.get_task("stsb", data_dir)
     splits, _ = glue_utils.load_task(task, glue_dir)
     source = glue_utils.ditbert_source(str(model_dir), str(tokenizer), label="probe")
-    loaded = glue_utils.load_for_task(source, task, params.finetune, seed=0)
+    ft = dataclasses.replace(params.finetune, similarity_head=True)  # a fresh one outputs 1 * cosine + 0
+    loaded = glue_utils.load_for_task(source, task, ft, seed=0)
     enc = glue_utils.encode_split(loaded, splits[task.eval_splits[0]])
-    classifier = loaded.model.eval()
-    lengths = [len(x) for x in enc["input_ids"]]
-    cosine = torch.zeros(len(lengths))
-    for idx in glue_utils.eval_batches(lengths, 64):
-        batch = glue_utils.collate(enc, idx, loaded.pad_id, regression=True)
-        h = classifier.encoder(batch["input_ids"], batch["attention_mask"])
-        cosine[torch.as_tensor(idx)] = classifier.text_cosine(h, batch["input_ids"], batch["attention_mask"])
+    cosine = glue_utils.predict(loaded, enc, 64, regression=True, device="cpu").squeeze(-1)
     metrics = glue_utils.compute_metrics(task, cosine, enc["labels"])
     return 100 * (metrics["pearson"] + metrics["spearman"]) / 2
 
