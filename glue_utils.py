@@ -723,13 +723,13 @@ class SimilarityHead(nn.Module):
 
 
 @torch.no_grad()
-def fit_similarity_head(loaded: "Loaded", enc: dict, device) -> tuple[float, float]:
+def fit_similarity_head(loaded: "Loaded", enc: dict, batch_size: int, device) -> tuple[float, float]:
     """Set the similarity head's scale and bias to the least-squares line from the frozen model's
     cosines to the training labels (what fine-tuning then starts from); returns (scale, bias)."""
     head = loaded.model.head
     head.scale.fill_(1.0)
     head.bias.fill_(0.0)
-    cosine = predict(loaded, enc, 64, regression=True, device=device).squeeze(-1).double()
+    cosine = predict(loaded, enc, batch_size, regression=True, device=device).squeeze(-1).double()
     labels = torch.as_tensor(enc["labels"], dtype=torch.float64)
     spread = (cosine - cosine.mean()).square().sum()
     scale = ((cosine - cosine.mean()) * (labels - labels.mean())).sum() / spread if spread > 0 else torch.tensor(1.0)
@@ -1132,7 +1132,7 @@ def finetune_task(
     rng = np.random.default_rng(seed)  # batch order of every epoch
     run_name = f"{source.label} seed {seed} {task.name}"
     if getattr(loaded.model, "similarity_head", False):
-        scale, bias = fit_similarity_head(loaded, encoded["train"], device)
+        scale, bias = fit_similarity_head(loaded, encoded["train"], ft.batch_size * 2, device)
         print(f"{run_name} similarity head fitted: score = {scale:.3f} * cosine + {bias:.3f}")
     if ft.head_epochs > 0:
         head = train_head_first(loaded, task, encoded["train"], lengths, ft, device, rng, run_name)

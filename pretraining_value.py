@@ -233,7 +233,7 @@ def zero_shot_similarity(model_dir: str | Path, tokenizer: str | Path, params: P
     ft = dataclasses.replace(params.finetune, similarity_head=True)  # a fresh one outputs 1 * cosine + 0
     loaded = glue_utils.load_for_task(source, task, ft, seed=0)
     enc = glue_utils.encode_split(loaded, splits[task.eval_splits[0]])
-    cosine = glue_utils.predict(loaded, enc, 64, regression=True, device="cpu").squeeze(-1)
+    cosine = glue_utils.predict(loaded, enc, ft.batch_size * 2, regression=True, device="cpu").squeeze(-1)
     metrics = glue_utils.compute_metrics(task, cosine, enc["labels"])
     return 100 * (metrics["pearson"] + metrics["spearman"]) / 2
 

@@ -314,11 +314,11 @@ def test_fit_similarity_head_finds_the_least_squares_line(ditbert, tmp_path):
     with torch.no_grad():
         loaded.model.head.scale.fill_(7.0)  # whatever the head held before is replaced
         loaded.model.head.bias.fill_(-2.0)
-    scale, bias = glue_utils.fit_similarity_head(loaded, enc, "cpu")
+    scale, bias = glue_utils.fit_similarity_head(loaded, enc, 8, "cpu")
     assert (scale, bias) == (pytest.approx(3.0, abs=1e-4), pytest.approx(1.0, abs=1e-4))
     assert loaded.model.head.scale.item() == pytest.approx(3.0, abs=1e-4)
     enc["labels"] = (5.0 - 2.0 * cosine).tolist()  # a falling line: the fit follows it
-    assert glue_utils.fit_similarity_head(loaded, enc, "cpu") == (pytest.approx(-2.0, abs=1e-4), pytest.approx(5.0, abs=1e-4))
+    assert glue_utils.fit_similarity_head(loaded, enc, 8, "cpu") == (pytest.approx(-2.0, abs=1e-4), pytest.approx(5.0, abs=1e-4))
 
 
 def test_similarity_head_fine_tuned_saved_and_reloaded(ditbert, glue_layout, tmp_path, capsys):
