@@ -329,6 +329,9 @@ def strip_wrapper_prefixes(key: str) -> str:
 
 def to_hf(core: model_defs.DitBertForMLM) -> DitBertForMaskedLM:
     """A `DitBertForMaskedLM` holding exactly the core model's weights."""
+    if core.cfg.generator_layers:
+        raise ValueError("this model was pretrained as ELECTRA (model.generator_layers > 0): its MLM head belongs to "
+                         "the generator, not to the encoder, so it cannot be exported as a masked-LM model")
     config = DitBertConfig(**dataclasses.asdict(core.cfg), architectures=["DitBertForMaskedLM"])
     model = DitBertForMaskedLM(config)
     model.ditbert.encoder.load_state_dict(core.encoder.state_dict())
@@ -341,7 +344,8 @@ def to_hf(core: model_defs.DitBertForMLM) -> DitBertForMaskedLM:
 # What an exported directory's modeling file is made of, in order. Every name used by the
 # wrapper classes must come from this list or from the header imports.
 SHIPPED_CORE = [params.ModelConfig, model_defs.SelfAttention, model_defs.FeedForward, model_defs.Block,
-                model_defs.alibi_slopes, model_defs.alibi_bias, model_defs.DitBertEncoder, model_defs.MLMHead]
+                model_defs.run_blocks, model_defs.alibi_slopes, model_defs.alibi_bias, model_defs.DitBertEncoder,
+                model_defs.MLMHead]
 SHIPPED_WRAPPERS = [core_config, DitBertPreTrainedModel, DitBertModel, DitBertForMaskedLM, pool_hidden,
                     DitBertForSequenceClassification]
 AUTO_MAP = {

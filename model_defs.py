@@ -211,6 +211,13 @@ class Block(nn.Module):
         return x + self.drop(self.ffn(self.ln_ffn(x)))
 
 
+def run_blocks(blocks: nn.ModuleList, x, key_mask, keep=None):
+    """x through the blocks in turn; with `keep` (B, T) the last one computes only those positions: (N, D)."""
+    for i, block in enumerate(blocks):
+        x = block(x, key_mask, keep if i == len(blocks) - 1 else None)
+    return x
+
+
 def alibi_slopes(n_heads: int) -> torch.Tensor:
     """ALiBi's head slopes 2^(-8 h / n), h = 1..n: the first heads look near, the last almost everywhere."""
     return torch.tensor([2.0 ** (-8.0 * h / n_heads) for h in range(1, n_heads + 1)])
@@ -255,19 +262,21 @@ class DitBertEncoder(nn.Module):
         B, T = input_ids.shape
         if T > self.cfg.max_positions:
             raise ValueError(f"sequence of {T} tokens is longer than the model's {self.cfg.max_positions} positions")
+        x = self.drop(self.embed(input_ids))
+        return self.ln_final(run_blocks(self.blocks, x, self.attention_bias(input_ids, attention_mask, x.dtype), keep))
+
+    def attention_bias(self, input_ids, attention_mask, dtype):
+        """What SelfAttention takes as `key_mask`: None, a bool mask (B, 1, 1, T) of the real tokens, or,
+        with ALiBi, a float bias -slope |i - j| (-inf at padding)."""
         if attention_mask is None:
             attention_mask = input_ids.ne(PAD_ID)
         key_mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): who may be attended to
         if bool(key_mask.all()):
             key_mask = None  # no padding: lets SDPA pick its fastest kernel
-        x = self.embed(input_ids)
         if self.pos_emb is None:  # ALiBi: positions enter as a distance penalty on every attention score
-            bias = alibi_bias(self.cfg.n_heads, T, input_ids.device).to(x.dtype)
+            bias = alibi_bias(self.cfg.n_heads, input_ids.shape[1], input_ids.device).to(dtype)
             key_mask = bias if key_mask is None else bias.masked_fill(~key_mask, float("-inf"))
-        x = self.drop(x)
-        for i, block in enumerate(self.blocks):
-            x = block(x, key_mask, keep if i == len(self.blocks) - 1 else None)
-        return self.ln_final(x)
+        return key_mask
 
     def embed(self, input_ids):
         """The embedding layer: token (+ learned position) embeddings after their LayerNorm, (B, T, D),
@@ -297,7 +306,13 @@ class DitBertForMLM(nn.Module):
     """The pretraining model. The last block's queries, output projection and FFN, the final
     LayerNorm and the head run only at masked positions (cfg.mlm_masked_only): most of the
     vocabulary projection's cost, and most of the last block's, is skipped, since 85% of positions
-    carry no loss."""
+    carry no loss.
+
+    With ``cfg.generator_layers`` > 0 it pretrains as ELECTRA does (Clark et al., 2020): a small
+    generator (those blocks on the shared embeddings, read out by the MLM head) predicts the masked
+    tokens, the masked positions are filled with its samples, and the encoder learns to tell at
+    every position whether the token is the original. The encoder, the part fine-tuning keeps,
+    then learns from every token rather than from the masked ones only."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -311,17 +326,70 @@ class DitBertForMLM(nn.Module):
                 table = table * (cfg.pos_init_std * math.sqrt(2.0))
             with torch.no_grad():
                 self.encoder.pos_emb.weight.copy_(table)
+        if cfg.generator_layers:  # made after the encoder is initialised: a seed gives the same encoder either way
+            self.generator = nn.ModuleList(Block(cfg) for _ in range(cfg.generator_layers))
+            self.ln_generator = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+            # one linear layer on the final states (ELECTRA adds a dense + GELU: 25 % of a CPU step here)
+            self.rtd_head = nn.Linear(cfg.d_model, 1)
+            for part in (self.generator, self.ln_generator, self.rtd_head):
+                part.apply(init_weights)
 
     def forward(self, input_ids, labels, attention_mask=None):
-        """Mean cross-entropy over positions with labels != -100, and the logits there (N, V)."""
+        """The training loss and the MLM logits at the masked positions (N, V): the mean cross-entropy
+        over positions with labels != -100, plus, with a generator, rtd_weight x the detection loss."""
         masked = labels.ne(-100)
-        if self.cfg.mlm_masked_only:  # after the last attention, only the N masked positions are computed
-            logits = self.head(self.encoder(input_ids, attention_mask, keep=masked))  # (N, V)
-        else:  # the reference: every position through the last block and the head (B, T, V), then the masked ones
-            logits = self.head(self.encoder(input_ids, attention_mask))[masked]
+        logits = self.mlm_logits(input_ids, masked, attention_mask)
         # sum / N rather than mean, so a batch without masked tokens gives 0 instead of NaN
         loss = F.cross_entropy(logits.float(), labels[masked], reduction="sum") / masked.sum().clamp(min=1)
+        if self.cfg.generator_layers:
+            loss = loss + self.cfg.rtd_weight * self.detection_loss(input_ids, labels, logits, attention_mask)
         return loss, logits
+
+    def mlm_logits(self, input_ids, masked, attention_mask=None):
+        """Vocabulary logits at the N masked positions (N, V), read from the encoder, or with ELECTRA
+        from the generator. With cfg.mlm_masked_only the last block computes only those positions;
+        otherwise (the reference) every position goes through it and the head, then the masked are taken."""
+        keep = masked if self.cfg.mlm_masked_only else None
+        if self.cfg.generator_layers:
+            x = self.encoder.drop(self.encoder.embed(input_ids))
+            h = self.ln_generator(run_blocks(self.generator, x, self.encoder.attention_bias(input_ids, attention_mask, x.dtype), keep))
+        else:
+            h = self.encoder(input_ids, attention_mask, keep=keep)
+        logits = self.head(h)
+        return logits if keep is not None else logits[masked]
+
+    def detection_loss(self, input_ids, labels, generator_logits, attention_mask=None):
+        """ELECTRA's replaced-token detection: the original text with the generator's samples at the masked
+        positions goes through the encoder, and a binary head says at each real position whether the token
+        was replaced (mean binary cross-entropy). No gradient flows through the sampling."""
+        masked = labels.ne(-100)
+        original = torch.where(masked, labels, input_ids)
+        corrupted, replaced = replace_masked(original, masked, generator_logits)
+        real = original.ne(PAD_ID) if attention_mask is None else attention_mask.bool()
+        scores = self.rtd_head(self.encoder(corrupted, real)).squeeze(-1)  # (B, T)
+        return F.binary_cross_entropy_with_logits(scores.float()[real], replaced[real].float())
+
+
+def replace_masked(original: torch.Tensor, masked: torch.Tensor, logits: torch.Tensor):
+    """`original` (B, T) with a token sampled from softmax(`logits`) (N, V) at each of the N `masked`
+    positions (row-major order, as ``x[masked]``). Returns (corrupted ids, replaced): a sample that
+    equals the original token counts as not replaced, as in ELECTRA."""
+    with torch.no_grad():
+        sampled = torch.multinomial(logits.float().softmax(-1), 1).squeeze(-1).to(original.dtype)
+    corrupted = original.masked_scatter(masked, sampled)
+    return corrupted, corrupted.ne(original)
+
+
+def contrastive_loss(encoder: DitBertEncoder, input_ids: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Unsupervised SimCSE: the batch of texts (B, T), without padding, goes through the encoder twice in
+    one pass, so dropout differs between the two copies; each text's mean-pooled pair must find each other
+    among all B x B pairings (cross-entropy over cosine / temperature, both directions)."""
+    B = input_ids.shape[0]
+    pooled = F.normalize(encoder(input_ids.repeat(2, 1)).mean(1).float(), dim=-1)  # (2B, D)
+    a, b = pooled[:B], pooled[B:]
+    logits = a @ b.T / temperature
+    target = torch.arange(B, device=input_ids.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
 def init_weights(module: nn.Module, std: float = 0.02) -> None:

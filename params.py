@@ -58,6 +58,11 @@ class ModelConfig:
     # Speed switches: they change neither the weights nor the results (tests/test_optimisations.py).
     attention: str = "sdpa"  # sdpa = fused kernels (flash / memory-efficient on CUDA); math = plain matmul-softmax reference
     mlm_masked_only: bool = True  # last block after attention + MLM head at masked positions only; False = everywhere
+    # ELECTRA (Clark et al., 2020) when > 0: a generator of this many blocks, which shares the embeddings and
+    # the MLM head, fills the masked positions with tokens it samples, and the encoder learns to tell at every
+    # position whether its token is the original: a signal from all tokens instead of the masked ones.
+    generator_layers: int = 0
+    rtd_weight: float = 50.0  # weight of the replaced-token detection loss beside the generator's MLM loss
 
     @property
     def max_positions(self) -> int:
@@ -114,6 +119,21 @@ class TrainConfig:
 
 
 @dataclass
+class ContrastiveConfig:
+    """An unsupervised SimCSE phase (Gao et al., 2021) after masked-LM: each span of corpus text goes
+    through the encoder twice with dropout, and the encoder learns to tell the two encodings of one
+    span from those of the other spans in the batch. MLM leaves all texts close together (mean cosine
+    of unrelated sentences 0.51 for `tiny`); this spreads them, so that texts are as alike as they read."""
+
+    steps: int = 0  # optimizer steps after pretraining; 0 = none
+    lr: float = 1e-4  # linear warmup over the first 10 %, then linear decay to 0
+    batch_size: int = 64  # spans per step, each the others' negatives
+    span_tokens: int = 32  # text tokens per span (a sentence or two), framed by [START] and [END]
+    temperature: float = 0.05
+    dropout: float = 0.1  # the only difference between a span's two encodings
+
+
+@dataclass
 class FinetuneConfig:
     lr: float = 2e-5
     warmup_epochs: float = 2.0  # linear warmup, then linear decay over the remaining epochs
@@ -150,6 +170,7 @@ class Params:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     @property

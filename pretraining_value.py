@@ -93,13 +93,22 @@ def pretrain_snapshots(params: Params, steps: list[int], out_dir: str | Path, sh
                 model, elapsed = model_defs.DitBertForMLM(params.model), 0.0
             else:
                 ckpt = Path(params.train.out_dir) / "checkpoint.pt"
-                resume = ckpt.is_file() and torch.load(ckpt, weights_only=True)["step"] < step
-                summary = train_model.train(params, resume=resume, stop_at=step, show_progress=show_progress)
-                if summary["step"] != step:
-                    raise RuntimeError(f"pretraining stopped at step {summary['step']}, not {step}: {summary}")
-                model, elapsed = model_from_checkpoint(ckpt, params), summary["elapsed_s"]
+                saved = torch.load(ckpt, weights_only=True) if ckpt.is_file() else {}
+                if saved.get("step") == step:  # pretrained before the snapshot was written: not again
+                    elapsed = saved["elapsed_s"]
+                else:
+                    resume = saved.get("step", step) < step
+                    summary = train_model.train(params, resume=resume, stop_at=step, show_progress=show_progress)
+                    if summary["step"] != step:
+                        raise RuntimeError(f"pretraining stopped at step {summary['step']}, not {step}: {summary}")
+                    elapsed = summary["elapsed_s"]
+                model = model_from_checkpoint(ckpt, params)
+            contrastive = {}
+            if step and params.contrastive.steps:  # each snapshot gets the phase; the MLM run goes on without it
+                contrastive = train_model.contrastive_phase(model, params, show_progress)
+                elapsed += contrastive["contrastive_s"]
             extra = {"preset": params.preset, "steps": step, "tokens_seen": step * seq_tokens,
-                     "pretrain_s": elapsed, "params": params.to_dict()}
+                     "pretrain_s": elapsed, "params": params.to_dict(), **contrastive}
             model_defs.save_model(model, folder, extra)
         snapshots.append(snapshot_info(folder, step))
     return snapshots

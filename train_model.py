@@ -30,11 +30,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from model_defs import (
     DitBertForMLM,
     SequenceLoader,
+    contrastive_loss,
     corpus_files,
     load_tokenizer,
     mask_tokens,
@@ -42,6 +44,7 @@ from model_defs import (
     parameter_table,
     prepare_token_file,
     save_model,
+    set_dropout,
     split_tokens,
 )
 from params import Params, env_overrides, get_params, params_from_dict, parse_overrides
@@ -276,10 +279,51 @@ def validation_perplexity(model, val_batch, params: Params, device, dtype) -> fl
         if n == 0:
             continue
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            loss, _ = model(x, y)
-        total, count = total + loss.item() * n, count + n
+            logits = model.mlm_logits(x, y.ne(-100))  # with ELECTRA the generator's: the encoder predicts no words
+        total += F.cross_entropy(logits.float(), y[y.ne(-100)], reduction="sum").item()
+        count += n
     model.train()
     return math.exp(total / max(count, 1))
+
+
+# --------------------------------------------------------------------------- contrastive phase
+
+
+def contrastive_phase(model: DitBertForMLM, params: Params, show_progress: bool = False) -> dict:
+    """Train `model`'s encoder in place for ``contrastive.steps`` steps of unsupervised SimCSE on spans
+    of the training text (``params.contrastive``; its own AdamW and schedule, on the model's device).
+    The spans come from their own seeded loader, so the phase is the same however the MLM run was
+    split. Returns steps, seconds and the mean loss of the first and last tenth of the steps."""
+    cc = params.contrastive
+    device = next(model.parameters()).device
+    loader, _, _ = prepare_data(params)
+    spans = SequenceLoader(loader.tokens, cc.span_tokens, seed=params.train.seed + 1)
+    encoder = model.encoder
+    optimizer = torch.optim.AdamW(encoder.parameters(), lr=cc.lr, betas=params.train.betas, eps=params.train.eps,
+                                  weight_decay=params.train.weight_decay)
+    warmup = max(cc.steps // 10, 1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, cc.steps))
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(params.train.seed + 2)  # the dropout masks: the phase is the same however it is reached
+    set_dropout(model, cc.dropout)
+    model.train()
+    losses, t0 = [], time.time()
+    for _ in tqdm(range(cc.steps), desc="contrastive", disable=not show_progress):
+        loss = contrastive_loss(encoder, spans.next_batch(cc.batch_size).to(device), cc.temperature)
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"contrastive step {len(losses) + 1}: non-finite loss; lower contrastive.lr")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(encoder.parameters(), params.train.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        losses.append(loss.item())
+    set_dropout(model, params.model.dropout)
+    torch.random.set_rng_state(generator_state)
+    tenth = max(len(losses) // 10, 1)
+    return {"contrastive_steps": cc.steps, "contrastive_s": round(time.time() - t0, 1),
+            "contrastive_loss_first": float(np.mean(losses[:tenth])) if losses else float("nan"),
+            "contrastive_loss_last": float(np.mean(losses[-tenth:])) if losses else float("nan")}
 
 
 # --------------------------------------------------------------------------- training
@@ -437,10 +481,12 @@ def train(params: Params, resume: bool = False, stop_at: int | None = None, show
                     tok_s = (tokens_seen - tokens_last) / max(now - t_last, 1e-9)
                     t_last, tokens_last = now, tokens_seen
                     lr = scheduler.get_last_lr()[0]
-                    row = [step, step_loss, math.exp(min(step_loss, 50)), lr, tokens_seen,
-                           round(elapsed_before + now - t0, 2), val_ppl if evaluate_now else ""]
+                    # with ELECTRA the loss adds the detection loss to the MLM loss: no perplexity
+                    ppl = "" if params.model.generator_layers else math.exp(min(step_loss, 50))
+                    row = [step, step_loss, ppl, lr, tokens_seen, round(elapsed_before + now - t0, 2),
+                           val_ppl if evaluate_now else ""]
                     log.append(row)
-                    bar.set_postfix(loss=f"{step_loss:.3f}", ppl=f"{row[2]:.1f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
+                    bar.set_postfix(loss=f"{step_loss:.3f}", ppl=f"{ppl:.1f}" if ppl else "-", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
             stopping = not ddp.all_true(stop.received is None)
             if ddp.is_main and (step % tc.checkpoint_every == 0 or step == last_step or stopping):
                 save_checkpoint(ckpt_path, checkpoint_state())
@@ -461,6 +507,9 @@ def train(params: Params, resume: bool = False, stop_at: int | None = None, show
     if ddp.is_main and interrupted is None and step == tc.steps:
         extra = {"preset": params.preset, "steps": step, "tokens_seen": tokens_seen, "val_ppl": val_ppl,
                  "unigram_ppl": unigram_ppl, "params": params.to_dict()}
+        if params.contrastive.steps:  # after the MLM checkpoint: a resumed run repeats the phase exactly
+            extra |= contrastive_phase(model, params, show_progress)
+            summary |= {k: extra[k] for k in ("contrastive_steps", "contrastive_s")}
         summary["final_model"] = str(save_model(model, out_dir / "final", extra))
     if ddp.is_main:
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -71,6 +71,8 @@ RECIPE_CHOICES = [
     ("vocabulary 8192 instead of 4096", {"model.vocab_size": 8192}),
     ("15 % masking instead of 40 %", {"train.mask_prob": 0.15}),
     ("vocabulary 8192 and 15 % masking", {"model.vocab_size": 8192, "train.mask_prob": 0.15}),
+    ("ELECTRA: a 1-block generator, detection at every token, 15 % masking",
+     {"model.generator_layers": 1, "train.mask_prob": 0.15}),
 ]
 
 
