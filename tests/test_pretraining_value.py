@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -201,3 +205,25 @@ def test_pretraining_value_notebook_runs_every_cell(tiny_corpus, tiny_tokenizer,
     assert (folder / "curve.png").stat().st_size > 0
     assert set(pd.read_csv(folder / "diagnostics.csv")["layer"]) == set(pv.layer_names(1))
     assert "grad norm, step 2" in printed(nb) and "moved, step 2" in printed(nb)
+
+
+def test_snapshot_from_a_checkpoint_at_its_step_is_not_pretrained_again_and_gets_the_contrastive_phase(
+        tiny_corpus, tiny_tokenizer, tmp_path, monkeypatch):
+    """A run that stopped after its last checkpoint but before the snapshot folder was written: the
+    snapshot is made from the checkpoint. With contrastive.steps the snapshot gets the phase; step 0 does not."""
+    params = get_params("tiny", {**toy_overrides(tiny_corpus, tiny_tokenizer, tmp_path), "contrastive.steps": 2,
+                                 "contrastive.batch_size": 4, "contrastive.span_tokens": 8})
+    out = tmp_path / "value"
+    first = pv.pretrain_snapshots(params, [0, 2], out)
+    mlm_only = pv.model_from_checkpoint(out / "pretrain" / "checkpoint.pt", params).state_dict()
+    made = pv.model_defs.load_model(first[1]["model_dir"]).state_dict()
+    assert any(not torch.equal(made[k], mlm_only[k]) for k in made)  # the phase changed the snapshot
+    info = json.loads((Path(first[1]["model_dir"]) / "config.json").read_text())
+    assert info["contrastive_steps"] == 2 and "contrastive_steps" not in json.loads(
+        (Path(first[0]["model_dir"]) / "config.json").read_text())
+
+    shutil.rmtree(first[1]["model_dir"])
+    monkeypatch.setattr(pv.train_model, "train", lambda *a, **k: pytest.fail("pretrained again"))
+    again = pv.pretrain_snapshots(params, [0, 2], out)
+    remade = pv.model_defs.load_model(again[1]["model_dir"]).state_dict()
+    assert all(torch.equal(remade[k], made[k]) for k in made)  # the phase is deterministic
