@@ -352,7 +352,8 @@ class DitBertForMLM(nn.Module):
         keep = masked if self.cfg.mlm_masked_only else None
         if self.cfg.generator_layers:
             x = self.encoder.drop(self.encoder.embed(input_ids))
-            h = self.ln_generator(run_blocks(self.generator, x, self.encoder.attention_bias(input_ids, attention_mask, x.dtype), keep))
+            key_mask = self.encoder.attention_bias(input_ids, attention_mask, x.dtype)
+            h = self.ln_generator(run_blocks(self.generator, x, key_mask, keep))
         else:
             h = self.encoder(input_ids, attention_mask, keep=keep)
         logits = self.head(h)

@@ -486,7 +486,8 @@ def train(params: Params, resume: bool = False, stop_at: int | None = None, show
                     row = [step, step_loss, ppl, lr, tokens_seen, round(elapsed_before + now - t0, 2),
                            val_ppl if evaluate_now else ""]
                     log.append(row)
-                    bar.set_postfix(loss=f"{step_loss:.3f}", ppl=f"{ppl:.1f}" if ppl else "-", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
+                    bar.set_postfix(loss=f"{step_loss:.3f}", ppl=f"{ppl:.1f}" if ppl else "-", lr=f"{lr:.2e}",
+                                    tok_s=f"{tok_s:,.0f}")
             stopping = not ddp.all_true(stop.received is None)
             if ddp.is_main and (step % tc.checkpoint_every == 0 or step == last_step or stopping):
                 save_checkpoint(ckpt_path, checkpoint_state())
