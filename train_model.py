@@ -349,7 +349,8 @@ class StopSignal:
 
 
 def train(params: Params, resume: bool = False, stop_at: int | None = None, show_progress: bool = True) -> dict:
-    """Pretrain with masked-LM until `params.train.steps` (or `stop_at`) optimizer steps.
+    """Pretrain with masked-LM (ELECTRA with model.generator_layers) until `params.train.steps` (or
+    `stop_at`) optimizer steps; with contrastive.steps, the SimCSE phase follows at the end.
 
     Returns a summary dict; the final model is written to ``<out_dir>/final``.
     """
