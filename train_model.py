@@ -141,8 +141,8 @@ def check_output_dir(out_dir: Path, model: torch.nn.Module) -> None:
 # --------------------------------------------------------------------------- data
 
 
-def prepare_data(params: Params):
-    """Token file -> (training loader, validation batch, unigram token frequencies)."""
+def split_token_file(params: Params) -> tuple[np.ndarray, np.ndarray]:
+    """The corpus as (training tokens, validation tokens), from its cached token file."""
     vocab = load_tokenizer(params.tokenizer_path).get_vocab_size()
     if vocab > params.model.vocab_size:  # ids past the embedding table would fail deep inside the model
         raise ValueError(
@@ -151,8 +151,12 @@ def prepare_data(params: Params):
         )
     files = corpus_files(params.data.corpus, params.data.embedded)
     token_path = prepare_token_file(files, params.tokenizer_path, params.data.cache_dir)
-    tokens = open_token_file(token_path)
-    train_tokens, val_tokens = split_tokens(tokens, params.data.val_fraction, params.model.seq_len)
+    return split_tokens(open_token_file(token_path), params.data.val_fraction, params.model.seq_len)
+
+
+def prepare_data(params: Params):
+    """Token file -> (training loader, validation batch, unigram token frequencies)."""
+    train_tokens, val_tokens = split_token_file(params)
     loader = SequenceLoader(train_tokens, params.model.seq_len, seed=params.train.seed)
     val_loader = SequenceLoader(val_tokens, params.model.seq_len, shuffle=False)
     n_val = min(params.data.val_sequences, val_loader.n_windows)
@@ -275,12 +279,13 @@ def validation_perplexity(model, val_batch, params: Params, device, dtype) -> fl
     for start in range(0, len(inputs), params.train.micro_batch):
         x = inputs[start : start + params.train.micro_batch].to(device)
         y = labels[start : start + params.train.micro_batch].to(device)
-        n = int(y.ne(-100).sum())
+        masked = y.ne(-100)
+        n = int(masked.sum())
         if n == 0:
             continue
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            logits = model.mlm_logits(x, y.ne(-100))  # with ELECTRA the generator's: the encoder predicts no words
-        total += F.cross_entropy(logits.float(), y[y.ne(-100)], reduction="sum").item()
+            logits = model.mlm_logits(x, masked)  # with ELECTRA the generator's: the encoder predicts no words
+        total += F.cross_entropy(logits.float(), y[masked], reduction="sum").item()
         count += n
     model.train()
     return math.exp(total / max(count, 1))
@@ -296,8 +301,8 @@ def contrastive_phase(model: DitBertForMLM, params: Params, show_progress: bool 
     split. Returns steps, seconds and the mean loss of the first and last tenth of the steps."""
     cc = params.contrastive
     device = next(model.parameters()).device
-    loader, _, _ = prepare_data(params)
-    spans = SequenceLoader(loader.tokens, cc.span_tokens, seed=params.train.seed + 1)
+    train_tokens, _ = split_token_file(params)
+    spans = SequenceLoader(train_tokens, cc.span_tokens, seed=params.train.seed + 1)
     encoder = model.encoder
     optimizer = torch.optim.AdamW(encoder.parameters(), lr=cc.lr, betas=params.train.betas, eps=params.train.eps,
                                   weight_decay=params.train.weight_decay)
