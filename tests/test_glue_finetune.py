@@ -338,6 +338,53 @@ def test_similarity_head_fine_tuned_saved_and_reloaded(ditbert, glue_layout, tmp
     assert linear.model.head.out_features == 1
 
 
+def test_fit_text_center_is_the_mean_pooled_text_and_the_heads_subtract_it(ditbert, tmp_path):
+    ft = similarity_ft(tmp_path, center_texts=True)
+    loaded = glue_utils.load_for_task(ditbert, TASKS["stsb"], ft, seed=1)
+    model = loaded.model.eval()
+    enc = loaded.encode(["the river ran", "an old house where we", "red boats"], ["small red boats", "we found", "the"])
+    enc["labels"] = [1.0, 2.0, 3.0]
+    pair = torch.tensor([[START_ID, 10, 11, DOC_ID, 12, 13, END_ID]])
+    plain = model(pair)
+    assert torch.equal(model.text_center, torch.zeros(2, 32))  # no centring until fitted
+    center = glue_utils.fit_text_center(loaded, enc, 2, "cpu")
+    texts = []
+    for ids in enc["input_ids"]:
+        one = torch.tensor([ids])
+        h = model.encoder(one, one.ne(PAD_ID))
+        texts.append([torch.stack(glue_utils.pool_texts(x, one, one.ne(PAD_ID), "mean"))[:, 0]
+                      for x in (h, model.encoder.embed(one))])  # each layer: (2 texts, D)
+    expected = torch.stack([torch.cat([t[layer] for t in texts]).mean(0) for layer in (0, 1)])
+    assert torch.allclose(center, expected, atol=1e-5)  # every text of every pair, per layer
+    mask = pair.ne(PAD_ID)
+    cosines = [torch.nn.functional.cosine_similarity(*(x - c for x in glue_utils.pool_texts(h, pair, mask, "mean")), dim=-1)
+               for h, c in ((model.encoder(pair, mask), center[0]), (model.encoder.embed(pair), center[1]))]
+    assert torch.allclose(model(pair).squeeze(-1), (cosines[0] + cosines[1]) / 2, atol=1e-5)  # scale 1, bias 0
+    assert not torch.allclose(model(pair), plain)
+    rte = glue_utils.load_for_task(ditbert, TASKS["rte"], ft, seed=1).model.eval()
+    before = rte(pair)
+    rte.text_center.copy_(center)
+    u, v = (torch.nn.functional.normalize(x - center[0], dim=-1) * 32**0.5
+            for x in glue_utils.pool_texts(rte.encoder(pair, mask), pair, mask, "mean"))
+    assert torch.allclose(rte(pair), rte.head(torch.cat([u, v, (u - v).abs(), u * v], dim=-1)), atol=1e-5)
+    assert not torch.allclose(rte(pair), before)
+
+
+def test_centred_texts_fine_tuned_saved_and_reloaded(ditbert, glue_layout, tmp_path, capsys):
+    ft = similarity_ft(tmp_path, epochs=1, center_texts=True)
+    glue_utils.run_glue(ditbert, "stsb,sst2", ft, glue_dir=glue_layout)
+    out = capsys.readouterr().out
+    assert "stsb texts centred" in out and "sst2 texts centred" not in out  # two-text tasks only
+    best = tmp_path / "ditbert-test-seed1" / "best_stsb"
+    saved = load_file(str(best / "model.safetensors"))
+    assert saved["text_center"].abs().sum() > 0
+    assert torch.equal(glue_utils.load_classifier(best).text_center, saved["text_center"])
+    del saved["text_center"]  # a model saved before texts were centred still loads, uncentred
+    from safetensors.torch import save_file
+    save_file(saved, str(best / "model.safetensors"))
+    assert torch.equal(glue_utils.load_classifier(best).text_center, torch.zeros(2, 32))
+
+
 # --------------------------------------------------------------------------- Hugging Face models
 
 
