@@ -652,9 +652,12 @@ class DitBertClassifier(nn.Module):
         self.cfg, self.pooling = encoder.cfg, pooling
         self.encoder = encoder
         self.drop = nn.Dropout(dropout)
-        # Subtracted from the two texts' pooled vectors (row 0: final states, row 1: embedding layer)
-        # before they are compared; zeros until `fit_text_center` sets them.
-        self.register_buffer("text_center", torch.zeros(2, encoder.cfg.d_model, device=encoder.tok_emb.weight.device))
+        # How two texts' pooled vectors are mapped before they are compared, (x - center) @ whitening,
+        # per layer (row 0: final states, row 1: embedding layer); the identity until
+        # `fit_text_transform` sets them.
+        d, device = encoder.cfg.d_model, encoder.tok_emb.weight.device
+        self.register_buffer("text_center", torch.zeros(2, d, device=device))
+        self.register_buffer("text_whitening", torch.eye(d, device=device).repeat(2, 1, 1))
         self.new_head(num_labels, pair_features, similarity_head)
 
     def new_head(self, num_labels: int, pair_features: bool | None = None, similarity_head: bool | None = None) -> None:
@@ -682,7 +685,7 @@ class DitBertClassifier(nn.Module):
         if self.similarity_head:
             return self.head(self.text_cosine(h, input_ids, attention_mask))
         if self.pair_features:
-            u, v = (F.normalize(x - self.text_center[0], dim=-1) * math.sqrt(self.cfg.d_model)
+            u, v = (F.normalize(self.transform_text(x, 0), dim=-1) * math.sqrt(self.cfg.d_model)
                     for x in pool_texts(h, input_ids, attention_mask, self.pooling))
             features = torch.cat([u, v, (u - v).abs(), u * v], dim=-1)  # (B, 4D)
         elif self.pooling == "cls":
@@ -702,10 +705,15 @@ class DitBertClassifier(nn.Module):
         one keeps it, so the final states alone would hand the random-init control the lexical
         overlap that scores STS-B. (The mean of the two cosines is the cosine of the two texts'
         vectors [final / |final|, embeddings / |embeddings|].)"""
-        final = (x - self.text_center[0] for x in pool_texts(h, input_ids, attention_mask, self.pooling))
-        embedded = (x - self.text_center[1] for x in
+        final = (self.transform_text(x, 0) for x in pool_texts(h, input_ids, attention_mask, self.pooling))
+        embedded = (self.transform_text(x, 1) for x in
                     pool_texts(self.encoder.embed(input_ids), input_ids, attention_mask, "mean"))
         return (F.cosine_similarity(*final, dim=-1) + F.cosine_similarity(*embedded, dim=-1)).float() / 2
+
+    def transform_text(self, x: torch.Tensor, layer: int) -> torch.Tensor:
+        """Pooled texts (B, D) of `layer` (0 final states, 1 embedding layer) in the space where
+        they are compared: ``(x - text_center) @ text_whitening``."""
+        return (x.float() - self.text_center[layer]) @ self.text_whitening[layer]
 
     @torch.no_grad()
     def pooled_texts(self, input_ids, attention_mask) -> torch.Tensor:
@@ -752,28 +760,41 @@ def fit_similarity_head(loaded: "Loaded", enc: dict, batch_size: int, device) ->
 
 
 @torch.no_grad()
-def fit_text_center(loaded: "Loaded", enc: dict, batch_size: int, device) -> torch.Tensor:
-    """Set the classifier's `text_center` to the mean pooled text of the training pairs under the
-    frozen model (both texts of every pair; final states and embedding layer); returns it.
+def fit_text_transform(loaded: "Loaded", enc: dict, batch_size: int, device, kind: str) -> None:
+    """Set the classifier's text transform from the training pairs under the frozen model (both
+    texts of every pair; final states and embedding layer on their own): `kind` "center" subtracts
+    the mean text, "whiten" also rotates and scales the texts so that their covariance is about the
+    identity (BERT-whitening, Su et al., 2021), "none" restores the identity.
 
-    MLM leaves every text of a small pretrained encoder pointing one common way (mean cosine of
-    unrelated sentences 0.51 for the 13000-step `tiny` model, 0.16 for its random twin), and that
-    shared direction dominates the cosine the pair head and the similarity head read. Taken out, the
-    cosine measures how the texts differ from an average text (BERT-whitening, Su et al., 2021, does
-    this and more for sentence embeddings)."""
+    MLM leaves the texts of a small pretrained encoder in a narrow cone along a few directions
+    (mean cosine of unrelated sentences 0.51 for the 13000-step `tiny` model), and those directions
+    dominate every cosine. Whitened, each direction counts by how texts differ along it rather than
+    by its variance. The eigenvalues are shrunk by 1 % of their mean, so that directions in which
+    the training texts hardly differ are not blown up into noise."""
     model = loaded.model
-    was_training = model.training
-    model.eval()
-    total = torch.zeros_like(model.text_center, dtype=torch.float64)
-    count = 0
-    for idx in eval_batches([len(x) for x in enc["input_ids"]], batch_size):
-        batch = collate(enc, idx, loaded.pad_id, regression=True)  # float labels, whatever the task
-        pooled = model.pooled_texts(batch["input_ids"].to(device), batch["attention_mask"].to(device))
-        total += pooled.sum((0, 1)).double()
-        count += 2 * len(idx)
-    model.text_center.copy_((total / max(count, 1)).to(model.text_center.dtype))
-    model.train(was_training)
-    return model.text_center
+    d = model.cfg.d_model
+    center = torch.zeros(2, d, dtype=torch.float64)
+    whitening = torch.eye(d, dtype=torch.float64).repeat(2, 1, 1)
+    if kind not in ("none", "center", "whiten"):
+        raise ValueError(f"text transform must be 'none', 'center' or 'whiten', got {kind!r}")
+    if kind != "none":
+        was_training = model.training
+        model.eval()
+        texts = []
+        for idx in eval_batches([len(x) for x in enc["input_ids"]], batch_size):
+            batch = collate(enc, idx, loaded.pad_id, regression=True)  # float labels, whatever the task
+            pooled = model.pooled_texts(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+            texts.append(pooled.flatten(0, 1).double().cpu())  # (2B, layer, D)
+        model.train(was_training)
+        texts = torch.cat(texts)
+        center = texts.mean(0)
+        if kind == "whiten":
+            for layer in (0, 1):
+                values, vectors = torch.linalg.eigh(torch.cov((texts[:, layer] - center[layer]).T))
+                values = values.clamp(min=0)
+                whitening[layer] = vectors / (values + 0.01 * values.mean()).sqrt()
+    model.text_center.copy_(center)
+    model.text_whitening.copy_(whitening)
 
 
 def masked_mean(h: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -823,7 +844,8 @@ def load_classifier(model_dir: str | Path, dropout: float = 0.1) -> DitBertClass
     model = DitBertClassifier(encoder, config["num_labels"], config.get("pooling", "cls"), dropout,
                               config.get("pair_features", False), config.get("similarity_head", False))
     state = load_file(str(model_dir / "model.safetensors"))
-    state.setdefault("text_center", model.text_center)  # saved before texts were centred: no centring
+    for name in ("text_center", "text_whitening"):  # saved before texts were transformed: the identity
+        state.setdefault(name, getattr(model, name))
     model.load_state_dict(state)
     return model
 
@@ -1143,6 +1165,7 @@ def check_finetune_settings(ft: FinetuneConfig) -> None:
         ("batch_size", ft.batch_size >= 1, "at least 1"),
         ("lr", ft.lr > 0, "positive"),
         ("head_lr", ft.head_epochs == 0 or ft.head_lr > 0, "positive when head_epochs is set"),
+        ("text_transform", ft.text_transform in ("none", "center", "whiten"), "'none', 'center' or 'whiten'"),
     ] if not ok]  # pooling is checked where the model is built (DitBertClassifier, load_for_task)
     if problems:
         raise ValueError("bad fine-tuning settings: " + "; ".join(problems))
@@ -1170,9 +1193,10 @@ def finetune_task(
     lengths = [len(x) for x in encoded["train"]["input_ids"]]
     rng = np.random.default_rng(seed)  # batch order of every epoch
     run_name = f"{source.label} seed {seed} {task.name}"
-    if ft.center_texts and (getattr(loaded.model, "pair_features", False) or getattr(loaded.model, "similarity_head", False)):
-        center = fit_text_center(loaded, encoded["train"], ft.batch_size * 2, device)
-        print(f"{run_name} texts centred: centre norms {center.norm(dim=-1).tolist()}")
+    if ft.text_transform != "none" and (getattr(loaded.model, "pair_features", False)
+                                        or getattr(loaded.model, "similarity_head", False)):
+        fit_text_transform(loaded, encoded["train"], ft.batch_size * 2, device, ft.text_transform)
+        print(f"{run_name} text transform fitted: {ft.text_transform}")
     if getattr(loaded.model, "similarity_head", False):
         scale, bias = fit_similarity_head(loaded, encoded["train"], ft.batch_size * 2, device)
         print(f"{run_name} similarity head fitted: score = {scale:.3f} * cosine + {bias:.3f}")

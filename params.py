@@ -158,9 +158,10 @@ class FinetuneConfig:
     # Regression on two texts (STS-B): score = scale * cosine of the two texts + bias, the scale and
     # bias fitted by least squares before fine-tuning (glue_utils.SimilarityHead); DitBERT models only.
     similarity_head: bool = False
-    # Two-text tasks, DitBERT models: subtract the training texts' mean pooled vector (under the
-    # frozen model, set before fine-tuning) before the two texts are compared (glue_utils.fit_text_center).
-    center_texts: bool = False
+    # Two-text tasks, DitBERT models: how the two texts' pooled vectors are mapped before the pair
+    # head or the similarity head compares them: none | center (minus the training texts' mean) |
+    # whiten (also decorrelated to unit variance); fitted on the frozen model (glue_utils.fit_text_transform).
+    text_transform: str = "none"
     output_dir: str = "GLUE-Outputs"  # one folder per run: <model label>-seed<seed>/
     save_best: bool = True  # keep the best epoch's model per task as safetensors (best_<task>/)
     max_bad_fraction: float = 0.01  # more malformed rows than this in a data file is an error

@@ -235,12 +235,16 @@ def zero_shot_similarity(model_dir: str | Path, tokenizer: str | Path, params: P
     the similarity head computes it (`glue_utils.DitBertClassifier.text_cosine`), encoded as
     fine-tuning encodes the pair, with no training: what the frozen encoder already knows about
     how alike two texts are -- the pair tasks' counterpart of the linear probe, and where the
-    similarity head starts. Lexical overlap alone scores well here."""
+    similarity head starts (after `finetune.text_transform`, fitted on the training pairs).
+    Lexical overlap alone scores well here."""
     task = glue_utils.get_task("stsb", data_dir)
     splits, _ = glue_utils.load_task(task, glue_dir)
     source = glue_utils.ditbert_source(str(model_dir), str(tokenizer), label="probe")
     ft = dataclasses.replace(params.finetune, similarity_head=True)  # a fresh one outputs 1 * cosine + 0
     loaded = glue_utils.load_for_task(source, task, ft, seed=0)
+    if ft.text_transform != "none":  # fitted on the training pairs, as fine-tuning does first
+        train = glue_utils.encode_split(loaded, glue_utils.subsample(splits["train"], ft.max_train_examples))
+        glue_utils.fit_text_transform(loaded, train, ft.batch_size * 2, "cpu", ft.text_transform)
     enc = glue_utils.encode_split(loaded, splits[task.eval_splits[0]])
     cosine = glue_utils.predict(loaded, enc, ft.batch_size * 2, regression=True, device="cpu").squeeze(-1)
     metrics = glue_utils.compute_metrics(task, cosine, enc["labels"])

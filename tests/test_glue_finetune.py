@@ -338,51 +338,77 @@ def test_similarity_head_fine_tuned_saved_and_reloaded(ditbert, glue_layout, tmp
     assert linear.model.head.out_features == 1
 
 
-def test_fit_text_center_is_the_mean_pooled_text_and_the_heads_subtract_it(ditbert, tmp_path):
-    ft = similarity_ft(tmp_path, center_texts=True)
-    loaded = glue_utils.load_for_task(ditbert, TASKS["stsb"], ft, seed=1)
-    model = loaded.model.eval()
-    enc = loaded.encode(["the river ran", "an old house where we", "red boats"], ["small red boats", "we found", "the"])
-    enc["labels"] = [1.0, 2.0, 3.0]
-    pair = torch.tensor([[START_ID, 10, 11, DOC_ID, 12, 13, END_ID]])
-    plain = model(pair)
-    assert torch.equal(model.text_center, torch.zeros(2, 32))  # no centring until fitted
-    center = glue_utils.fit_text_center(loaded, enc, 2, "cpu")
+def pooled_one_by_one(model, enc) -> torch.Tensor:
+    """(N texts, layer, D): every text of every pair pooled alone, final states and embedding layer."""
     texts = []
     for ids in enc["input_ids"]:
         one = torch.tensor([ids])
         h = model.encoder(one, one.ne(PAD_ID))
-        texts.append([torch.stack(glue_utils.pool_texts(x, one, one.ne(PAD_ID), "mean"))[:, 0]
-                      for x in (h, model.encoder.embed(one))])  # each layer: (2 texts, D)
-    expected = torch.stack([torch.cat([t[layer] for t in texts]).mean(0) for layer in (0, 1)])
-    assert torch.allclose(center, expected, atol=1e-5)  # every text of every pair, per layer
+        texts += list(torch.stack([torch.stack(glue_utils.pool_texts(x, one, one.ne(PAD_ID), "mean"))[:, 0]
+                                   for x in (h, model.encoder.embed(one))], 1))  # 2 texts x (layer, D)
+    return torch.stack(texts)
+
+
+def test_fit_text_transform_centres_and_whitens_the_training_texts(ditbert, tmp_path):
+    ft = similarity_ft(tmp_path, text_transform="whiten")
+    loaded = glue_utils.load_for_task(ditbert, TASKS["stsb"], ft, seed=1)
+    model = loaded.model.eval()
+    rng = random.Random(3)
+    words = "the river ran past an old house where we found small red boats and a dog".split()
+    texts = [" ".join(rng.choices(words, k=rng.randint(2, 7))) for _ in range(160)]
+    enc = loaded.encode(texts[:80], texts[80:])
+    enc["labels"] = [1.0] * 80
+    pair = torch.tensor([[START_ID, 10, 11, DOC_ID, 12, 13, END_ID]])
+    plain = model(pair)
+    assert torch.equal(model.text_whitening, torch.eye(32).repeat(2, 1, 1))  # the identity until fitted
+    glue_utils.fit_text_transform(loaded, enc, 16, "cpu", "center")
+    pooled = pooled_one_by_one(model, enc).double()
+    assert torch.allclose(model.text_center.double(), pooled.mean(0), atol=1e-5)  # every text, per layer
+    assert torch.equal(model.text_whitening, torch.eye(32).repeat(2, 1, 1))
     mask = pair.ne(PAD_ID)
     cosines = [torch.nn.functional.cosine_similarity(*(x - c for x in glue_utils.pool_texts(h, pair, mask, "mean")), dim=-1)
-               for h, c in ((model.encoder(pair, mask), center[0]), (model.encoder.embed(pair), center[1]))]
+               for h, c in ((model.encoder(pair, mask), model.text_center[0]), (model.encoder.embed(pair), model.text_center[1]))]
     assert torch.allclose(model(pair).squeeze(-1), (cosines[0] + cosines[1]) / 2, atol=1e-5)  # scale 1, bias 0
     assert not torch.allclose(model(pair), plain)
+    glue_utils.fit_text_transform(loaded, enc, 16, "cpu", "whiten")
+    for layer in (0, 1):
+        mapped = model.transform_text(pooled[:, layer].float(), layer).double()
+        cov = torch.cov(mapped.T)
+        assert torch.allclose(mapped.mean(0), torch.zeros(32, dtype=torch.float64), atol=1e-4)
+        assert torch.allclose(cov - torch.diag(cov.diagonal()), torch.zeros(32, 32, dtype=torch.float64), atol=1e-3)
+        assert cov.diagonal().max() <= 1.0 + 1e-4  # unit variance, less the shrinkage of small directions
     rte = glue_utils.load_for_task(ditbert, TASKS["rte"], ft, seed=1).model.eval()
     before = rte(pair)
-    rte.text_center.copy_(center)
-    u, v = (torch.nn.functional.normalize(x - center[0], dim=-1) * 32**0.5
+    rte.text_center.copy_(model.text_center)
+    rte.text_whitening.copy_(model.text_whitening)
+    u, v = (torch.nn.functional.normalize((x - model.text_center[0]) @ model.text_whitening[0], dim=-1) * 32**0.5
             for x in glue_utils.pool_texts(rte.encoder(pair, mask), pair, mask, "mean"))
     assert torch.allclose(rte(pair), rte.head(torch.cat([u, v, (u - v).abs(), u * v], dim=-1)), atol=1e-5)
     assert not torch.allclose(rte(pair), before)
+    glue_utils.fit_text_transform(loaded, enc, 16, "cpu", "none")
+    assert torch.allclose(model(pair), plain)
+    with pytest.raises(ValueError, match="text transform must be"):
+        glue_utils.fit_text_transform(loaded, enc, 16, "cpu", "pca")
 
 
-def test_centred_texts_fine_tuned_saved_and_reloaded(ditbert, glue_layout, tmp_path, capsys):
-    ft = similarity_ft(tmp_path, epochs=1, center_texts=True)
+def test_whitened_texts_fine_tuned_saved_and_reloaded(ditbert, glue_layout, tmp_path, capsys):
+    ft = similarity_ft(tmp_path, epochs=1, text_transform="whiten")
     glue_utils.run_glue(ditbert, "stsb,sst2", ft, glue_dir=glue_layout)
     out = capsys.readouterr().out
-    assert "stsb texts centred" in out and "sst2 texts centred" not in out  # two-text tasks only
+    assert "stsb text transform fitted: whiten" in out and "sst2 text transform" not in out  # two-text tasks only
     best = tmp_path / "ditbert-test-seed1" / "best_stsb"
     saved = load_file(str(best / "model.safetensors"))
-    assert saved["text_center"].abs().sum() > 0
-    assert torch.equal(glue_utils.load_classifier(best).text_center, saved["text_center"])
-    del saved["text_center"]  # a model saved before texts were centred still loads, uncentred
+    assert saved["text_center"].abs().sum() > 0 and not torch.equal(saved["text_whitening"], torch.eye(32).repeat(2, 1, 1))
+    reloaded = glue_utils.load_classifier(best)
+    assert torch.equal(reloaded.text_whitening, saved["text_whitening"])
+    for name in ("text_center", "text_whitening"):  # a model saved before texts were transformed still loads
+        del saved[name]
     from safetensors.torch import save_file
     save_file(saved, str(best / "model.safetensors"))
-    assert torch.equal(glue_utils.load_classifier(best).text_center, torch.zeros(2, 32))
+    old = glue_utils.load_classifier(best)
+    assert torch.equal(old.text_center, torch.zeros(2, 32)) and torch.equal(old.text_whitening, torch.eye(32).repeat(2, 1, 1))
+    with pytest.raises(ValueError, match="finetune.text_transform='pca' must be 'none', 'center' or 'whiten'"):
+        glue_utils.run_glue(ditbert, "stsb", dataclasses.replace(ft, text_transform="pca"), glue_dir=glue_layout)
 
 
 # --------------------------------------------------------------------------- Hugging Face models
