@@ -68,6 +68,9 @@ def test_zero_shot_similarity_ranks_repeated_sentences_above_unrelated_ones(tiny
     params = get_params("tiny")
     score = pv.zero_shot_similarity(tiny_model_dir, tiny_tokenizer, params, tmp_path / "glue")
     assert score > 50
+    whitened = get_params("tiny", {"finetune.text_transform": "whiten"})  # fitted on the training pairs first
+    zero_shot_whitened = pv.zero_shot_similarity(tiny_model_dir, tiny_tokenizer, whitened, tmp_path / "glue")
+    assert zero_shot_whitened > 50 and zero_shot_whitened != pytest.approx(score, abs=0.01)
     flipped = [r[:-1] + ["5.000" if r[-1] == "0.000" else "0.000"] for r in rows]
     (folder / "dev.tsv").write_text("\n".join([head] + ["\t".join(r) for r in flipped]) + "\n")
     assert pv.zero_shot_similarity(tiny_model_dir, tiny_tokenizer, params, tmp_path / "glue") == pytest.approx(-score)
