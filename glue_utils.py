@@ -658,6 +658,7 @@ class DitBertClassifier(nn.Module):
         d, device = encoder.cfg.d_model, encoder.tok_emb.weight.device
         self.register_buffer("text_center", torch.zeros(2, d, device=device))
         self.register_buffer("text_whitening", torch.eye(d, device=device).repeat(2, 1, 1))
+        self.text_transform = "none"  # what the two buffers hold: none | center | whiten
         self.new_head(num_labels, pair_features, similarity_head)
 
     def new_head(self, num_labels: int, pair_features: bool | None = None, similarity_head: bool | None = None) -> None:
@@ -688,10 +689,8 @@ class DitBertClassifier(nn.Module):
             u, v = (F.normalize(self.transform_text(x, 0), dim=-1) * math.sqrt(self.cfg.d_model)
                     for x in pool_texts(h, input_ids, attention_mask, self.pooling))
             features = torch.cat([u, v, (u - v).abs(), u * v], dim=-1)  # (B, 4D)
-        elif self.pooling == "cls":
-            features = h[:, 0]
         else:
-            features = masked_mean(h, attention_mask.bool())
+            features = self.transform_text(h[:, 0] if self.pooling == "cls" else masked_mean(h, attention_mask.bool()), 0)
         return self.head(self.drop(features))  # (B, num_labels)
 
     def text_cosine(self, h, input_ids, attention_mask) -> torch.Tensor:
@@ -712,16 +711,24 @@ class DitBertClassifier(nn.Module):
 
     def transform_text(self, x: torch.Tensor, layer: int) -> torch.Tensor:
         """Pooled texts (B, D) of `layer` (0 final states, 1 embedding layer) in the space where
-        they are compared: ``(x - text_center) @ text_whitening``."""
+        they are compared or classified: ``(x - text_center) @ text_whitening``; x itself
+        until a transform is fitted."""
+        if self.text_transform == "none":
+            return x
         return (x.float() - self.text_center[layer]) @ self.text_whitening[layer]
 
     @torch.no_grad()
     def pooled_texts(self, input_ids, attention_mask) -> torch.Tensor:
-        """(B, 2, 2, D): each pair's two texts (dim 1) pooled from the final states and from the
-        embedding layer (dim 2), as `forward` and `text_cosine` pool them, before centring."""
-        final = pool_texts(self.encoder(input_ids, attention_mask), input_ids, attention_mask, self.pooling)
-        embedded = pool_texts(self.encoder.embed(input_ids), input_ids, attention_mask, "mean")
-        return torch.stack([torch.stack(final, 1), torch.stack(embedded, 1)], 2).float()
+        """(B, texts, 2, D): each example's texts (two with pair features or the similarity head,
+        else one) pooled from the final states and from the embedding layer (dim 2), as `forward`
+        and `text_cosine` pool them, before `transform_text`."""
+        h, embedded = self.encoder(input_ids, attention_mask), self.encoder.embed(input_ids)
+        if self.pair_features or self.similarity_head:
+            final, embedded = (pool_texts(x, input_ids, attention_mask, p) for x, p in ((h, self.pooling), (embedded, "mean")))
+            return torch.stack([torch.stack(final, 1), torch.stack(embedded, 1)], 2).float()
+        keep = attention_mask.bool()
+        final = h[:, 0] if self.pooling == "cls" else masked_mean(h, keep)
+        return torch.stack([final, masked_mean(embedded, keep)], 1)[:, None].float()
 
 
 class SimilarityHead(nn.Module):
@@ -761,10 +768,11 @@ def fit_similarity_head(loaded: "Loaded", enc: dict, batch_size: int, device) ->
 
 @torch.no_grad()
 def fit_text_transform(loaded: "Loaded", enc: dict, batch_size: int, device, kind: str) -> None:
-    """Set the classifier's text transform from the training pairs under the frozen model (both
-    texts of every pair; final states and embedding layer on their own): `kind` "center" subtracts
+    """Set the classifier's text transform from the training examples under the frozen model (every
+    text, both of a pair; final states and embedding layer on their own): `kind` "center" subtracts
     the mean text, "whiten" also rotates and scales the texts so that their covariance is about the
-    identity (BERT-whitening, Su et al., 2021), "none" restores the identity.
+    identity (BERT-whitening, Su et al., 2021), "none" restores the identity. The pair head and the
+    similarity head compare the two texts after it, and a single text's head reads it after it.
 
     MLM leaves the texts of a small pretrained encoder in a narrow cone along a few directions
     (mean cosine of unrelated sentences 0.51 for the 13000-step `tiny` model), and those directions
@@ -784,7 +792,7 @@ def fit_text_transform(loaded: "Loaded", enc: dict, batch_size: int, device, kin
         for idx in eval_batches([len(x) for x in enc["input_ids"]], batch_size):
             batch = collate(enc, idx, loaded.pad_id, regression=True)  # float labels, whatever the task
             pooled = model.pooled_texts(batch["input_ids"].to(device), batch["attention_mask"].to(device))
-            texts.append(pooled.flatten(0, 1).double().cpu())  # (2B, layer, D)
+            texts.append(pooled.flatten(0, 1).double().cpu())  # (B x texts, layer, D)
         model.train(was_training)
         texts = torch.cat(texts)
         center = texts.mean(0)
@@ -795,6 +803,7 @@ def fit_text_transform(loaded: "Loaded", enc: dict, batch_size: int, device, kin
                 whitening[layer] = vectors / (values + 0.01 * values.mean()).sqrt()
     model.text_center.copy_(center)
     model.text_whitening.copy_(whitening)
+    model.text_transform = kind
 
 
 def masked_mean(h: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -823,7 +832,8 @@ def save_classifier(model: DitBertClassifier, out_dir: str | Path, tokenizer: st
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     model_defs.atomic_write_bytes(out_dir / "model.safetensors", save(state))
     config = {"model": dataclasses.asdict(model.cfg), "num_labels": model.num_labels, "pooling": model.pooling,
-              "pair_features": model.pair_features, "similarity_head": model.similarity_head, **(extra or {})}
+              "pair_features": model.pair_features, "similarity_head": model.similarity_head,
+              "text_transform": model.text_transform, **(extra or {})}
     model_defs.atomic_write_bytes(out_dir / "config.json", json.dumps(config, indent=2).encode())
     if Path(tokenizer).resolve() != (out_dir / "tokenizer.json").resolve():
         shutil.copyfile(tokenizer, out_dir / "tokenizer.json")
@@ -847,6 +857,7 @@ def load_classifier(model_dir: str | Path, dropout: float = 0.1) -> DitBertClass
     for name in ("text_center", "text_whitening"):  # saved before texts were transformed: the identity
         state.setdefault(name, getattr(model, name))
     model.load_state_dict(state)
+    model.text_transform = config.get("text_transform", "none")
     return model
 
 
@@ -1193,8 +1204,7 @@ def finetune_task(
     lengths = [len(x) for x in encoded["train"]["input_ids"]]
     rng = np.random.default_rng(seed)  # batch order of every epoch
     run_name = f"{source.label} seed {seed} {task.name}"
-    if ft.text_transform != "none" and (getattr(loaded.model, "pair_features", False)
-                                        or getattr(loaded.model, "similarity_head", False)):
+    if ft.text_transform != "none" and isinstance(loaded.model, DitBertClassifier):
         fit_text_transform(loaded, encoded["train"], ft.batch_size * 2, device, ft.text_transform)
         print(f"{run_name} text transform fitted: {ft.text_transform}")
     if getattr(loaded.model, "similarity_head", False):

@@ -381,6 +381,7 @@ def test_fit_text_transform_centres_and_whitens_the_training_texts(ditbert, tmp_
     before = rte(pair)
     rte.text_center.copy_(model.text_center)
     rte.text_whitening.copy_(model.text_whitening)
+    rte.text_transform = "whiten"
     u, v = (torch.nn.functional.normalize((x - model.text_center[0]) @ model.text_whitening[0], dim=-1) * 32**0.5
             for x in glue_utils.pool_texts(rte.encoder(pair, mask), pair, mask, "mean"))
     assert torch.allclose(rte(pair), rte.head(torch.cat([u, v, (u - v).abs(), u * v], dim=-1)), atol=1e-5)
@@ -395,18 +396,24 @@ def test_whitened_texts_fine_tuned_saved_and_reloaded(ditbert, glue_layout, tmp_
     ft = similarity_ft(tmp_path, epochs=1, text_transform="whiten")
     glue_utils.run_glue(ditbert, "stsb,sst2", ft, glue_dir=glue_layout)
     out = capsys.readouterr().out
-    assert "stsb text transform fitted: whiten" in out and "sst2 text transform" not in out  # two-text tasks only
+    assert "stsb text transform fitted: whiten" in out and "sst2 text transform fitted: whiten" in out
     best = tmp_path / "ditbert-test-seed1" / "best_stsb"
     saved = load_file(str(best / "model.safetensors"))
     assert saved["text_center"].abs().sum() > 0 and not torch.equal(saved["text_whitening"], torch.eye(32).repeat(2, 1, 1))
     reloaded = glue_utils.load_classifier(best)
-    assert torch.equal(reloaded.text_whitening, saved["text_whitening"])
+    assert torch.equal(reloaded.text_whitening, saved["text_whitening"]) and reloaded.text_transform == "whiten"
     for name in ("text_center", "text_whitening"):  # a model saved before texts were transformed still loads
         del saved[name]
     from safetensors.torch import save_file
     save_file(saved, str(best / "model.safetensors"))
     old = glue_utils.load_classifier(best)
     assert torch.equal(old.text_center, torch.zeros(2, 32)) and torch.equal(old.text_whitening, torch.eye(32).repeat(2, 1, 1))
+    sst2 = glue_utils.load_classifier(tmp_path / "ditbert-test-seed1" / "best_sst2").eval()
+    ids = torch.tensor([[START_ID, 10, 11, 12, END_ID]])
+    pooled = glue_utils.masked_mean(sst2.encoder(ids, ids.ne(PAD_ID)), ids.ne(PAD_ID))
+    whitened = (pooled - sst2.text_center[0]) @ sst2.text_whitening[0]
+    assert torch.allclose(sst2(ids), sst2.head(whitened), atol=1e-5)  # a single text's head reads it whitened
+    assert not torch.allclose(sst2(ids), sst2.head(pooled), atol=1e-3)
     with pytest.raises(ValueError, match="finetune.text_transform='pca' must be 'none', 'center' or 'whiten'"):
         glue_utils.run_glue(ditbert, "stsb", dataclasses.replace(ft, text_transform="pca"), glue_dir=glue_layout)
 
