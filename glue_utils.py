@@ -652,9 +652,9 @@ class DitBertClassifier(nn.Module):
         self.cfg, self.pooling = encoder.cfg, pooling
         self.encoder = encoder
         self.drop = nn.Dropout(dropout)
-        # How two texts' pooled vectors are mapped before they are compared, (x - center) @ whitening,
-        # per layer (row 0: final states, row 1: embedding layer); the identity until
-        # `fit_text_transform` sets them.
+        # How pooled texts are mapped before a head reads them (a pair's two texts before they are
+        # compared): (x - center) @ whitening, per layer (row 0: final states, row 1: embedding
+        # layer); unused until `fit_text_transform` sets them.
         d, device = encoder.cfg.d_model, encoder.tok_emb.weight.device
         self.register_buffer("text_center", torch.zeros(2, d, device=device))
         self.register_buffer("text_whitening", torch.eye(d, device=device).repeat(2, 1, 1))

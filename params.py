@@ -158,9 +158,10 @@ class FinetuneConfig:
     # Regression on two texts (STS-B): score = scale * cosine of the two texts + bias, the scale and
     # bias fitted by least squares before fine-tuning (glue_utils.SimilarityHead); DitBERT models only.
     similarity_head: bool = False
-    # Two-text tasks, DitBERT models: how the two texts' pooled vectors are mapped before the pair
-    # head or the similarity head compares them: none | center (minus the training texts' mean) |
-    # whiten (also decorrelated to unit variance); fitted on the frozen model (glue_utils.fit_text_transform).
+    # DitBERT models: how pooled texts are mapped before a head reads them (a pair's two texts before
+    # they are compared): none | center (minus the training texts' mean) | whiten (also decorrelated
+    # to unit variance); fitted on the frozen model's training texts (glue_utils.fit_text_transform).
+    # Whitening lifts STS-B for pretrained and random encoders alike (README, "Whitened texts").
     text_transform: str = "none"
     output_dir: str = "GLUE-Outputs"  # one folder per run: <model label>-seed<seed>/
     save_best: bool = True  # keep the best epoch's model per task as safetensors (best_<task>/)
