@@ -690,7 +690,7 @@ class DitBertClassifier(nn.Module):
                     for x in pool_texts(h, input_ids, attention_mask, self.pooling))
             features = torch.cat([u, v, (u - v).abs(), u * v], dim=-1)  # (B, 4D)
         else:
-            features = self.transform_text(h[:, 0] if self.pooling == "cls" else masked_mean(h, attention_mask.bool()), 0)
+            features = self.transform_text(pool_text(h, attention_mask, self.pooling), 0)
         return self.head(self.drop(features))  # (B, num_labels)
 
     def text_cosine(self, h, input_ids, attention_mask) -> torch.Tensor:
@@ -726,9 +726,8 @@ class DitBertClassifier(nn.Module):
         if self.pair_features or self.similarity_head:
             final, embedded = (pool_texts(x, input_ids, attention_mask, p) for x, p in ((h, self.pooling), (embedded, "mean")))
             return torch.stack([torch.stack(final, 1), torch.stack(embedded, 1)], 2).float()
-        keep = attention_mask.bool()
-        final = h[:, 0] if self.pooling == "cls" else masked_mean(h, keep)
-        return torch.stack([final, masked_mean(embedded, keep)], 1)[:, None].float()
+        final, embedded = pool_text(h, attention_mask, self.pooling), pool_text(embedded, attention_mask, "mean")
+        return torch.stack([final, embedded], 1)[:, None].float()
 
 
 class SimilarityHead(nn.Module):
@@ -766,6 +765,10 @@ def fit_similarity_head(loaded: "Loaded", enc: dict, batch_size: int, device) ->
     return float(scale), float(bias)
 
 
+TEXT_TRANSFORMS = ("none", "center", "whiten")  # the kinds of finetune.text_transform
+_TEXT_TRANSFORM_CHOICES = ", ".join(map(repr, TEXT_TRANSFORMS[:-1])) + f" or {TEXT_TRANSFORMS[-1]!r}"
+
+
 @torch.no_grad()
 def fit_text_transform(loaded: "Loaded", enc: dict, batch_size: int, device, kind: str) -> None:
     """Set the classifier's text transform from the training examples under the frozen model (every
@@ -783,8 +786,8 @@ def fit_text_transform(loaded: "Loaded", enc: dict, batch_size: int, device, kin
     d = model.cfg.d_model
     center = torch.zeros(2, d, dtype=torch.float64)
     whitening = torch.eye(d, dtype=torch.float64).repeat(2, 1, 1)
-    if kind not in ("none", "center", "whiten"):
-        raise ValueError(f"text transform must be 'none', 'center' or 'whiten', got {kind!r}")
+    if kind not in TEXT_TRANSFORMS:
+        raise ValueError(f"text transform must be {_TEXT_TRANSFORM_CHOICES}, got {kind!r}")
     if kind != "none":
         was_training = model.training
         model.eval()
@@ -810,6 +813,13 @@ def masked_mean(h: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """Mean of h (B, T, D) over the positions where keep (B, T) is true; zeros for an empty row."""
     weights = keep.unsqueeze(-1).to(h.dtype)
     return (h * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
+def pool_text(h: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """(B, T, D) -> (B, D): the [START] position (``cls``) or the mean over real tokens (``mean``)."""
+    if pooling == "cls":
+        return h[:, 0]
+    return masked_mean(h, attention_mask.bool())
 
 
 def pool_texts(h: torch.Tensor, input_ids, attention_mask, pooling: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -1176,7 +1186,7 @@ def check_finetune_settings(ft: FinetuneConfig) -> None:
         ("batch_size", ft.batch_size >= 1, "at least 1"),
         ("lr", ft.lr > 0, "positive"),
         ("head_lr", ft.head_epochs == 0 or ft.head_lr > 0, "positive when head_epochs is set"),
-        ("text_transform", ft.text_transform in ("none", "center", "whiten"), "'none', 'center' or 'whiten'"),
+        ("text_transform", ft.text_transform in TEXT_TRANSFORMS, _TEXT_TRANSFORM_CHOICES),
     ] if not ok]  # pooling is checked where the model is built (DitBertClassifier, load_for_task)
     if problems:
         raise ValueError("bad fine-tuning settings: " + "; ".join(problems))

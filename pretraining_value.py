@@ -185,13 +185,6 @@ def hidden_states(encoder: model_defs.DitBertEncoder, input_ids, attention_mask)
     return captured
 
 
-def pool(h: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """(B, T, D) -> (B, D): the [START] position (``cls``) or the mean over real tokens (``mean``)."""
-    if pooling == "cls":
-        return h[:, 0]
-    return glue_utils.masked_mean(h, attention_mask.bool())
-
-
 @torch.no_grad()
 def encode_task(model_dir: str | Path, tokenizer: str | Path, task_name: str, params: Params,
                 max_examples: int = 0, data_dir: str | Path = "data", glue_dir=None):
@@ -221,7 +214,7 @@ def encode_task(model_dir: str | Path, tokenizer: str | Path, task_name: str, pa
             real = batch["attention_mask"].bool()
             for name, h, bucket in zip(names, states, tokens):
                 for p in ("mean", "cls"):
-                    pooled[f"{name}/{p}"][idx] = pool(h, batch["attention_mask"], p).numpy()
+                    pooled[f"{name}/{p}"][idx] = glue_utils.pool_text(h, batch["attention_mask"], p).numpy()
                 bucket.append(h[real][::stride].clone())
         token_sample = {n: torch.cat(t)[:4096].numpy() for n, t in zip(names, tokens)}
         out[split] = (pooled, np.asarray(enc["labels"]), token_sample)
