@@ -78,7 +78,7 @@ def pretrain_snapshots(params: Params, steps: list[int], out_dir: str | Path, sh
     snapshots lie on one learning-rate schedule (the preset's ``train.steps``, raised to the
     last snapshot if shorter) and a snapshot is the same model a single uninterrupted run
     passes through. Step 0 is the initialisation ``train`` starts from. Existing snapshot
-    folders are reused. Returns one dict per step: step, model_dir, tokens_seen, pretrain_s.
+    folders are reused if they were made with this model config and tokenizer. Returns one dict per step: step, model_dir, tokens_seen, pretrain_s.
     """
     params = copy.deepcopy(params)
     params.train.steps = max(params.train.steps, max(steps))
@@ -87,22 +87,14 @@ def pretrain_snapshots(params: Params, steps: list[int], out_dir: str | Path, sh
     snapshots = []
     for step in steps:
         folder = snapshot_dir(out_dir, step)
-        if not (folder / "model.safetensors").is_file():
+        if (folder / "model.safetensors").is_file():
+            check_snapshot(folder, params)
+        else:
             if step == 0:
                 torch.manual_seed(params.train.seed)  # the initialisation train() draws
                 model, elapsed = model_defs.DitBertForMLM(params.model), 0.0
             else:
-                ckpt = Path(params.train.out_dir) / "checkpoint.pt"
-                saved = torch.load(ckpt, weights_only=True) if ckpt.is_file() else {}
-                if saved.get("step") == step:  # pretrained before the snapshot was written: not again
-                    elapsed = saved["elapsed_s"]
-                else:
-                    resume = saved.get("step", step) < step
-                    summary = train_model.train(params, resume=resume, stop_at=step, show_progress=show_progress)
-                    if summary["step"] != step:
-                        raise RuntimeError(f"pretraining stopped at step {summary['step']}, not {step}: {summary}")
-                    elapsed = summary["elapsed_s"]
-                model = model_from_checkpoint(ckpt, params)
+                model, elapsed = pretrained_model(params, step, show_progress)
             contrastive = {}
             if step and params.contrastive.steps:  # each snapshot gets the phase; the MLM run goes on without it
                 contrastive = train_model.contrastive_phase(model, params, show_progress)
@@ -112,6 +104,24 @@ def pretrain_snapshots(params: Params, steps: list[int], out_dir: str | Path, sh
             model_defs.save_model(model, folder, extra)
         snapshots.append(snapshot_info(folder, step))
     return snapshots
+
+
+def pretrained_model(params: Params, step: int, show_progress: bool = False) -> tuple[model_defs.DitBertForMLM, float]:
+    """The model the run in ``params.train.out_dir`` reaches at `step`, and its pretraining seconds.
+
+    A checkpoint already at `step` (the run stopped after it, before the snapshot was written) is
+    the model itself and is read once; otherwise pretraining resumes from the checkpoint, or starts
+    over when the checkpoint lies beyond `step`, and stops there. A checkpoint of another model
+    config is an error, not something to train over."""
+    ckpt = Path(params.train.out_dir) / "checkpoint.pt"
+    state = train_model.load_checkpoint(ckpt, params) if ckpt.is_file() else {}
+    if state.get("step") != step:
+        summary = train_model.train(params, resume=state.get("step", step) < step, stop_at=step,
+                                    show_progress=show_progress)
+        if summary["step"] != step:
+            raise RuntimeError(f"pretraining stopped at step {summary['step']}, not {step}: {summary}")
+        state = train_model.load_checkpoint(ckpt, params)
+    return model_from_state(state, params), round(state["elapsed_s"], 1)
 
 
 def snapshot_info(folder: Path, step: int) -> dict:
@@ -133,22 +143,31 @@ def existing_snapshots(source_dir: str | Path, steps: list[int], params: Params)
         if not (folder / "model.safetensors").is_file():
             raise FileNotFoundError(f"{source_dir} holds no snapshot of step {step} ({folder}); "
                                     "run the experiment that pretrains it first")
-        info = json.loads((folder / "config.json").read_text())
-        made_with = info.get("params", {})
-        differ = sorted(f"model.{k}" for k, v in dataclasses.asdict(params.model).items()
-                        if made_with.get("model", {}).get(k) != v)
-        if made_with.get("train", {}).get("tokenizer") != str(params.tokenizer_path):
-            differ.append("train.tokenizer")
-        if differ:
-            raise ValueError(f"the snapshot {folder} was made with other settings ({', '.join(differ)}); "
-                             "pass the --set values of the experiment that made it")
+        check_snapshot(folder, params)
         snapshots.append(snapshot_info(folder, step))
     return snapshots
 
 
+def check_snapshot(folder: Path, params: Params) -> None:
+    """Refuse a saved snapshot made with another model config or tokenizer than `params` name: its
+    scores would be put beside the wrong settings. The error names the settings that differ."""
+    made_with = json.loads((folder / "config.json").read_text()).get("params", {})
+    differ = sorted(f"model.{k}" for k, v in dataclasses.asdict(params.model).items()
+                    if made_with.get("model", {}).get(k) != v)
+    if made_with.get("train", {}).get("tokenizer") != str(params.tokenizer_path):
+        differ.append("train.tokenizer")
+    if differ:
+        raise ValueError(f"the snapshot {folder} was made with other settings ({', '.join(differ)}); "
+                         "pass the --set values of the experiment that made it")
+
+
 def model_from_checkpoint(path: str | Path, params: Params) -> model_defs.DitBertForMLM:
     """The model weights of a training checkpoint (``train_model.load_checkpoint`` checks the config)."""
-    state = train_model.load_checkpoint(Path(path), params)
+    return model_from_state(train_model.load_checkpoint(Path(path), params), params)
+
+
+def model_from_state(state: dict, params: Params) -> model_defs.DitBertForMLM:
+    """The model of a checkpoint already read by ``train_model.load_checkpoint``."""
     model = model_defs.DitBertForMLM(params.model)
     model.load_state_dict(state["model"])
     return model

@@ -172,6 +172,26 @@ def test_experiment_writes_results_with_expected_columns(tiny_corpus, tiny_token
     assert not (tmp_path / "gone.json").exists()  # no new tokenizer trained in its place
 
 
+def test_snapshots_of_another_config_and_corrupt_checkpoints_are_refused_by_name(tiny_corpus, tiny_tokenizer, tmp_path):
+    """Running an experiment again under its name with other model settings must not put the old
+    snapshots' scores beside the new settings, and a damaged checkpoint is named, not trained over."""
+    params = get_params("tiny", toy_overrides(tiny_corpus, tiny_tokenizer, tmp_path))
+    out = tmp_path / "value"
+    pv.pretrain_snapshots(params, [0], out)
+    assert pv.pretrain_snapshots(params, [0], out)[0]["step"] == 0  # same settings: reused
+    wider = get_params("tiny", {**toy_overrides(tiny_corpus, tiny_tokenizer, tmp_path), "model.d_ff": 128})
+    with pytest.raises(ValueError, match=r"step-000000 was made with other settings \(model.d_ff\)"):
+        pv.pretrain_snapshots(wider, [0], out)
+
+    checkpoint = out / "pretrain" / "checkpoint.pt"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="checkpoint.pt is corrupt or truncated"):
+        pv.pretrain_snapshots(params, [0, 2], out)
+    assert checkpoint.read_bytes() == b"not a checkpoint"  # left as it was for the user to look at
+    assert not pv.snapshot_dir(out, 2).exists()
+
+
 def test_pos_init_std_rescales_the_sinusoid_table_to_the_token_embeddings():
     from dataclasses import replace
 
