@@ -154,7 +154,7 @@ def check_snapshot(folder: Path, params: Params) -> None:
     made_with = json.loads((folder / "config.json").read_text()).get("params", {})
     differ = sorted(f"model.{k}" for k, v in dataclasses.asdict(params.model).items()
                     if made_with.get("model", {}).get(k) != v)
-    if made_with.get("train", {}).get("tokenizer") != str(params.tokenizer_path):
+    if Path(made_with.get("train", {}).get("tokenizer", "")).resolve() != params.tokenizer_path.resolve():
         differ.append("train.tokenizer")
     if differ:
         raise ValueError(f"the snapshot {folder} was made with other settings ({', '.join(differ)}); "

@@ -179,6 +179,11 @@ def test_snapshots_of_another_config_and_corrupt_checkpoints_are_refused_by_name
     out = tmp_path / "value"
     pv.pretrain_snapshots(params, [0], out)
     assert pv.pretrain_snapshots(params, [0], out)[0]["step"] == 0  # same settings: reused
+    respelled = get_params("tiny", {**toy_overrides(tiny_corpus, tiny_tokenizer, tmp_path),
+                                    "train.tokenizer": "./" + str(Path(tiny_tokenizer).relative_to(tmp_path.anchor))})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path.anchor)  # the same tokenizer file, spelled another way: reused
+        assert pv.pretrain_snapshots(respelled, [0], out)[0]["step"] == 0
     wider = get_params("tiny", {**toy_overrides(tiny_corpus, tiny_tokenizer, tmp_path), "model.d_ff": 128})
     with pytest.raises(ValueError, match=r"step-000000 was made with other settings \(model.d_ff\)"):
         pv.pretrain_snapshots(wider, [0], out)
