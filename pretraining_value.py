@@ -78,7 +78,8 @@ def pretrain_snapshots(params: Params, steps: list[int], out_dir: str | Path, sh
     snapshots lie on one learning-rate schedule (the preset's ``train.steps``, raised to the
     last snapshot if shorter) and a snapshot is the same model a single uninterrupted run
     passes through. Step 0 is the initialisation ``train`` starts from. Existing snapshot
-    folders are reused if they were made with this model config and tokenizer. Returns one dict per step: step, model_dir, tokens_seen, pretrain_s.
+    folders are reused if they were made with this model config and tokenizer. Returns one
+    dict per step: step, model_dir, tokens_seen, pretrain_s.
     """
     params = copy.deepcopy(params)
     params.train.steps = max(params.train.steps, max(steps))
@@ -161,13 +162,8 @@ def check_snapshot(folder: Path, params: Params) -> None:
                          "pass the --set values of the experiment that made it")
 
 
-def model_from_checkpoint(path: str | Path, params: Params) -> model_defs.DitBertForMLM:
-    """The model weights of a training checkpoint (``train_model.load_checkpoint`` checks the config)."""
-    return model_from_state(train_model.load_checkpoint(Path(path), params), params)
-
-
 def model_from_state(state: dict, params: Params) -> model_defs.DitBertForMLM:
-    """The model of a checkpoint already read by ``train_model.load_checkpoint``."""
+    """The model of a training checkpoint read by ``train_model.load_checkpoint`` (which checks the config)."""
     model = model_defs.DitBertForMLM(params.model)
     model.load_state_dict(state["model"])
     return model

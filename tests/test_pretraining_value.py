@@ -178,12 +178,15 @@ def test_snapshots_of_another_config_and_corrupt_checkpoints_are_refused_by_name
     params = get_params("tiny", toy_overrides(tiny_corpus, tiny_tokenizer, tmp_path))
     out = tmp_path / "value"
     pv.pretrain_snapshots(params, [0], out)
+    weights = pv.snapshot_dir(out, 0) / "model.safetensors"
+    written = weights.stat().st_mtime_ns
     assert pv.pretrain_snapshots(params, [0], out)[0]["step"] == 0  # same settings: reused
     respelled = get_params("tiny", {**toy_overrides(tiny_corpus, tiny_tokenizer, tmp_path),
                                     "train.tokenizer": "./" + str(Path(tiny_tokenizer).relative_to(tmp_path.anchor))})
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(tmp_path.anchor)  # the same tokenizer file, spelled another way: reused
         assert pv.pretrain_snapshots(respelled, [0], out)[0]["step"] == 0
+    assert weights.stat().st_mtime_ns == written  # neither call wrote the snapshot again
     wider = get_params("tiny", {**toy_overrides(tiny_corpus, tiny_tokenizer, tmp_path), "model.d_ff": 128})
     with pytest.raises(ValueError, match=r"step-000000 was made with other settings \(model.d_ff\)"):
         pv.pretrain_snapshots(wider, [0], out)
@@ -243,7 +246,8 @@ def test_snapshot_from_a_checkpoint_at_its_step_is_not_pretrained_again_and_gets
                                  "contrastive.batch_size": 4, "contrastive.span_tokens": 8})
     out = tmp_path / "value"
     first = pv.pretrain_snapshots(params, [0, 2], out)
-    mlm_only = pv.model_from_checkpoint(out / "pretrain" / "checkpoint.pt", params).state_dict()
+    checkpoint = pv.train_model.load_checkpoint(out / "pretrain" / "checkpoint.pt", params)
+    mlm_only = pv.model_from_state(checkpoint, params).state_dict()
     made = pv.model_defs.load_model(first[1]["model_dir"]).state_dict()
     assert any(not torch.equal(made[k], mlm_only[k]) for k in made)  # the phase changed the snapshot
     info = json.loads((Path(first[1]["model_dir"]) / "config.json").read_text())
