@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import model_defs
-from params import DOC_ID, END_ID, PAD_ID, START_ID, FinetuneConfig, ModelConfig, Params, apply_override
+from params import DOC_ID, END_ID, MASK_ID, PAD_ID, START_ID, FinetuneConfig, ModelConfig, Params, apply_override
 
 HUB_DATASET = "nyu-mll/glue"
 
@@ -628,6 +628,115 @@ def from_mnli_source(base: ModelSource, output_dir: str, mnli_dir: str = "") -> 
     return ModelSource(base.kind, path, f"{base.label}-from-mnli", init="mnli")
 
 
+@dataclass(frozen=True)
+class Prompt:
+    """A classification task asked as a cloze: `template` is a sequence of pieces, ``{a}`` and ``{b}``
+    for the task's texts, ``[MASK]`` for the answer, anything else literal text; `words` holds one
+    word per label, in label order, each of which must be one token of the model's tokenizer."""
+
+    template: tuple[str, ...]
+    words: tuple[str, ...]
+
+
+# Templates and words after LM-BFF's manual ones (Gao et al., 2021), spelt with the leading space that
+# DitBERT's tokenizer gives a word inside a sentence; a piece without one (".") follows the previous
+# token directly, as in running text. Regression tasks (STS-B) keep their head.
+_SENTIMENT = Prompt(("{a}", " It was", "[MASK]", "."), (" terrible", " great"))
+_ENTAILMENT = Prompt(("{a}", "?", "[MASK]", ",", "{b}"), (" Yes", " No"))  # entailment, not_entailment
+_SAME_MEANING = Prompt(("{a}", "[MASK]", ",", "{b}"), (" No", " Yes"))  # not the same, the same
+PROMPTS: dict[str, Prompt] = {
+    "sst2": _SENTIMENT,
+    "demo": _SENTIMENT,
+    "cola": Prompt(("{a}", " This is", "[MASK]", "."), (" wrong", " fine")),
+    "mrpc": _SAME_MEANING,
+    "qqp": _SAME_MEANING,
+    "rte": _ENTAILMENT,
+    "qnli": _ENTAILMENT,
+    "mnli": Prompt(("{a}", "?", "[MASK]", ",", "{b}"), (" Yes", " Maybe", " No")),
+    "wnli": Prompt(("{a}", "?", "[MASK]", ",", "{b}"), (" No", " Yes")),  # not_entailment, entailment
+}
+
+
+def task_prompt(task: Task, ft: FinetuneConfig) -> Prompt | None:
+    """The cloze `task` is asked as under `ft`: with ``finetune.prompt``, a classification task's
+    template from `PROMPTS`; None (the pooled head) otherwise, or for a task without one."""
+    if not ft.prompt or task.is_regression or task.name not in PROMPTS:
+        return None
+    prompt = PROMPTS[task.name]
+    if len(prompt.words) != task.num_labels:
+        raise ValueError(f"prompt for {task.name} has {len(prompt.words)} label words for {task.num_labels} labels")
+    return prompt
+
+
+def prompt_word_ids(prompt: Prompt, tok) -> list[int]:
+    """The token id of each label word; an error names a word that is not one token of `tok`."""
+    ids = []
+    for word in prompt.words:
+        pieces = tok.encode(word, add_special_tokens=False).ids
+        if len(pieces) != 1:
+            raise ValueError(f"prompt label word {word!r} is {len(pieces)} tokens in this tokenizer; "
+                             f"a label word must be one token (or run with finetune.prompt=false)")
+        ids.append(pieces[0])
+    return ids
+
+
+def prompt_encoder(prompt: Prompt, tok, max_len: int):
+    """(ids_a, ids_b or None) -> ``[START] template [END]`` with the texts' tokens filled in and cut
+    to fit `max_len` (a pair: longest first), the template's own tokens and its [MASK] always kept."""
+    pieces = [piece if piece in ("{a}", "{b}") else [MASK_ID] if piece == "[MASK]" else literal_ids(piece, tok)
+              for piece in prompt.template]
+    budget = max_len - 2 - sum(len(p) for p in pieces if isinstance(p, list))
+    if budget < 1:
+        raise ValueError(f"finetune.max_len={max_len} leaves no room for text in the template {prompt.template}")
+
+    def encode(a: list, b: list | None = None) -> list[int]:
+        a, b = (a[:budget], []) if b is None else truncate_pair(a, b, budget)
+        texts = {"{a}": a, "{b}": b}
+        return [START_ID, *(t for p in pieces for t in (texts[p] if isinstance(p, str) else p)), END_ID]
+
+    return encode
+
+
+def literal_ids(piece: str, tok) -> list[int]:
+    """Token ids of a template's literal text. The tokenizer puts a space before every text it encodes,
+    so a piece that starts without one ("." after the mask) is spelt character by character from the
+    vocabulary instead: byte-level BPE holds every byte as a token, and writes a printable ASCII one
+    as that character."""
+    if piece.startswith(" "):
+        return tok.encode(piece, add_special_tokens=False).ids
+    ids = [tok.token_to_id(char) if "!" <= char <= "~" else None for char in piece]
+    if None in ids:
+        raise ValueError(f"template piece {piece!r} starts without a space and is not printable ASCII, "
+                         f"which is spelt token by token; start it with a space")
+    return ids
+
+
+class PromptHead(nn.Module):
+    """The MLM head read only at the label words: ``LayerNorm(GELU(dense(h))) . E[w] + bias[w]`` for
+    each label word w, where E is the encoder's token embedding (tied, as in pretraining), so the
+    scores are the MLM logits of the words at the [MASK] position. `load_mlm_head` copies pretraining's
+    dense layer, norm and bias; a random-init control keeps those of its own fresh MLM head."""
+
+    def __init__(self, cfg: ModelConfig, word_ids):
+        super().__init__()
+        self.dense = nn.Linear(cfg.d_model, cfg.d_model)
+        self.ln = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+        self.register_buffer("word_ids", torch.as_tensor(list(word_ids), dtype=torch.long))
+
+    def load_mlm_head(self, mlm_head: model_defs.MLMHead) -> "PromptHead":
+        self.dense.load_state_dict(mlm_head.dense.state_dict())
+        self.ln.load_state_dict(mlm_head.ln.state_dict())
+        with torch.no_grad():
+            self.bias.copy_(mlm_head.decoder.bias)
+        return self
+
+    def forward(self, h, token_embeddings):
+        """h (B, D) at the [MASK] positions, token_embeddings (V, D) -> (B, labels)."""
+        x = self.ln(F.gelu(self.dense(h)))
+        return x @ token_embeddings[self.word_ids].T + self.bias[self.word_ids]
+
+
 class DitBertClassifier(nn.Module):
     """The DitBERT encoder with a task head: pool ([START] position or masked mean) -> dropout -> linear.
 
@@ -642,10 +751,13 @@ class DitBertClassifier(nn.Module):
     With `similarity_head` (regression on two texts: STS-B) the score is ``scale * cosine + bias``
     instead (`SimilarityHead`, `text_cosine`): the task asks how alike two texts are, and the cosine
     is that question's answer up to a scale, which `fit_similarity_head` fits before fine-tuning.
+
+    With `prompt_words` (a task asked as a cloze, `Prompt`) the head is the MLM head read at the one
+    [MASK] of each input, at those words' token ids (`PromptHead`); the texts are not pooled.
     """
 
     def __init__(self, encoder: model_defs.DitBertEncoder, num_labels: int, pooling: str = "cls", dropout: float = 0.1,
-                 pair_features: bool = False, similarity_head: bool = False):
+                 pair_features: bool = False, similarity_head: bool = False, prompt_words=()):
         super().__init__()
         if pooling not in ("cls", "mean"):
             raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
@@ -659,17 +771,32 @@ class DitBertClassifier(nn.Module):
         self.register_buffer("text_center", torch.zeros(2, d, device=device))
         self.register_buffer("text_whitening", torch.eye(d, device=device).repeat(2, 1, 1))
         self.text_transform = "none"  # what the two buffers hold: none | center | whiten
-        self.new_head(num_labels, pair_features, similarity_head)
+        self.head = None
+        self.new_head(num_labels, pair_features, similarity_head, prompt_words)
 
-    def new_head(self, num_labels: int, pair_features: bool | None = None, similarity_head: bool | None = None) -> None:
+    def new_head(self, num_labels: int, pair_features: bool | None = None, similarity_head: bool | None = None,
+                 prompt_words=None) -> None:
         """Replace the head with a freshly initialised one for `num_labels` outputs (and, if given,
-        pair features and the similarity head on or off)."""
+        pair features, the similarity head and the prompt's label words). A prompt head that follows
+        a prompt head keeps its dense layer, norm and bias, the MLM head's, and reads the new words."""
         self.num_labels = num_labels
         if pair_features is not None:
             self.pair_features = pair_features
         if similarity_head is not None:
             self.similarity_head = similarity_head
+        if prompt_words is not None:
+            self.prompt_words = tuple(int(w) for w in prompt_words)
         device = self.encoder.tok_emb.weight.device
+        if self.prompt_words:
+            if len(self.prompt_words) != num_labels:
+                raise ValueError(f"a prompt head needs one label word per label: {len(self.prompt_words)} words, {num_labels} labels")
+            if not self.cfg.tie_lm_head:
+                raise ValueError("a prompt head reads its label words from the token embedding, which needs model.tie_lm_head")
+            head = PromptHead(self.cfg, self.prompt_words).to(device)
+            if isinstance(self.head, PromptHead):
+                head.load_state_dict({**self.head.state_dict(), "word_ids": head.word_ids})
+            self.head = head
+            return
         if self.similarity_head:
             if num_labels != 1:
                 raise ValueError(f"the similarity head scores one number (regression), not {num_labels} labels")
@@ -683,6 +810,11 @@ class DitBertClassifier(nn.Module):
         if attention_mask is None:
             attention_mask = input_ids.ne(PAD_ID)
         h = self.encoder(input_ids, attention_mask)  # (B, T, D)
+        if self.prompt_words:
+            at_mask = input_ids.eq(MASK_ID)
+            if not at_mask.sum(1).eq(1).all():
+                raise ValueError("a prompt head needs exactly one [MASK] token in every input")
+            return self.head(self.drop(h[at_mask]), self.encoder.tok_emb.weight)
         if self.similarity_head:
             return self.head(self.text_cosine(h, input_ids, attention_mask))
         if self.pair_features:
@@ -843,7 +975,7 @@ def save_classifier(model: DitBertClassifier, out_dir: str | Path, tokenizer: st
     model_defs.atomic_write_bytes(out_dir / "model.safetensors", save(state))
     config = {"model": dataclasses.asdict(model.cfg), "num_labels": model.num_labels, "pooling": model.pooling,
               "pair_features": model.pair_features, "similarity_head": model.similarity_head,
-              "text_transform": model.text_transform, **(extra or {})}
+              "prompt_words": list(model.prompt_words), "text_transform": model.text_transform, **(extra or {})}
     model_defs.atomic_write_bytes(out_dir / "config.json", json.dumps(config, indent=2).encode())
     if Path(tokenizer).resolve() != (out_dir / "tokenizer.json").resolve():
         shutil.copyfile(tokenizer, out_dir / "tokenizer.json")
@@ -862,7 +994,8 @@ def load_classifier(model_dir: str | Path, dropout: float = 0.1) -> DitBertClass
         raise ValueError(f"{model_dir} holds a pretrained DitBERT, not a fine-tuned one (no num_labels in config.json)")
     encoder = model_defs.DitBertEncoder(ModelConfig(**config["model"]))
     model = DitBertClassifier(encoder, config["num_labels"], config.get("pooling", "cls"), dropout,
-                              config.get("pair_features", False), config.get("similarity_head", False))
+                              config.get("pair_features", False), config.get("similarity_head", False),
+                              config.get("prompt_words", ()))
     state = load_file(str(model_dir / "model.safetensors"))
     for name in ("text_center", "text_whitening"):  # saved before texts were transformed: the identity
         state.setdefault(name, getattr(model, name))
@@ -905,38 +1038,51 @@ def _load_ditbert(source: ModelSource, task: Task, ft: FinetuneConfig, seed: int
     path = Path(source.path)
     pair_features = ft.pair_features and len(task.text_columns) == 2
     similarity_head = ft.similarity_head and len(task.text_columns) == 2 and task.is_regression
+    prompt = task_prompt(task, ft)
     if source.init == "mnli":
         model = load_classifier(path, ft.dropout)
         tokenizer_path = Path(source.tokenizer) if source.tokenizer else path / "tokenizer.json"
-        if (model.num_labels, model.pair_features, model.similarity_head) != (task.num_labels, pair_features, similarity_head):
+        tok = model_defs.load_tokenizer(tokenizer_path)
+        words = tuple(prompt_word_ids(prompt, tok)) if prompt else ()
+        if (model.num_labels, model.pair_features, model.similarity_head, model.prompt_words) != (
+                task.num_labels, pair_features, similarity_head, words):
             torch.manual_seed(seed)
-            model.new_head(task.num_labels, pair_features, similarity_head)
+            model.new_head(task.num_labels, pair_features, similarity_head, words)
         if ft.pooling not in ("cls", "mean"):
             raise ValueError(f"pooling must be 'cls' or 'mean', got {ft.pooling!r}")
         model.pooling = ft.pooling
         tokens = _tokens_seen(path)
     else:
         tokenizer_path = Path(source.tokenizer)
-        pretrained = model_defs.load_model(path)  # checks the folder; the control reuses only its config
+        tok = model_defs.load_tokenizer(tokenizer_path)
+        mlm = model_defs.load_model(path)  # checks the folder; the control reuses only its config
         if source.init == "random":
-            encoder = model_defs.DitBertForMLM(pretrained.cfg).encoder  # initialised as pretraining starts
+            mlm = model_defs.DitBertForMLM(mlm.cfg)  # initialised as pretraining starts
             tokens = 0
         else:
-            encoder = pretrained.encoder
             tokens = _tokens_seen(path)
+        words = prompt_word_ids(prompt, tok) if prompt else ()
         torch.manual_seed(seed)  # the same head for the pretrained model and its control
-        model = DitBertClassifier(encoder, task.num_labels, ft.pooling, ft.dropout, pair_features, similarity_head)
+        model = DitBertClassifier(mlm.encoder, task.num_labels, ft.pooling, ft.dropout, pair_features, similarity_head,
+                                  words)
+        if prompt:
+            model.head.load_mlm_head(mlm.head)
     model_defs.set_dropout(model, ft.dropout)
-    tok = model_defs.load_tokenizer(tokenizer_path)
     if tok.get_vocab_size() > model.cfg.vocab_size:
         raise ValueError(f"tokenizer {tokenizer_path} has {tok.get_vocab_size()} tokens, model {path} only {model.cfg.vocab_size}")
     max_len = min(ft.max_len, model.cfg.max_positions)
     tok.no_truncation()
     tok.no_padding()
 
+    fill_prompt = prompt_encoder(prompt, tok, max_len) if prompt else None
+
     def encode(texts_a, texts_b=None):
-        """``[START] a [END]`` or ``[START] a [DOC] b [END]``, at most max_len tokens."""
+        """``[START] a [END]`` or ``[START] a [DOC] b [END]`` (or the task's prompt), at most max_len tokens."""
         ids_a = [e.ids for e in tok.encode_batch(list(texts_a), add_special_tokens=False)]
+        if fill_prompt:
+            ids_b = [None] * len(ids_a) if texts_b is None else [
+                e.ids for e in tok.encode_batch(list(texts_b), add_special_tokens=False)]
+            return {"input_ids": [fill_prompt(a, b) for a, b in zip(ids_a, ids_b)]}
         if texts_b is None:
             return {"input_ids": [[START_ID, *a[: max_len - 2], END_ID] for a in ids_a]}
         ids_b = [e.ids for e in tok.encode_batch(list(texts_b), add_special_tokens=False)]
@@ -947,7 +1093,7 @@ def _load_ditbert(source: ModelSource, task: Task, ft: FinetuneConfig, seed: int
         save_classifier(model, out_dir, tokenizer_path, {"task": task.name, "tokens_seen": tokens})
 
     info = {"kind": "ditbert", "source": str(path), "tokenizer": str(tokenizer_path), "pretrain_tokens_seen": tokens,
-            "max_len": max_len, "model_config": dataclasses.asdict(model.cfg)}
+            "max_len": max_len, "prompt": dataclasses.asdict(prompt) if prompt else None, "model_config": dataclasses.asdict(model.cfg)}
     return Loaded(model, encode, PAD_ID, save, info)
 
 
@@ -1214,7 +1360,7 @@ def finetune_task(
     lengths = [len(x) for x in encoded["train"]["input_ids"]]
     rng = np.random.default_rng(seed)  # batch order of every epoch
     run_name = f"{source.label} seed {seed} {task.name}"
-    if ft.text_transform != "none" and isinstance(loaded.model, DitBertClassifier):
+    if ft.text_transform != "none" and isinstance(loaded.model, DitBertClassifier) and not loaded.model.prompt_words:
         fit_text_transform(loaded, encoded["train"], ft.batch_size * 2, device, ft.text_transform)
         print(f"{run_name} text transform fitted: {ft.text_transform}")
     if getattr(loaded.model, "similarity_head", False):
@@ -1241,6 +1387,7 @@ def finetune_task(
                 loaded.save(run_dir / f"best_{task.name}")
     loaded.model.load_state_dict(best_state)
     task_info = {"best_epoch": best_epoch, "seconds": round(time.time() - started, 1), "train_examples": len(lengths),
+                 "prompt": loaded.info.get("prompt"),
                  **{f"{s}_examples": len(encoded[s]["input_ids"]) for s in task.eval_splits},
                  "data": {s: dataclasses.asdict(r) for s, r in reports.items()}}
     _update_run_info(run_dir, source, seed, ft, loaded.info, task.name, task_info)

@@ -163,6 +163,11 @@ class FinetuneConfig:
     # to unit variance); fitted on the frozen model's training texts (glue_utils.fit_text_transform).
     # Whitening lifts STS-B for pretrained and random encoders alike (README, "Whitened texts").
     text_transform: str = "none"
+    # DitBERT models, classification tasks with a template in glue_utils.PROMPTS: the task is asked as
+    # a cloze, e.g. "<text> It was [MASK]." for SST-2, and a label is scored by the MLM head's logit
+    # for its word (" terrible" / " great"), the head starting from pretraining's (PET, Schick and
+    # Schuetze, 2021; LM-BFF, Gao et al., 2021): fine-tuning starts from what the encoder can already say.
+    prompt: bool = False
     output_dir: str = "GLUE-Outputs"  # one folder per run: <model label>-seed<seed>/
     save_best: bool = True  # keep the best epoch's model per task as safetensors (best_<task>/)
     max_bad_fraction: float = 0.01  # more malformed rows than this in a data file is an error

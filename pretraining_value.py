@@ -14,6 +14,8 @@ folder at each requested step count, then at each snapshot:
 * fits a linear probe (logistic regression) on the frozen encoder's pooled features, which
   tells "the features are better" apart from "fine-tuning makes use of them"; with ``--glue``
   also scores STS-B by the cosine of the frozen encoder's two pooled texts (``zero-shot-cosine``);
+* asks the demo task (and with ``--glue`` SST-2) as a cloze, "<text> It was [MASK].", and reads
+  " great" or " terrible" from the snapshot's own MLM head, with no training (``zero-shot-prompt``);
 * measures the MLM perplexity against the unigram figure, and the norm, spread and mutual
   cosine similarity of the hidden states per layer (a collapsed or anisotropic encoder shows
   up as cosine near 1).
@@ -257,6 +259,27 @@ def zero_shot_similarity(model_dir: str | Path, tokenizer: str | Path, params: P
     cosine = glue_utils.predict(loaded, enc, ft.batch_size * 2, regression=True, device="cpu").squeeze(-1)
     metrics = glue_utils.compute_metrics(task, cosine, enc["labels"])
     return 100 * (metrics["pearson"] + metrics["spearman"]) / 2
+
+
+@torch.no_grad()
+def zero_shot_prompt(model_dir: str | Path, tokenizer: str | Path, task_name: str, params: Params, glue_dir=None,
+                     data_dir: str | Path = "data") -> float | None:
+    """Validation accuracy (x100) of a sentiment task asked as its cloze (`glue_utils.PROMPTS`: "<text> It
+    was [MASK]." answered " great" or " terrible") and read from the snapshot's own MLM head, with no
+    training: what pretraining taught the model to say about the task, where a random model is at
+    chance. The prompt-based head (``finetune.prompt``) starts here. None when the tokenizer has no
+    single token for one of the label words (a small one may not)."""
+    tok = model_defs.load_tokenizer(tokenizer)
+    if any(len(tok.encode(w, add_special_tokens=False).ids) != 1 for w in glue_utils.PROMPTS[task_name].words):
+        return None
+    task = glue_utils.get_task(task_name, data_dir)
+    splits, _ = glue_utils.load_task(task, glue_dir)
+    source = glue_utils.ditbert_source(str(model_dir), str(tokenizer), label="probe")
+    ft = dataclasses.replace(params.finetune, prompt=True)
+    loaded = glue_utils.load_for_task(source, task, ft, seed=0)
+    enc = glue_utils.encode_split(loaded, splits[task.eval_splits[0]])
+    scores = glue_utils.predict(loaded, enc, ft.batch_size * 2, regression=False, device="cpu")
+    return 100 * float((scores.argmax(-1) == torch.as_tensor(enc["labels"])).float().mean())
 
 
 # --------------------------------------------------------------------------- linear probe
@@ -521,6 +544,12 @@ def run_experiment(params: Params, exp: Experiment, show_progress: bool = False)
                   "pretrain_s": snap["pretrain_s"], "val_ppl": val_ppl, "unigram_ppl": unigram_ppl}
         probe_rows, diag = probe_and_diagnose(snap, params, exp)
         task_rows = probe_rows
+        for task in ("demo", "sst2") if exp.glue_dir else ("demo",):
+            score = zero_shot_prompt(snap["model_dir"], tokenizer, task, params, exp.glue_dir, exp.data_dir)
+            if score is None:
+                print(f"no zero-shot prompt on {task}: the tokenizer has no single token for one of its label words")
+                continue
+            task_rows.append({"task": task, "method": "zero-shot-prompt", "init": "frozen", "seed": 0, "score": score})
         if exp.glue_dir:
             score = zero_shot_similarity(snap["model_dir"], tokenizer, params, exp.glue_dir, exp.data_dir)
             task_rows.append({"task": "stsb", "method": "zero-shot-cosine", "init": "frozen", "seed": 0, "score": score})

@@ -13,8 +13,9 @@ import torch
 
 import pretraining_value as pv
 from conftest import ROOT, TINY_SEQ_LEN, TINY_VOCAB, execute_notebook, printed
-from model_defs import DitBertForMLM
-from params import get_params
+import model_defs
+from model_defs import DitBertForMLM, load_tokenizer
+from params import END_ID, MASK_ID, START_ID, get_params
 
 
 def test_probe_separates_separable_features_and_not_noise():
@@ -259,3 +260,27 @@ def test_snapshot_from_a_checkpoint_at_its_step_is_not_pretrained_again_and_gets
     again = pv.pretrain_snapshots(params, [0, 2], out)
     remade = pv.model_defs.load_model(again[1]["model_dir"]).state_dict()
     assert all(torch.equal(remade[k], made[k]) for k in made)  # the phase is deterministic
+
+
+def test_zero_shot_prompt_is_the_mlm_heads_answer_to_the_cloze(tiny_model_dir, tiny_tokenizer, tmp_path, monkeypatch):
+    """The demo task asked as "<text> It was [MASK]." and answered by the saved model's own MLM head:
+    the accuracy of comparing the two label words' logits, computed here by hand, with no training."""
+    toy_demo_task(tmp_path)
+    data_dir = tmp_path / "data"
+    params = get_params("tiny", {"finetune.max_len": 64})
+    tok = load_tokenizer(tiny_tokenizer)
+    assert any(len(tok.encode(w, add_special_tokens=False).ids) > 1 for w in pv.glue_utils.PROMPTS["demo"].words)
+    assert pv.zero_shot_prompt(tiny_model_dir, tiny_tokenizer, "demo", params, data_dir=data_dir) is None
+    prompt = pv.glue_utils.Prompt(("{a}", " It was", "[MASK]", "."), (" the", " of"))
+    monkeypatch.setitem(pv.glue_utils.PROMPTS, "demo", prompt)
+    score = pv.zero_shot_prompt(tiny_model_dir, tiny_tokenizer, "demo", params, data_dir=data_dir)
+    model = model_defs.load_model(tiny_model_dir).eval()
+    ids = lambda text: tok.encode(text, add_special_tokens=False).ids  # noqa: E731
+    words = [ids(w)[0] for w in prompt.words]
+    dev = pd.read_csv(data_dir / "demo-movie-reviews" / "dev.csv")
+    right = 0
+    for text, label in zip(dev["sentence"], dev["label"]):
+        x = torch.tensor([[START_ID, *ids(" " + text), *ids(" It was"), MASK_ID, tok.token_to_id("."), END_ID]])
+        logits = model.mlm_logits(x, x.eq(MASK_ID))[0, words]
+        right += int(logits.argmax()) == label
+    assert score == pytest.approx(100 * right / len(dev))
