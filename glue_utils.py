@@ -789,9 +789,11 @@ class DitBertClassifier(nn.Module):
         device = self.encoder.tok_emb.weight.device
         if self.prompt_words:
             if len(self.prompt_words) != num_labels:
-                raise ValueError(f"a prompt head needs one label word per label: {len(self.prompt_words)} words, {num_labels} labels")
+                raise ValueError(f"a prompt head needs one label word per label: "
+                                 f"{len(self.prompt_words)} words, {num_labels} labels")
             if not self.cfg.tie_lm_head:
-                raise ValueError("a prompt head reads its label words from the token embedding, which needs model.tie_lm_head")
+                raise ValueError("a prompt head reads its label words from the token embedding, "
+                                 "which needs model.tie_lm_head")
             head = PromptHead(self.cfg, self.prompt_words).to(device)
             if isinstance(self.head, PromptHead):
                 head.load_state_dict({**self.head.state_dict(), "word_ids": head.word_ids})
@@ -1073,7 +1075,6 @@ def _load_ditbert(source: ModelSource, task: Task, ft: FinetuneConfig, seed: int
     max_len = min(ft.max_len, model.cfg.max_positions)
     tok.no_truncation()
     tok.no_padding()
-
     fill_prompt = prompt_encoder(prompt, tok, max_len) if prompt else None
 
     def encode(texts_a, texts_b=None):
@@ -1093,7 +1094,8 @@ def _load_ditbert(source: ModelSource, task: Task, ft: FinetuneConfig, seed: int
         save_classifier(model, out_dir, tokenizer_path, {"task": task.name, "tokens_seen": tokens})
 
     info = {"kind": "ditbert", "source": str(path), "tokenizer": str(tokenizer_path), "pretrain_tokens_seen": tokens,
-            "max_len": max_len, "prompt": dataclasses.asdict(prompt) if prompt else None, "model_config": dataclasses.asdict(model.cfg)}
+            "max_len": max_len, "prompt": dataclasses.asdict(prompt) if prompt else None,
+            "model_config": dataclasses.asdict(model.cfg)}
     return Loaded(model, encode, PAD_ID, save, info)
 
 

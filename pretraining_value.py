@@ -209,12 +209,13 @@ def encode_task(model_dir: str | Path, tokenizer: str | Path, task_name: str, pa
 
     pooled maps ``"<layer>/<pooling>"`` to an (N, D) array for every layer and both poolings;
     token_sample holds about 4096 token vectors per layer (pads excluded, spread over all
-    sentence lengths) for the representation statistics. Texts are encoded exactly as fine-tuning encodes them.
+    sentence lengths) for the representation statistics. Texts are encoded as fine-tuning encodes them for
+    a pooled head: as they are, not in the cloze of ``finetune.prompt``.
     """
     task = glue_utils.get_task(task_name, data_dir)
     splits, _ = glue_utils.load_task(task, glue_dir)
     source = glue_utils.ditbert_source(str(model_dir), str(tokenizer), label="probe")
-    loaded = glue_utils.load_for_task(source, task, params.finetune, seed=0)
+    loaded = glue_utils.load_for_task(source, task, dataclasses.replace(params.finetune, prompt=False), seed=0)
     encoder = loaded.model.encoder
     names = layer_names(encoder.cfg.n_layers)
     out = {}

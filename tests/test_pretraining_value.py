@@ -284,3 +284,12 @@ def test_zero_shot_prompt_is_the_mlm_heads_answer_to_the_cloze(tiny_model_dir, t
         logits = model.mlm_logits(x, x.eq(MASK_ID))[0, words]
         right += int(logits.argmax()) == label
     assert score == pytest.approx(100 * right / len(dev))
+
+
+def test_probes_read_the_texts_as_they_are_whatever_the_fine_tuning_head(tiny_model_dir, tiny_tokenizer, tmp_path):
+    toy_demo_task(tmp_path)
+    plain, cloze = (pv.encode_task(tiny_model_dir, tiny_tokenizer, "demo", get_params("tiny", {"finetune.prompt": p}),
+                                   data_dir=tmp_path / "data") for p in (False, True))
+    for split in ("train", "validation"):
+        assert plain[split][0].keys() == cloze[split][0].keys()
+        assert all(np.array_equal(plain[split][0][k], cloze[split][0][k]) for k in plain[split][0])
