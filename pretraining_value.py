@@ -270,8 +270,9 @@ def zero_shot_prompt(model_dir: str | Path, tokenizer: str | Path, task_name: st
     training: what pretraining taught the model to say about the task, where a random model is at
     chance. The prompt-based head (``finetune.prompt``) starts here. None when the tokenizer has no
     single token for one of the label words (a small one may not)."""
-    tok = model_defs.load_tokenizer(tokenizer)
-    if any(len(tok.encode(w, add_special_tokens=False).ids) != 1 for w in glue_utils.PROMPTS[task_name].words):
+    try:
+        glue_utils.prompt_word_ids(glue_utils.PROMPTS[task_name], model_defs.load_tokenizer(tokenizer))
+    except ValueError:  # a label word of several tokens
         return None
     task = glue_utils.get_task(task_name, data_dir)
     splits, _ = glue_utils.load_task(task, glue_dir)
