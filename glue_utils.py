@@ -1080,13 +1080,11 @@ def _load_ditbert(source: ModelSource, task: Task, ft: FinetuneConfig, seed: int
     def encode(texts_a, texts_b=None):
         """``[START] a [END]`` or ``[START] a [DOC] b [END]`` (or the task's prompt), at most max_len tokens."""
         ids_a = [e.ids for e in tok.encode_batch(list(texts_a), add_special_tokens=False)]
+        ids_b = None if texts_b is None else [e.ids for e in tok.encode_batch(list(texts_b), add_special_tokens=False)]
         if fill_prompt:
-            ids_b = [None] * len(ids_a) if texts_b is None else [
-                e.ids for e in tok.encode_batch(list(texts_b), add_special_tokens=False)]
-            return {"input_ids": [fill_prompt(a, b) for a, b in zip(ids_a, ids_b)]}
-        if texts_b is None:
+            return {"input_ids": [fill_prompt(a, b) for a, b in zip(ids_a, ids_b or [None] * len(ids_a))]}
+        if ids_b is None:
             return {"input_ids": [[START_ID, *a[: max_len - 2], END_ID] for a in ids_a]}
-        ids_b = [e.ids for e in tok.encode_batch(list(texts_b), add_special_tokens=False)]
         pairs = (truncate_pair(a, b, max_len - 3) for a, b in zip(ids_a, ids_b))
         return {"input_ids": [[START_ID, *a, DOC_ID, *b, END_ID] for a, b in pairs]}
 

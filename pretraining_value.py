@@ -281,7 +281,7 @@ def zero_shot_prompt(model_dir: str | Path, tokenizer: str | Path, task_name: st
     loaded = glue_utils.load_for_task(source, task, ft, seed=0)
     enc = glue_utils.encode_split(loaded, splits[task.eval_splits[0]])
     scores = glue_utils.predict(loaded, enc, ft.batch_size * 2, regression=False, device="cpu")
-    return 100 * float((scores.argmax(-1) == torch.as_tensor(enc["labels"])).float().mean())
+    return 100 * glue_utils.compute_metrics(task, scores.argmax(-1), enc["labels"])["accuracy"]
 
 
 # --------------------------------------------------------------------------- linear probe
