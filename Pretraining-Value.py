@@ -56,7 +56,9 @@
 # 13000-step model leads on CoLA, SST-2, RTE and the demo and on the mean of the five by 2.4. With `--glue`
 # the `zero-shot-cosine` rows score STS-B by that cosine with no training. Asked as a cloze, the 13000-step
 # model sorts 65 % of the demo's sentences by sentiment before any fine-tuning (its twin 51 %), but fine-tuning
-# through the MLM head (`finetune.prompt`) ends 1 point below the pooled head. The commands are in the README.
+# through the MLM head (`finetune.prompt`) ends 1 point below the pooled head, and ELECTRA
+# (`model.generator_layers=1`) in the same two hours ends level with the twin. The commands are in
+# docs/pretraining-value.md.
 #
 # `DITBERT_SET=model.position=learned` swaps `tiny`'s ALiBi for BERT's position table: its MLM
 # perplexity then stalls near 600 for about 2000 steps.

@@ -746,7 +746,7 @@ class DitBertClassifier(nn.Module):
     v, is then a sum over the features, where a head on one pooled vector needs the encoder's
     attention to learn the comparison from the task's few examples. Scaled, the sum of u * v is
     d_model times the cosine whatever the states' norms (STS-B 36 and 62 for the 13000-step `tiny`
-    model and its twin, against 25 and 24 unscaled; README, "Two texts, two vectors").
+    model and its twin, against 25 and 24 unscaled; docs/pretraining-value.md, "Two texts, two vectors").
 
     With `similarity_head` (regression on two texts: STS-B) the score is ``scale * cosine + bias``
     instead (`SimilarityHead`, `text_cosine`): the task asks how alike two texts are, and the cosine

@@ -363,20 +363,27 @@ class DitBertForMLM(nn.Module):
         """ELECTRA's replaced-token detection: the original text with the generator's samples at the masked
         positions goes through the encoder, and a binary head says at each real position whether the token
         was replaced (mean binary cross-entropy). No gradient flows through the sampling."""
+        scores, replaced = self.detect(input_ids, labels, generator_logits, attention_mask)
+        return F.binary_cross_entropy_with_logits(scores.float(), replaced.float())
+
+    def detect(self, input_ids, labels, generator_logits, attention_mask=None, generator=None):
+        """The detection head's scores (logits, > 0: replaced) and whether each token was replaced, at the
+        real positions (flat, row-major). `generator` (a torch.Generator) fixes the samples."""
         masked = labels.ne(-100)
         original = torch.where(masked, labels, input_ids)
-        corrupted, replaced = replace_masked(original, masked, generator_logits)
+        corrupted, replaced = replace_masked(original, masked, generator_logits, generator)
         real = original.ne(PAD_ID) if attention_mask is None else attention_mask.bool()
         scores = self.rtd_head(self.encoder(corrupted, real)).squeeze(-1)  # (B, T)
-        return F.binary_cross_entropy_with_logits(scores.float()[real], replaced[real].float())
+        return scores[real], replaced[real]
 
 
-def replace_masked(original: torch.Tensor, masked: torch.Tensor, logits: torch.Tensor):
+def replace_masked(original: torch.Tensor, masked: torch.Tensor, logits: torch.Tensor, generator=None):
     """`original` (B, T) with a token sampled from softmax(`logits`) (N, V) at each of the N `masked`
     positions (row-major order, as ``x[masked]``). Returns (corrupted ids, replaced): a sample that
     equals the original token counts as not replaced, as in ELECTRA."""
     with torch.no_grad():
-        sampled = torch.multinomial(logits.float().softmax(-1), 1).squeeze(-1).to(original.dtype)
+        probs = logits.float().softmax(-1)
+        sampled = torch.multinomial(probs, 1, generator=generator).squeeze(-1).to(original.dtype)
     corrupted = original.masked_scatter(masked, sampled)
     return corrupted, corrupted.ne(original)
 

@@ -161,14 +161,15 @@ class FinetuneConfig:
     # DitBERT models: how pooled texts are mapped before a head reads them (a pair's two texts before
     # they are compared): none | center (minus the training texts' mean) | whiten (also decorrelated
     # to unit variance); fitted on the frozen model's training texts (glue_utils.fit_text_transform).
-    # Whitening lifts STS-B for pretrained and random encoders alike (README, "Whitened texts").
+    # Whitening lifts STS-B for pretrained and random encoders alike (docs/pretraining-value.md,
+    # "Whitened texts").
     text_transform: str = "none"
     # DitBERT models, classification tasks with a template in glue_utils.PROMPTS: the task is asked as
     # a cloze, e.g. "<text> It was [MASK]." for SST-2, and a label is scored by the MLM head's logit
     # for its word (" terrible" / " great"), the head starting from pretraining's (PET, Schick and
     # Schuetze, 2021; LM-BFF, Gao et al., 2021): fine-tuning starts from what the encoder can already say.
-    # Off in both presets: on the two-hour `tiny` model it ends below the pooled heads (README, "The task
-    # asked as a cloze": GLUE-small gain +0.9 against +2.4).
+    # Off in both presets: on the two-hour `tiny` model it ends below the pooled heads
+    # (docs/pretraining-value.md, "The task asked as a cloze": GLUE-small gain +0.9 against +2.4).
     prompt: bool = False
     output_dir: str = "GLUE-Outputs"  # one folder per run: <model label>-seed<seed>/
     save_best: bool = True  # keep the best epoch's model per task as safetensors (best_<task>/)
@@ -206,7 +207,7 @@ def _tiny() -> Params:
     # ALiBi: with a learned position table MLM sits near perplexity 600 for 2000 steps before it
     # learns to look at the neighbouring tokens; with attention that starts local it is at 412 by step 400.
     # 2 layers with a narrow feed-forward: twice the tokens per second of 4 x 256 (d_ff 1024), and on
-    # CPU tokens are what pays (README, "Does pretraining pay?": demo 72.1 / 72.5 / 74.3 after 4 / 8 / 17M
+    # CPU tokens are what pays (docs/pretraining-value.md: demo 72.1 / 72.5 / 74.3 after 4 / 8 / 17M
     # tokens against the twin's 70.7).
     p.model = ModelConfig(vocab_size=4096, n_layers=2, d_model=256, n_heads=4, d_ff=512, position="alibi")
     p.data = DataConfig(val_fraction=0.02, val_sequences=128)
@@ -227,8 +228,8 @@ def _tiny() -> Params:
     # lr 3e-4 for 3 epochs: at 1e-4 for 2, a 2000-example task is left undertrained (demo 60% vs 70%).
     # pair features: from one vector for both texts no 2-layer encoder learns to compare them on
     # 2000 pairs (STS-B 14 pretrained, 17 random); with the texts pooled apart and scaled the head
-    # reads their cosine (36 and 62: README, "Two texts, two vectors"). similarity head: STS-B scored
-    # by that cosine, its scale fitted first, lifts both (72 and 75: README, "A similarity head").
+    # reads their cosine (36 and 62: docs/pretraining-value.md, "Two texts, two vectors"). similarity
+    # head: STS-B scored by that cosine, its scale fitted first, lifts both (72 and 75: "A similarity head").
     p.finetune = FinetuneConfig(lr=3e-4, warmup_epochs=0.2, epochs=3, max_len=130, pooling="mean", pair_features=True,
                                 similarity_head=True)
     return p

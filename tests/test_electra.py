@@ -85,6 +85,8 @@ def test_electra_pretraining_learns_resumes_exactly_and_saves_a_loadable_model(m
     assert summary["val_ppl"] < 0.7 * straight.model.vocab_size, summary  # the generator's perplexity
     final = load_model(summary["final_model"])
     assert final.cfg.generator_layers == 1
+    assert rows[-1][train_model.LOG_COLUMNS.index("val_detection_auc")] == str(summary["val_detection_auc"])
+    assert 0.0 <= summary["val_detection_auc"] <= 1.0
     split = make_params("electra-split", model__generator_layers=1, train__mask_prob=0.15, train__steps=30,
                         train__warmup_steps=3, train__lr=3e-3, train__eval_every=30)
     train_model.train(split, stop_at=11, show_progress=False)
@@ -97,3 +99,32 @@ def test_export_of_an_electra_model_is_refused_by_name():
 
     with pytest.raises(ValueError, match="ELECTRA"):
         hf_ditbert.to_hf(DitBertForMLM(small_cfg(**{"model.generator_layers": 1})))
+
+
+def test_validation_detection_auc_counts_ranked_pairs_and_leaves_the_training_rng_alone():
+    torch.manual_seed(0)
+    params = get_params("tiny", {**SMALL_MODEL, "model.generator_layers": 1, "train.micro_batch": 3})
+    model = DitBertForMLM(params.model)
+    ids = torch.randint(5, 50, (8, 14))
+    ids[7, 9:] = PAD_ID
+    val_batch = mask_tokens(ids, 50, 0.4, torch.Generator().manual_seed(2))
+    rng = torch.random.get_rng_state()
+    auc = train_model.validation_detection_auc(model, val_batch, params, torch.device("cpu"), torch.float32)
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    assert model.training
+    # by hand, in one batch: the share of (replaced, original) pairs the head ranks the right way round
+    inputs, labels = val_batch
+    model.eval()
+    with torch.no_grad():
+        sampler = torch.Generator().manual_seed(train_model.VAL_MASK_SEED)
+        scores, replaced = [], []
+        for start in range(0, 8, 3):  # the same micro-batches, so the same samples
+            x, y = inputs[start : start + 3], labels[start : start + 3]
+            s, r = model.detect(x, y, model.mlm_logits(x, y.ne(-100)), generator=sampler)
+            scores.append(s)
+            replaced.append(r)
+    scores, replaced = torch.cat(scores), torch.cat(replaced)
+    assert 0 < replaced.sum() < len(replaced)
+    pos, neg = scores[replaced], scores[~replaced]
+    wins = (pos[:, None] > neg[None, :]).float() + 0.5 * (pos[:, None] == neg[None, :]).float()
+    assert auc == pytest.approx(wins.mean().item(), abs=1e-6)
