@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -320,7 +321,8 @@ def validation_detection_auc(model, val_batch, params: Params, device, dtype) ->
 
 def contrastive_phase(model: DitBertForMLM, params: Params, show_progress: bool = False) -> dict:
     """Train `model`'s encoder in place for ``contrastive.steps`` steps of unsupervised SimCSE on spans
-    of the training text (``params.contrastive``; its own AdamW and schedule, on the model's device).
+    of the training text (``params.contrastive``; a fresh AdamW, as MLM's but at ``contrastive.lr``, and
+    its own schedule, on the model's device).
     The spans come from their own seeded loader, so the phase is the same however the MLM run was
     split. Returns steps, seconds and the mean loss of the first and last tenth of the steps."""
     cc = params.contrastive
@@ -328,8 +330,7 @@ def contrastive_phase(model: DitBertForMLM, params: Params, show_progress: bool 
     train_tokens, _ = split_token_file(params)
     spans = SequenceLoader(train_tokens, cc.span_tokens, seed=params.train.seed + 1)
     encoder = model.encoder
-    optimizer = torch.optim.AdamW(encoder.parameters(), lr=cc.lr, betas=params.train.betas, eps=params.train.eps,
-                                  weight_decay=params.train.weight_decay)
+    optimizer = build_optimizer(encoder, dataclasses.replace(params.train, lr=cc.lr), device)
     warmup = max(cc.steps // 10, 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, cc.steps))
     generator_state = torch.random.get_rng_state()
