@@ -175,7 +175,7 @@ def mlm_perplexity(model: model_defs.DitBertForMLM, params: Params) -> tuple[flo
     """(validation perplexity, unigram perplexity) on pretraining's fixed validation masks: how far
     the model's predictions are from guessing each masked token by its frequency alone."""
     _, val_batch, counts = train_model.prepare_data(params)
-    ppl = train_model.validation_perplexity(model, val_batch, params, torch.device("cpu"), torch.float32)
+    ppl, _ = train_model.validate(model, val_batch, params, torch.device("cpu"), torch.float32)
     return ppl, train_model.unigram_perplexity(counts, val_batch[1])
 
 

@@ -273,11 +273,20 @@ def set_rng_state(state: dict) -> None:
 
 
 @torch.no_grad()
-def validation_perplexity(model, val_batch, params: Params, device, dtype) -> float:
-    """exp(mean cross-entropy) over every masked position of the fixed validation batch."""
+def validate(model, val_batch, params: Params, device, dtype) -> tuple[float, float | None]:
+    """Validation perplexity: exp(mean cross-entropy) over every masked position of the fixed validation
+    batch. With ELECTRA it is the generator's, and the second figure is how well the encoder ranks the
+    generator's replacements above the original tokens (ROC AUC; 0.5 is chance), sampled from the same
+    logits; None otherwise. The detection loss hides that: for thousands of steps it sits a few
+    hundredths of a nat under always guessing the share of replaced tokens. The samples come from their
+    own seeded generator, so evaluating leaves the training run as it was."""
+    from torchmetrics.functional.classification import binary_auroc
+
     model.eval()
     inputs, labels = val_batch
-    total, count = 0.0, 0
+    electra = bool(model.cfg.generator_layers)
+    sampler = torch.Generator(device).manual_seed(VAL_MASK_SEED) if electra else None
+    total, count, scores, replaced = 0.0, 0, [], []
     for start in range(0, len(inputs), params.train.micro_batch):
         x = inputs[start : start + params.train.micro_batch].to(device)
         y = labels[start : start + params.train.micro_batch].to(device)
@@ -287,33 +296,15 @@ def validation_perplexity(model, val_batch, params: Params, device, dtype) -> fl
             continue
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             logits = model.mlm_logits(x, masked)  # with ELECTRA the generator's: the encoder predicts no words
+            if electra:
+                s, r = model.detect(x, y, logits, generator=sampler)
+                scores.append(s.float())
+                replaced.append(r)
         total += F.cross_entropy(logits.float(), y[masked], reduction="sum").item()
         count += n
     model.train()
-    return math.exp(total / max(count, 1))
-
-
-@torch.no_grad()
-def validation_detection_auc(model, val_batch, params: Params, device, dtype) -> float:
-    """ELECTRA only: how well the encoder ranks the generator's replacements above the original tokens
-    of the fixed validation batch (ROC AUC; 0.5 is chance). The detection loss hides this: for thousands
-    of steps it sits a few hundredths of a nat under always guessing the share of replaced tokens. The
-    samples come from their own seeded generator, so evaluating leaves the training run as it was."""
-    from torchmetrics.functional.classification import binary_auroc
-
-    model.eval()
-    inputs, labels = val_batch
-    sampler = torch.Generator(device).manual_seed(VAL_MASK_SEED)
-    scores, replaced = [], []
-    for start in range(0, len(inputs), params.train.micro_batch):
-        x = inputs[start : start + params.train.micro_batch].to(device)
-        y = labels[start : start + params.train.micro_batch].to(device)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            s, r = model.detect(x, y, model.mlm_logits(x, y.ne(-100)), generator=sampler)
-        scores.append(s.float())
-        replaced.append(r)
-    model.train()
-    return float(binary_auroc(torch.cat(scores), torch.cat(replaced).long()))
+    auc = float(binary_auroc(torch.cat(scores), torch.cat(replaced).long())) if electra else None
+    return math.exp(total / max(count, 1)), auc
 
 
 # --------------------------------------------------------------------------- contrastive phase
@@ -506,9 +497,8 @@ def train(params: Params, resume: bool = False, stop_at: int | None = None, show
             if ddp.is_main:
                 evaluate_now = step % tc.eval_every == 0 or step == tc.steps
                 if evaluate_now:
-                    val_ppl = validation_perplexity(model, val_batch, params, device, dtype)
-                    if params.model.generator_layers:
-                        val_auc = validation_detection_auc(model, val_batch, params, device, dtype)
+                    val_ppl, auc = validate(model, val_batch, params, device, dtype)
+                    val_auc = "" if auc is None else auc
                 if evaluate_now or step % tc.log_every == 0:
                     now = time.time()
                     tok_s = (tokens_seen - tokens_last) / max(now - t_last, 1e-9)

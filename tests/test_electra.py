@@ -109,7 +109,7 @@ def test_validation_detection_auc_counts_ranked_pairs_and_leaves_the_training_rn
     ids[7, 9:] = PAD_ID
     val_batch = mask_tokens(ids, 50, 0.4, torch.Generator().manual_seed(2))
     rng = torch.random.get_rng_state()
-    auc = train_model.validation_detection_auc(model, val_batch, params, torch.device("cpu"), torch.float32)
+    _, auc = train_model.validate(model, val_batch, params, torch.device("cpu"), torch.float32)
     assert torch.equal(torch.random.get_rng_state(), rng)
     assert model.training
     # by hand, in one batch: the share of (replaced, original) pairs the head ranks the right way round
