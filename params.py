@@ -73,7 +73,9 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     corpus: list[str] = field(default_factory=list)  # UTF-8 text files, one document per line; empty = `embedded`
-    embedded: list[str] = field(default_factory=lambda: ["wiki", "imdb"])  # Wikipedia leads + IMDB reviews (model_defs)
+    # Wikipedia leads + IMDB reviews (model_defs); a name listed n times enters the token stream n times,
+    # which weights the mix (docs/pretraining-value.md, "More Wikipedia in the mix")
+    embedded: list[str] = field(default_factory=lambda: ["wiki", "imdb"])
     val_fraction: float = 0.01  # tail of the token stream held out for validation perplexity
     val_sequences: int = 256  # at most this many held-out sequences per evaluation
     cache_dir: str = ""  # where the token file goes; empty = beside the first corpus file

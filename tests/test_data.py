@@ -115,6 +115,23 @@ def test_token_file_is_built_once_and_rebuilt_when_the_corpus_changes(tmp_path, 
     assert second != first and len(open_token_file(second)) > len(tokens)
 
 
+def test_a_corpus_listed_twice_enters_the_stream_twice(tmp_path, tiny_corpus, tiny_tokenizer):
+    """How a mix is weighted (data.embedded=wiki,wiki,imdb): each listing is one more pass of that
+    file through the token stream, and the repeated list gets its own token file."""
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    lines = tiny_corpus.read_text(encoding="utf-8").splitlines()
+    a.write_text("\n".join(lines[:100]) + "\n", encoding="utf-8")
+    b.write_text("\n".join(lines[100:150]) + "\n", encoding="utf-8")
+    once = open_token_file(prepare_token_file([a, b], tiny_tokenizer))
+    n_a = int(np.flatnonzero(once == DOC_ID)[99]) + 1  # a's tokens, its 100 [DOC] marks included
+    twice_path = prepare_token_file([a, a, b], tiny_tokenizer)
+    twice = open_token_file(twice_path)
+    assert twice_path != prepare_token_file([a, b], tiny_tokenizer)
+    assert len(twice) == len(once) + n_a
+    assert twice[:n_a].tolist() == twice[n_a : 2 * n_a].tolist() == once[:n_a].tolist()
+    assert twice[2 * n_a :].tolist() == once[n_a:].tolist()
+
+
 def make_loader(n_tokens=1000, seq_len=10, seed=3):
     return SequenceLoader(np.arange(n_tokens, dtype=np.uint16) + 5, seq_len, seed=seed)
 
