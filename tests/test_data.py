@@ -122,11 +122,10 @@ def test_a_corpus_listed_twice_enters_the_stream_twice(tmp_path, tiny_corpus, ti
     lines = tiny_corpus.read_text(encoding="utf-8").splitlines()
     a.write_text("\n".join(lines[:100]) + "\n", encoding="utf-8")
     b.write_text("\n".join(lines[100:150]) + "\n", encoding="utf-8")
-    once = open_token_file(prepare_token_file([a, b], tiny_tokenizer))
+    once_path, twice_path = prepare_token_file([a, b], tiny_tokenizer), prepare_token_file([a, a, b], tiny_tokenizer)
+    assert twice_path != once_path
+    once, twice = open_token_file(once_path), open_token_file(twice_path)
     n_a = int(np.flatnonzero(once == DOC_ID)[99]) + 1  # a's tokens, its 100 [DOC] marks included
-    twice_path = prepare_token_file([a, a, b], tiny_tokenizer)
-    twice = open_token_file(twice_path)
-    assert twice_path != prepare_token_file([a, b], tiny_tokenizer)
     assert len(twice) == len(once) + n_a
     assert twice[:n_a].tolist() == twice[n_a : 2 * n_a].tolist() == once[:n_a].tolist()
     assert twice[2 * n_a :].tolist() == once[n_a:].tolist()
