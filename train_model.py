@@ -1,6 +1,6 @@
 """Masked-LM pretraining of DitBERT.
 
-    python train_model.py                                  # tiny preset, embedded Wikipedia corpus
+    python train_model.py                                  # tiny preset, embedded Wikipedia + IMDB corpus
     python train_model.py --preset base --corpus a.txt b.txt --out runs/mine
     python train_model.py --resume                         # continue from <out>/checkpoint.pt
     torchrun --nproc_per_node=4 train_model.py --preset base ...
@@ -569,7 +569,7 @@ class CsvLog:
 def parse_args(argv=None) -> tuple[Params, argparse.Namespace]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default=None, help="tiny or base (default: $DITBERT_PRESET, else tiny)")
-    ap.add_argument("--corpus", nargs="+", help="UTF-8 text files; default: the embedded Wikipedia corpus")
+    ap.add_argument("--corpus", nargs="+", help="UTF-8 text files; default: data.embedded (Wikipedia leads + IMDB reviews)")
     ap.add_argument("--tokenizer", help="tokenizer.json (default: runs/<preset>/tokenizer.json)")
     ap.add_argument("--out", help="output folder (default: runs/<preset>/pretrain)")
     ap.add_argument("--steps", type=int, help="total optimizer steps")
