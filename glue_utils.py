@@ -713,15 +713,18 @@ def literal_ids(piece: str, tok) -> list[int]:
 
 class PromptHead(nn.Module):
     """The MLM head read only at the label words: ``LayerNorm(GELU(dense(h))) . E[w] + bias[w]`` for
-    each label word w, where E is the encoder's token embedding (tied, as in pretraining), so the
-    scores are the MLM logits of the words at the [MASK] position. `load_mlm_head` copies pretraining's
-    dense layer, norm and bias; a random-init control keeps those of its own fresh MLM head."""
+    each label word w, where E is the MLM head's output embedding, so the scores are the MLM logits of
+    the words at the [MASK] position. Tied (``model.tie_lm_head``), E is the encoder's token embedding,
+    as in pretraining; untied, the head keeps its own copy of the output embedding. `load_mlm_head`
+    copies pretraining's dense layer, norm, bias (and untied output embedding); a random-init control
+    keeps those of its own fresh MLM head."""
 
     def __init__(self, cfg: ModelConfig, word_ids):
         super().__init__()
         self.dense = nn.Linear(cfg.d_model, cfg.d_model)
         self.ln = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
         self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+        self.output_embedding = None if cfg.tie_lm_head else nn.Parameter(torch.zeros(cfg.vocab_size, cfg.d_model))
         self.register_buffer("word_ids", torch.as_tensor(list(word_ids), dtype=torch.long))
 
     def load_mlm_head(self, mlm_head: model_defs.MLMHead) -> "PromptHead":
@@ -729,12 +732,15 @@ class PromptHead(nn.Module):
         self.ln.load_state_dict(mlm_head.ln.state_dict())
         with torch.no_grad():
             self.bias.copy_(mlm_head.decoder.bias)
+            if self.output_embedding is not None:
+                self.output_embedding.copy_(mlm_head.decoder.weight)
         return self
 
     def forward(self, h, token_embeddings):
         """h (B, D) at the [MASK] positions, token_embeddings (V, D) -> (B, labels)."""
         x = self.ln(F.gelu(self.dense(h)))
-        return x @ token_embeddings[self.word_ids].T + self.bias[self.word_ids]
+        words = (token_embeddings if self.output_embedding is None else self.output_embedding)[self.word_ids]
+        return x @ words.T + self.bias[self.word_ids]
 
 
 class DitBertClassifier(nn.Module):
@@ -791,9 +797,6 @@ class DitBertClassifier(nn.Module):
             if len(self.prompt_words) != num_labels:
                 raise ValueError(f"a prompt head needs one label word per label: "
                                  f"{len(self.prompt_words)} words, {num_labels} labels")
-            if not self.cfg.tie_lm_head:
-                raise ValueError("a prompt head reads its label words from the token embedding, "
-                                 "which needs model.tie_lm_head")
             head = PromptHead(self.cfg, self.prompt_words).to(device)
             if isinstance(self.head, PromptHead):
                 head.load_state_dict({**self.head.state_dict(), "word_ids": head.word_ids})

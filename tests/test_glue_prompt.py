@@ -2,6 +2,7 @@
 the MLM head at its label words. The tiny test tokenizer has 600 tokens, so the tests give the
 tasks templates whose words are single tokens there."""
 
+import dataclasses
 import json
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 
 import glue_utils
 from glue_utils import TASKS, Prompt
-from model_defs import DitBertForMLM, load_model, load_tokenizer
+from model_defs import DitBertForMLM, load_model, load_tokenizer, save_model
 from params import END_ID, MASK_ID, PAD_ID, START_ID, FinetuneConfig
 
 SINGLE = Prompt(("{a}", " It was", "[MASK]", "."), (" the", " of"))
@@ -66,6 +67,26 @@ def test_prompt_head_scores_are_the_pretrained_mlm_logits_of_the_label_words(dit
         ids, attention = batch["input_ids"], batch["attention_mask"]
         expected = mlm.mlm_logits(ids, ids.eq(MASK_ID), attention)[:, list(model.prompt_words)]
         assert torch.allclose(model(ids, attention), expected, atol=1e-5)
+
+
+def test_an_untied_mlm_head_is_read_at_its_own_output_embedding(tiny_model_dir, tiny_tokenizer, tmp_path, test_prompts):
+    torch.manual_seed(0)
+    mlm = DitBertForMLM(dataclasses.replace(load_model(tiny_model_dir).cfg, tie_lm_head=False)).eval()
+    assert not torch.equal(mlm.head.decoder.weight, mlm.encoder.tok_emb.weight)
+    save_model(mlm, tmp_path / "untied")
+    source = glue_utils.ditbert_source(str(tmp_path / "untied"), str(tiny_tokenizer), label="untied")
+    loaded = glue_utils.load_for_task(source, TASKS["sst2"], prompt_ft(tmp_path), seed=1)
+    model = loaded.model.eval()
+    enc = loaded.encode(["the first text of the city", "another"])
+    batch = glue_utils.collate({**enc, "labels": [0, 1]}, [0, 1], PAD_ID, regression=False)
+    ids, attention = batch["input_ids"], batch["attention_mask"]
+    mlm.cfg.mlm_masked_only = False
+    expected = mlm.mlm_logits(ids, ids.eq(MASK_ID), attention)[:, list(model.prompt_words)]
+    assert torch.allclose(model(ids, attention), expected, atol=1e-5)
+    glue_utils.save_classifier(model, tmp_path / "saved", tiny_tokenizer)
+    again = glue_utils.load_classifier(tmp_path / "saved").eval()
+    assert torch.equal(again.head.output_embedding, mlm.head.decoder.weight)
+    assert torch.equal(again(ids, attention), model(ids, attention))
 
 
 def test_the_control_reads_its_own_fresh_mlm_head(ditbert, tiny_model_dir, tmp_path, test_prompts):
