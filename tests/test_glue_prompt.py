@@ -40,6 +40,13 @@ def word_ids(tokenizer_path, prompt: Prompt) -> list[int]:
     return [tok.encode(w, add_special_tokens=False).ids[0] for w in prompt.words]
 
 
+def cloze_batch(loaded, texts_b=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two short inputs in the task's cloze, collated: (input_ids, attention_mask)."""
+    enc = loaded.encode(["the first text of the city", "another"], texts_b)
+    batch = glue_utils.collate({**enc, "labels": [0, 1]}, [0, 1], PAD_ID, regression=False)
+    return batch["input_ids"], batch["attention_mask"]
+
+
 def test_every_classification_task_has_a_prompt_with_a_word_per_label():
     for name, task in TASKS.items():
         if name == "ax":
@@ -61,10 +68,7 @@ def test_prompt_head_scores_are_the_pretrained_mlm_logits_of_the_label_words(dit
         loaded = glue_utils.load_for_task(ditbert, TASKS[name], prompt_ft(tmp_path), seed=1)
         model = loaded.model.eval()
         assert model.prompt_words == tuple(word_ids(tiny_tokenizer, prompt))
-        texts_b = ["a short one", "and the last"] if name == "rte" else None
-        enc = loaded.encode(["the first text of the city", "another"], texts_b)
-        batch = glue_utils.collate({**enc, "labels": [0, 1]}, [0, 1], PAD_ID, regression=False)
-        ids, attention = batch["input_ids"], batch["attention_mask"]
+        ids, attention = cloze_batch(loaded, ["a short one", "and the last"] if name == "rte" else None)
         expected = mlm.mlm_logits(ids, ids.eq(MASK_ID), attention)[:, list(model.prompt_words)]
         assert torch.allclose(model(ids, attention), expected, atol=1e-5)
 
@@ -77,9 +81,7 @@ def test_an_untied_mlm_head_is_read_at_its_own_output_embedding(tiny_model_dir, 
     source = glue_utils.ditbert_source(str(tmp_path / "untied"), str(tiny_tokenizer), label="untied")
     loaded = glue_utils.load_for_task(source, TASKS["sst2"], prompt_ft(tmp_path), seed=1)
     model = loaded.model.eval()
-    enc = loaded.encode(["the first text of the city", "another"])
-    batch = glue_utils.collate({**enc, "labels": [0, 1]}, [0, 1], PAD_ID, regression=False)
-    ids, attention = batch["input_ids"], batch["attention_mask"]
+    ids, attention = cloze_batch(loaded)
     mlm.cfg.mlm_masked_only = False
     expected = mlm.mlm_logits(ids, ids.eq(MASK_ID), attention)[:, list(model.prompt_words)]
     assert torch.allclose(model(ids, attention), expected, atol=1e-5)
