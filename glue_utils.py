@@ -760,14 +760,20 @@ class DitBertClassifier(nn.Module):
 
     With `prompt_words` (a task asked as a cloze, `Prompt`) the head is the MLM head read at the one
     [MASK] of each input, at those words' token ids (`PromptHead`); the texts are not pooled.
+
+    With `embedding_channel` a pooled head also reads each text pooled at the embedding layer, the
+    tokens' own vectors, which a pretrained encoder's blocks outweigh in its final states: a single
+    text as [final, embedding layer], each text of a pair as the two scaled vectors side by side.
     """
 
     def __init__(self, encoder: model_defs.DitBertEncoder, num_labels: int, pooling: str = "cls", dropout: float = 0.1,
-                 pair_features: bool = False, similarity_head: bool = False, prompt_words=()):
+                 pair_features: bool = False, similarity_head: bool = False, prompt_words=(),
+                 embedding_channel: bool = False):
         super().__init__()
         if pooling not in ("cls", "mean"):
             raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
         self.cfg, self.pooling = encoder.cfg, pooling
+        self.embedding_channel = embedding_channel
         self.encoder = encoder
         self.drop = nn.Dropout(dropout)
         # How pooled texts are mapped before a head reads them (a pair's two texts before they are
@@ -807,7 +813,7 @@ class DitBertClassifier(nn.Module):
                 raise ValueError(f"the similarity head scores one number (regression), not {num_labels} labels")
             self.head = SimilarityHead().to(device)  # no random draws: scale 1, bias 0 until fitted
             return
-        width = (4 if self.pair_features else 1) * self.cfg.d_model
+        width = (4 if self.pair_features else 1) * (2 if self.embedding_channel else 1) * self.cfg.d_model
         self.head = nn.Linear(width, num_labels).to(device)
         model_defs.init_weights(self.head)
 
@@ -825,9 +831,16 @@ class DitBertClassifier(nn.Module):
         if self.pair_features:
             u, v = (F.normalize(self.transform_text(x, 0), dim=-1) * math.sqrt(self.cfg.d_model)
                     for x in pool_texts(h, input_ids, attention_mask, self.pooling))
-            features = torch.cat([u, v, (u - v).abs(), u * v], dim=-1)  # (B, 4D)
+            if self.embedding_channel:
+                u_emb, v_emb = (F.normalize(self.transform_text(x, 1), dim=-1) * math.sqrt(self.cfg.d_model)
+                                for x in pool_texts(self.encoder.embed(input_ids), input_ids, attention_mask, "mean"))
+                u, v = torch.cat([u, u_emb], dim=-1), torch.cat([v, v_emb], dim=-1)
+            features = torch.cat([u, v, (u - v).abs(), u * v], dim=-1)  # (B, 4D), or (B, 8D) with the channel
         else:
             features = self.transform_text(pool_text(h, attention_mask, self.pooling), 0)
+            if self.embedding_channel:
+                embedded = pool_text(self.encoder.embed(input_ids), attention_mask, "mean")
+                features = torch.cat([features, self.transform_text(embedded, 1)], dim=-1)  # (B, 2D)
         return self.head(self.drop(features))  # (B, num_labels)
 
     def text_cosine(self, h, input_ids, attention_mask) -> torch.Tensor:
@@ -980,7 +993,8 @@ def save_classifier(model: DitBertClassifier, out_dir: str | Path, tokenizer: st
     model_defs.atomic_write_bytes(out_dir / "model.safetensors", save(state))
     config = {"model": dataclasses.asdict(model.cfg), "num_labels": model.num_labels, "pooling": model.pooling,
               "pair_features": model.pair_features, "similarity_head": model.similarity_head,
-              "prompt_words": list(model.prompt_words), "text_transform": model.text_transform, **(extra or {})}
+              "prompt_words": list(model.prompt_words), "text_transform": model.text_transform,
+              "embedding_channel": model.embedding_channel, **(extra or {})}
     model_defs.atomic_write_bytes(out_dir / "config.json", json.dumps(config, indent=2).encode())
     if Path(tokenizer).resolve() != (out_dir / "tokenizer.json").resolve():
         shutil.copyfile(tokenizer, out_dir / "tokenizer.json")
@@ -1000,7 +1014,7 @@ def load_classifier(model_dir: str | Path, dropout: float = 0.1) -> DitBertClass
     encoder = model_defs.DitBertEncoder(ModelConfig(**config["model"]))
     model = DitBertClassifier(encoder, config["num_labels"], config.get("pooling", "cls"), dropout,
                               config.get("pair_features", False), config.get("similarity_head", False),
-                              config.get("prompt_words", ()))
+                              config.get("prompt_words", ()), config.get("embedding_channel", False))
     state = load_file(str(model_dir / "model.safetensors"))
     for name in ("text_center", "text_whitening"):  # saved before texts were transformed: the identity
         state.setdefault(name, getattr(model, name))
@@ -1049,9 +1063,10 @@ def _load_ditbert(source: ModelSource, task: Task, ft: FinetuneConfig, seed: int
         tokenizer_path = Path(source.tokenizer) if source.tokenizer else path / "tokenizer.json"
         tok = model_defs.load_tokenizer(tokenizer_path)
         words = tuple(prompt_word_ids(prompt, tok)) if prompt else ()
-        if (model.num_labels, model.pair_features, model.similarity_head, model.prompt_words) != (
-                task.num_labels, pair_features, similarity_head, words):
+        if (model.num_labels, model.pair_features, model.similarity_head, model.prompt_words, model.embedding_channel) != (
+                task.num_labels, pair_features, similarity_head, words, ft.embedding_channel):
             torch.manual_seed(seed)
+            model.embedding_channel = ft.embedding_channel
             model.new_head(task.num_labels, pair_features, similarity_head, words)
         if ft.pooling not in ("cls", "mean"):
             raise ValueError(f"pooling must be 'cls' or 'mean', got {ft.pooling!r}")
@@ -1069,7 +1084,7 @@ def _load_ditbert(source: ModelSource, task: Task, ft: FinetuneConfig, seed: int
         words = prompt_word_ids(prompt, tok) if prompt else ()
         torch.manual_seed(seed)  # the same head for the pretrained model and its control
         model = DitBertClassifier(mlm.encoder, task.num_labels, ft.pooling, ft.dropout, pair_features, similarity_head,
-                                  words)
+                                  words, ft.embedding_channel)
         if prompt:
             model.head.load_mlm_head(mlm.head)
     model_defs.set_dropout(model, ft.dropout)

@@ -166,6 +166,12 @@ class FinetuneConfig:
     # Whitening lifts STS-B for pretrained and random encoders alike (docs/pretraining-value.md,
     # "Whitened texts").
     text_transform: str = "none"
+    # DitBERT models, pooled heads: the head also reads each text pooled at the embedding layer (the
+    # tokens' own vectors, before the blocks mix them), beside the final states. A random encoder's
+    # final states are its embeddings nearly unchanged; a pretrained one's blocks outweigh them.
+    # Off in both presets: it lifts the two-hour `tiny` model's MRPC and costs it on the single texts
+    # (docs/pretraining-value.md, "The embedding layer beside the final states": +1.5 against +2.4).
+    embedding_channel: bool = False
     # DitBERT models, classification tasks with a template in glue_utils.PROMPTS: the task is asked as
     # a cloze, e.g. "<text> It was [MASK]." for SST-2, and a label is scored by the MLM head's logit
     # for its word (" terrible" / " great"), the head starting from pretraining's (PET, Schick and

@@ -262,6 +262,38 @@ def test_pair_features_head_on_pair_tasks_only_and_saved_with_the_model(ditbert,
     assert torch.equal(kept.head.weight, reloaded.head.weight)  # same labels, same features: head kept
 
 
+def test_embedding_channel_head_reads_final_and_embedding_layer_texts(ditbert, glue_layout, tmp_path):
+    ft = tiny_ft(tmp_path, epochs=1, pooling="mean", pair_features=True, embedding_channel=True)
+    single = glue_utils.load_for_task(ditbert, TASKS["sst2"], ft, seed=1).model.eval()
+    ids = torch.tensor([[START_ID, 10, 11, 12, END_ID, PAD_ID]])
+    mask = ids.ne(PAD_ID)
+    final, embedded = (glue_utils.pool_text(h, mask, "mean") for h in (single.encoder(ids, mask), single.encoder.embed(ids)))
+    assert single.head.in_features == 2 * 32
+    assert torch.allclose(single(ids, mask), single.head(torch.cat([final, embedded], dim=-1)), atol=1e-6)
+
+    model = glue_utils.load_for_task(ditbert, TASKS["rte"], ft, seed=1).model.eval()
+    assert model.head.in_features == 8 * 32
+    pair = torch.tensor([[START_ID, 10, 11, DOC_ID, 12, END_ID]])
+    mask = pair.ne(PAD_ID)
+
+    def text_vectors(h):  # each text pooled on its own, scaled to length sqrt(d_model)
+        return [torch.nn.functional.normalize(x, dim=-1) * 32**0.5 for x in glue_utils.pool_texts(h, pair, mask, "mean")]
+
+    (u, v), (u_emb, v_emb) = text_vectors(model.encoder(pair, mask)), text_vectors(model.encoder.embed(pair))
+    u, v = torch.cat([u, u_emb], dim=-1), torch.cat([v, v_emb], dim=-1)
+    assert torch.allclose(model(pair), model.head(torch.cat([u, v, (u - v).abs(), u * v], dim=-1)), atol=1e-6)
+
+    glue_utils.run_glue(ditbert, "rte", ft, glue_dir=glue_layout)
+    best = tmp_path / "ditbert-test-seed1" / "best_rte"
+    reloaded = glue_utils.load_classifier(best).eval()
+    assert reloaded.embedding_channel and reloaded.head.in_features == 8 * 32
+    source = glue_utils.from_mnli_source(ditbert, ft.output_dir, mnli_dir=str(best))
+    without = glue_utils.load_for_task(source.resolved(1), TASKS["mrpc"], dataclasses.replace(ft, embedding_channel=False), seed=1)
+    assert not without.model.embedding_channel and without.model.head.in_features == 4 * 32  # the setting wins
+    kept = glue_utils.load_for_task(source.resolved(1), TASKS["mrpc"], ft, seed=1).model
+    assert torch.equal(kept.head.weight, reloaded.head.weight)
+
+
 def similarity_ft(out_dir, **kw) -> FinetuneConfig:
     return tiny_ft(out_dir, pooling="mean", pair_features=True, similarity_head=True, **kw)
 
