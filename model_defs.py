@@ -446,14 +446,45 @@ def parameter_table(model: nn.Module) -> str:
 # --------------------------------------------------------------------------- masking
 
 
-def mask_tokens(input_ids: torch.Tensor, vocab_size: int, mask_prob: float = 0.15, generator=None):
+def word_start_table(tokenizer) -> torch.Tensor:
+    """(vocab,) bool: which tokens begin a word. A byte-level BPE token continues the word before
+    it when it starts with a letter or digit; one that starts with the space marker "Ġ", with
+    punctuation or any other byte begins a new one (as the pre-tokenizer splits words). Special
+    tokens count as word starts."""
+    vocab = tokenizer.get_vocab()
+    table = torch.ones(max(vocab.values()) + 1, dtype=torch.bool)
+    for token, i in vocab.items():
+        if i >= len(SPECIAL_TOKENS) and not token.startswith("Ġ") and token[:1].isalnum():  # "Ġ" is a letter too
+            table[i] = False
+    return table
+
+
+def word_index(input_ids: torch.Tensor, word_starts: torch.Tensor) -> torch.Tensor:
+    """Each position's word, numbered 0, 1, ... along the last dimension: a word is a token that
+    `word_starts` marks, or one after a special token, or a row's first token, with the tokens
+    that continue it."""
+    n_special = len(SPECIAL_TOKENS)
+    after_special = F.pad(input_ids[..., :-1] < n_special, (1, 0), value=True)
+    starts = word_starts.to(input_ids.device)[input_ids] | after_special
+    return starts.long().cumsum(-1) - 1
+
+
+def mask_tokens(input_ids: torch.Tensor, vocab_size: int, mask_prob: float = 0.15, generator=None,
+                word_starts: torch.Tensor | None = None):
     """BERT's masking: pick `mask_prob` of the non-special, non-padding tokens; of those,
     80% become [MASK], 10% a random non-special token, 10% stay. Returns (inputs, labels)
-    with labels -100 wherever no prediction is asked for. Special ids are 0..4."""
+    with labels -100 wherever no prediction is asked for. Special ids are 0..4.
+
+    With `word_starts` (`word_start_table`) whole words are picked, each with probability
+    `mask_prob`, and every token of a picked word is predicted (whole-word masking, as in BERT's
+    later release): with a small vocabulary many words are several tokens, and a word's last
+    pieces are easy to guess from its first ones without any context."""
     n_special = len(SPECIAL_TOKENS)
     device = input_ids.device
     eligible = input_ids >= n_special
     rand = torch.rand(input_ids.shape, generator=generator, device=device)
+    if word_starts is not None:
+        rand = rand.gather(-1, word_index(input_ids, word_starts))  # one draw per word
     chosen = eligible & (rand < mask_prob)
     labels = torch.where(chosen, input_ids, torch.full_like(input_ids, -100))
     action = torch.rand(input_ids.shape, generator=generator, device=device)

@@ -96,6 +96,9 @@ class TrainConfig:
     micro_batch: int = 32  # sequences per forward pass on one device
     grad_clip: float = 0.5
     mask_prob: float = 0.15
+    # Mask whole words, all their tokens, instead of single tokens (model_defs.mask_tokens); the
+    # validation masks stay per token, so perplexities compare across runs.
+    whole_word_mask: bool = False
     checkpoint_every: int = 1000  # optimizer steps between checkpoints
     eval_every: int = 1000  # optimizer steps between validation perplexity measurements
     log_every: int = 10  # optimizer steps between rows of the CSV log

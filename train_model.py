@@ -48,6 +48,7 @@ from model_defs import (
     save_model,
     set_dropout,
     split_tokens,
+    word_start_table,
 )
 from params import Params, env_overrides, get_params, params_from_dict, parse_overrides
 
@@ -180,19 +181,20 @@ def unigram_perplexity(counts: np.ndarray, labels: torch.Tensor) -> float:
     return float(np.exp(-np.log(probs[targets]).mean()))
 
 
-def mask_sequences(rows: torch.Tensor, first_index: int, params: Params):
+def mask_sequences(rows: torch.Tensor, first_index: int, params: Params, word_starts: torch.Tensor | None = None):
     """MLM masks for consecutive stream sequences, each drawn from a generator seeded by
     (seed, its index in the stream). The masks thus depend on neither the micro-batch
     size, the accumulation, the number of ranks, nor any saved RNG state: a resumed or
-    re-sharded run masks exactly as the original would have."""
+    re-sharded run masks exactly as the original would have. `word_starts`: whole-word masking."""
     inputs, labels = torch.empty_like(rows), torch.empty_like(rows)
     for i in range(len(rows)):
         gen = torch.Generator().manual_seed(params.train.seed * 1_000_003 + first_index + i)
-        inputs[i], labels[i] = mask_tokens(rows[i], params.model.vocab_size, params.train.mask_prob, gen)
+        inputs[i], labels[i] = mask_tokens(rows[i], params.model.vocab_size, params.train.mask_prob, gen, word_starts)
     return inputs, labels
 
 
-def next_step_batches(loader: SequenceLoader, params: Params, ddp: Distributed, accum: int):
+def next_step_batches(loader: SequenceLoader, params: Params, ddp: Distributed, accum: int,
+                      word_starts: torch.Tensor | None = None):
     """This rank's masked micro-batches for one optimizer step, and the number of masked
     tokens in the whole global step (all micro-batches, all ranks): the loss is normalised
     by it, so the gradient is the mean over the global batch however it is split."""
@@ -200,7 +202,8 @@ def next_step_batches(loader: SequenceLoader, params: Params, ddp: Distributed, 
     batches = []
     for _ in range(accum):
         first = loader.position + ddp.rank * micro
-        batches.append(mask_sequences(loader.next_batch(micro, ddp.rank, ddp.world_size), first, params))
+        rows = loader.next_batch(micro, ddp.rank, ddp.world_size)
+        batches.append(mask_sequences(rows, first, params, word_starts))
     n_masked = torch.tensor([float(sum(int(lab.ne(-100).sum()) for _, lab in batches))])
     if ddp.world_size > 1:
         n_masked = n_masked.to(ddp.device)
@@ -392,6 +395,7 @@ def train(params: Params, resume: bool = False, stop_at: int | None = None, show
     if ddp.is_main:
         check_output_dir(out_dir, model)
     loader, val_batch, unigram_counts = prepare_data(params)
+    word_starts = word_start_table(load_tokenizer(params.tokenizer_path)) if tc.whole_word_mask else None
     optimizer = build_optimizer(model, tc, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
@@ -449,7 +453,7 @@ def train(params: Params, resume: bool = False, stop_at: int | None = None, show
     with StopSignal() as stop:
         while step < last_step:
             loss_sum = torch.zeros((), device=device)
-            batches, n_masked_global = next_step_batches(loader, params, ddp, accum)
+            batches, n_masked_global = next_step_batches(loader, params, ddp, accum, word_starts)
             for micro_step, (inputs, labels) in enumerate(batches):
                 n_local = int(labels.ne(-100).sum())  # counted on the host: no wait for the GPU
                 inputs, labels = to_device(inputs, device, tc.pin_memory), to_device(labels, device, tc.pin_memory)

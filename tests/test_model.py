@@ -5,7 +5,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from model_defs import DitBertEncoder, DitBertForMLM, alibi_bias, load_model, mask_tokens, parameter_table, save_model, set_dropout
+from model_defs import (DitBertEncoder, DitBertForMLM, alibi_bias, load_model, mask_tokens, parameter_table, save_model,
+                        set_dropout, word_index, word_start_table)
 from params import END_ID, MASK_ID, PAD_ID, SPECIAL_TOKENS, START_ID, ModelConfig
 
 CFG = ModelConfig(vocab_size=300, seq_len=14, n_layers=2, d_model=32, n_heads=4, d_ff=64)
@@ -35,6 +36,40 @@ def test_masking_statistics_follow_bert():
     replaced = inputs[chosen & (inputs != MASK_ID) & (inputs != ids)]
     assert (replaced >= len(SPECIAL_TOKENS)).all(), "a random replacement was a special token"
     assert torch.equal(inputs[~chosen], ids[~chosen]), "tokens not chosen were changed"
+
+
+def test_whole_word_masking_picks_every_token_of_a_word_or_none():
+    vocab = 300
+    word_starts = torch.rand(vocab, generator=torch.Generator().manual_seed(3)) < 0.6  # 40 % of tokens continue a word
+    word_starts[: len(SPECIAL_TOKENS)] = True
+    ids = random_ids(300, 64, vocab=vocab, seed=4)
+    ids[:, 50:] = PAD_ID
+    words = word_index(ids, word_starts)
+    assert words[:, 0].eq(0).all() and (words.diff(dim=1) >= 0).all()
+    continues = ~word_starts[ids[:, 1:]] & (ids[:, :-1] >= len(SPECIAL_TOKENS))
+    assert torch.equal(words.diff(dim=1).eq(0), continues)  # a word ends only where the next token starts one
+    inputs, labels = mask_tokens(ids, vocab, 0.4, torch.Generator().manual_seed(5), word_starts)
+    chosen = labels.ne(-100)
+    eligible = ids >= len(SPECIAL_TOKENS)
+    assert not (chosen & ~eligible).any()
+    assert torch.equal(chosen[:, 1:][continues], chosen[:, :-1][continues]), "a word was split"
+    assert chosen.sum() / eligible.sum() == pytest.approx(0.4, abs=0.02)
+    assert (inputs[chosen] == MASK_ID).float().mean() == pytest.approx(0.8, abs=0.02)
+    tokens_only = mask_tokens(ids, vocab, 0.4, torch.Generator().manual_seed(5))[1].ne(-100)
+    assert not torch.equal(tokens_only[:, 1:][continues], tokens_only[:, :-1][continues])  # token masking splits words
+
+
+def test_word_start_table_marks_the_space_marker_and_punctuation(tiny_tokenizer):
+    from model_defs import load_tokenizer
+
+    tok = load_tokenizer(tiny_tokenizer)
+    table = word_start_table(tok)
+    assert len(table) == tok.get_vocab_size() and table[: len(SPECIAL_TOKENS)].all()
+    vocab = tok.get_vocab()
+    for token, i in vocab.items():
+        if i >= len(SPECIAL_TOKENS):
+            assert bool(table[i]) == (token.startswith("Ġ") or not token[0].isalnum()), token
+    assert 0 < table.float().mean() < 1
 
 
 def test_masking_is_reproducible_with_a_generator():

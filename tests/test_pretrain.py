@@ -100,6 +100,19 @@ def test_run_k_steps_then_resume_equals_one_run(make_params):
     assert strip(logs[0]) == strip(logs[1])
 
 
+def test_whole_word_masking_run_resumes_exactly_and_masks_other_positions(make_params):
+    straight = make_params("wwm", train__whole_word_mask=True)
+    train_model.train(straight, show_progress=False)
+    split = make_params("wwm-split", train__whole_word_mask=True)
+    train_model.train(split, stop_at=5, show_progress=False)
+    train_model.train(split, resume=True, show_progress=False)
+    assert_same_weights(weights(f"{straight.train.out_dir}/final"), weights(f"{split.train.out_dir}/final"))
+    tokens = make_params("tokens")
+    train_model.train(tokens, show_progress=False)
+    a, b = weights(f"{straight.train.out_dir}/final"), weights(f"{tokens.train.out_dir}/final")
+    assert not torch.equal(a["encoder.tok_emb.weight"], b["encoder.tok_emb.weight"])
+
+
 def test_gradient_accumulation_matches_one_big_micro_batch(make_params):
     one = make_params("one", train__steps=4)
     two = make_params("two", train__steps=4, train__micro_batch=4)
