@@ -773,7 +773,6 @@ class DitBertClassifier(nn.Module):
         if pooling not in ("cls", "mean"):
             raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
         self.cfg, self.pooling = encoder.cfg, pooling
-        self.embedding_channel = embedding_channel
         self.encoder = encoder
         self.drop = nn.Dropout(dropout)
         # How pooled texts are mapped before a head reads them (a pair's two texts before they are
@@ -784,13 +783,14 @@ class DitBertClassifier(nn.Module):
         self.register_buffer("text_whitening", torch.eye(d, device=device).repeat(2, 1, 1))
         self.text_transform = "none"  # what the two buffers hold: none | center | whiten
         self.head = None
-        self.new_head(num_labels, pair_features, similarity_head, prompt_words)
+        self.new_head(num_labels, pair_features, similarity_head, prompt_words, embedding_channel)
 
     def new_head(self, num_labels: int, pair_features: bool | None = None, similarity_head: bool | None = None,
-                 prompt_words=None) -> None:
+                 prompt_words=None, embedding_channel: bool | None = None) -> None:
         """Replace the head with a freshly initialised one for `num_labels` outputs (and, if given,
-        pair features, the similarity head and the prompt's label words). A prompt head that follows
-        a prompt head keeps its dense layer, norm and bias, the MLM head's, and reads the new words."""
+        pair features, the similarity head, the prompt's label words and the embedding channel). A
+        prompt head that follows a prompt head keeps its dense layer, norm and bias, the MLM head's,
+        and reads the new words."""
         self.num_labels = num_labels
         if pair_features is not None:
             self.pair_features = pair_features
@@ -798,6 +798,8 @@ class DitBertClassifier(nn.Module):
             self.similarity_head = similarity_head
         if prompt_words is not None:
             self.prompt_words = tuple(int(w) for w in prompt_words)
+        if embedding_channel is not None:
+            self.embedding_channel = embedding_channel
         device = self.encoder.tok_emb.weight.device
         if self.prompt_words:
             if len(self.prompt_words) != num_labels:
@@ -829,11 +831,9 @@ class DitBertClassifier(nn.Module):
         if self.similarity_head:
             return self.head(self.text_cosine(h, input_ids, attention_mask))
         if self.pair_features:
-            u, v = (F.normalize(self.transform_text(x, 0), dim=-1) * math.sqrt(self.cfg.d_model)
-                    for x in pool_texts(h, input_ids, attention_mask, self.pooling))
+            u, v = self.scaled_texts(h, input_ids, attention_mask, self.pooling, 0)
             if self.embedding_channel:
-                u_emb, v_emb = (F.normalize(self.transform_text(x, 1), dim=-1) * math.sqrt(self.cfg.d_model)
-                                for x in pool_texts(self.encoder.embed(input_ids), input_ids, attention_mask, "mean"))
+                u_emb, v_emb = self.scaled_texts(self.encoder.embed(input_ids), input_ids, attention_mask, "mean", 1)
                 u, v = torch.cat([u, u_emb], dim=-1), torch.cat([v, v_emb], dim=-1)
             features = torch.cat([u, v, (u - v).abs(), u * v], dim=-1)  # (B, 4D), or (B, 8D) with the channel
         else:
@@ -842,6 +842,12 @@ class DitBertClassifier(nn.Module):
                 embedded = pool_text(self.encoder.embed(input_ids), attention_mask, "mean")
                 features = torch.cat([features, self.transform_text(embedded, 1)], dim=-1)  # (B, 2D)
         return self.head(self.drop(features))  # (B, num_labels)
+
+    def scaled_texts(self, h, input_ids, attention_mask, pooling: str, layer: int):
+        """The two texts of each pair pooled from the states `h` of `layer` (0 final states, 1
+        embedding layer), mapped by `transform_text` and scaled to length sqrt(d_model): (u, v)."""
+        return (F.normalize(self.transform_text(x, layer), dim=-1) * math.sqrt(self.cfg.d_model)
+                for x in pool_texts(h, input_ids, attention_mask, pooling))
 
     def text_cosine(self, h, input_ids, attention_mask) -> torch.Tensor:
         """How alike the two texts of each pair are, (B,): the mean of two cosines between the texts'
@@ -1066,8 +1072,7 @@ def _load_ditbert(source: ModelSource, task: Task, ft: FinetuneConfig, seed: int
         if (model.num_labels, model.pair_features, model.similarity_head, model.prompt_words, model.embedding_channel) != (
                 task.num_labels, pair_features, similarity_head, words, ft.embedding_channel):
             torch.manual_seed(seed)
-            model.embedding_channel = ft.embedding_channel
-            model.new_head(task.num_labels, pair_features, similarity_head, words)
+            model.new_head(task.num_labels, pair_features, similarity_head, words, ft.embedding_channel)
         if ft.pooling not in ("cls", "mean"):
             raise ValueError(f"pooling must be 'cls' or 'mean', got {ft.pooling!r}")
         model.pooling = ft.pooling

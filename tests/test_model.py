@@ -5,8 +5,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from model_defs import (DitBertEncoder, DitBertForMLM, alibi_bias, load_model, mask_tokens, parameter_table, save_model,
-                        set_dropout, word_index, word_start_table)
+from model_defs import (DitBertEncoder, DitBertForMLM, alibi_bias, load_model, load_tokenizer, mask_tokens, parameter_table,
+                        save_model, set_dropout, word_index, word_start_table)
 from params import END_ID, MASK_ID, PAD_ID, SPECIAL_TOKENS, START_ID, ModelConfig
 
 CFG = ModelConfig(vocab_size=300, seq_len=14, n_layers=2, d_model=32, n_heads=4, d_ff=64)
@@ -60,8 +60,6 @@ def test_whole_word_masking_picks_every_token_of_a_word_or_none():
 
 
 def test_word_start_table_marks_the_space_marker_and_punctuation(tiny_tokenizer):
-    from model_defs import load_tokenizer
-
     tok = load_tokenizer(tiny_tokenizer)
     table = word_start_table(tok)
     assert len(table) == tok.get_vocab_size() and table[: len(SPECIAL_TOKENS)].all()
