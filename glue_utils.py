@@ -764,15 +764,21 @@ class DitBertClassifier(nn.Module):
     With `embedding_channel` a pooled head also reads each text pooled at the embedding layer, the
     tokens' own vectors, which a pretrained encoder's blocks outweigh in its final states: a single
     text as [final, embedding layer], each text of a pair as the two scaled vectors side by side.
+
+    `pair_encoding` says how the two texts of a pair are encoded before they are pooled: ``joint``,
+    as one input ``[START] a [DOC] b [END]`` whose tokens attend across both texts, or ``separate``,
+    as ``[START] a [END]`` and ``[START] b [END]`` on their own (Sentence-BERT's siamese encoder),
+    each text then shaped like a pretraining input and read without the other.
     """
 
     def __init__(self, encoder: model_defs.DitBertEncoder, num_labels: int, pooling: str = "cls", dropout: float = 0.1,
                  pair_features: bool = False, similarity_head: bool = False, prompt_words=(),
-                 embedding_channel: bool = False):
+                 embedding_channel: bool = False, pair_encoding: str = "joint"):
         super().__init__()
         if pooling not in ("cls", "mean"):
             raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
-        self.cfg, self.pooling = encoder.cfg, pooling
+        check_pair_encoding(pair_encoding)
+        self.cfg, self.pooling, self.pair_encoding = encoder.cfg, pooling, pair_encoding
         self.encoder = encoder
         self.drop = nn.Dropout(dropout)
         # How pooled texts are mapped before a head reads them (a pair's two texts before they are
@@ -822,37 +828,46 @@ class DitBertClassifier(nn.Module):
     def forward(self, input_ids, attention_mask=None, token_type_ids=None):
         if attention_mask is None:
             attention_mask = input_ids.ne(PAD_ID)
-        h = self.encoder(input_ids, attention_mask)  # (B, T, D)
         if self.prompt_words:
             at_mask = input_ids.eq(MASK_ID)
             if not at_mask.sum(1).eq(1).all():
                 raise ValueError("a prompt head needs exactly one [MASK] token in every input")
-            return self.head(self.drop(h[at_mask]), self.encoder.tok_emb.weight)
+            return self.head(self.drop(self.encoder(input_ids, attention_mask)[at_mask]), self.encoder.tok_emb.weight)
         if self.similarity_head:
-            return self.head(self.text_cosine(h, input_ids, attention_mask))
+            return self.head(self.text_cosine(input_ids, attention_mask))
         if self.pair_features:
-            u, v = self.scaled_texts(h, input_ids, attention_mask, self.pooling, 0)
+            u, v = self.scaled_texts(input_ids, attention_mask, 0)
             if self.embedding_channel:
-                u_emb, v_emb = self.scaled_texts(self.encoder.embed(input_ids), input_ids, attention_mask, "mean", 1)
+                u_emb, v_emb = self.scaled_texts(input_ids, attention_mask, 1)
                 u, v = torch.cat([u, u_emb], dim=-1), torch.cat([v, v_emb], dim=-1)
             features = torch.cat([u, v, (u - v).abs(), u * v], dim=-1)  # (B, 4D), or (B, 8D) with the channel
         else:
+            h = self.encoder(input_ids, attention_mask)  # (B, T, D)
             features = self.transform_text(pool_text(h, attention_mask, self.pooling), 0)
             if self.embedding_channel:
                 embedded = pool_text(self.encoder.embed(input_ids), attention_mask, "mean")
                 features = torch.cat([features, self.transform_text(embedded, 1)], dim=-1)  # (B, 2D)
         return self.head(self.drop(features))  # (B, num_labels)
 
-    def scaled_texts(self, h, input_ids, attention_mask, pooling: str, layer: int):
-        """The two texts of each pair pooled from the states `h` of `layer` (0 final states, 1
-        embedding layer), mapped by `transform_text` and scaled to length sqrt(d_model): (u, v)."""
-        return (F.normalize(self.transform_text(x, layer), dim=-1) * math.sqrt(self.cfg.d_model)
-                for x in pool_texts(h, input_ids, attention_mask, pooling))
+    def pair_texts(self, input_ids, attention_mask, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two texts of each pair ``[START] a [DOC] b [END]``, encoded as `pair_encoding` says and
+        pooled at `layer`: 0 the final states, pooled as the model pools; 1 the embedding layer, always
+        the mean (there, the [START] and [DOC] states are the same for every pair). (u, v), (B, D) each."""
+        pooling = self.pooling if layer == 0 else "mean"
+        states = self.encoder if layer == 0 else (lambda ids, mask: self.encoder.embed(ids))
+        if self.pair_encoding == "joint":
+            return pool_texts(states(input_ids, attention_mask), input_ids, attention_mask, pooling)
+        return tuple(pool_text(states(ids, mask), mask, pooling) for ids, mask in split_pair(input_ids, attention_mask))
 
-    def text_cosine(self, h, input_ids, attention_mask) -> torch.Tensor:
+    def scaled_texts(self, input_ids, attention_mask, layer: int):
+        """The two texts of each pair pooled at `layer` (0 final states, 1 embedding layer; `pair_texts`),
+        mapped by `transform_text` and scaled to length sqrt(d_model): (u, v)."""
+        return (F.normalize(self.transform_text(x, layer), dim=-1) * math.sqrt(self.cfg.d_model)
+                for x in self.pair_texts(input_ids, attention_mask, layer))
+
+    def text_cosine(self, input_ids, attention_mask) -> torch.Tensor:
         """How alike the two texts of each pair are, (B,): the mean of two cosines between the texts'
-        pooled vectors, one of the final states `h` (pooled as the model pools) and one of the
-        embedding layer (always the mean: there, the [START] and [DOC] states are the same for every pair).
+        pooled vectors (`pair_texts`), one of the final states and one of the embedding layer.
 
         The embedding layer keeps which tokens the texts share; the final states add what the
         encoder made of them in context. A small MLM-pretrained encoder blurs token identity in its
@@ -860,10 +875,9 @@ class DitBertClassifier(nn.Module):
         one keeps it, so the final states alone would hand the random-init control the lexical
         overlap that scores STS-B. (The mean of the two cosines is the cosine of the two texts'
         vectors [final / |final|, embeddings / |embeddings|].)"""
-        final = (self.transform_text(x, 0) for x in pool_texts(h, input_ids, attention_mask, self.pooling))
-        embedded = (self.transform_text(x, 1) for x in
-                    pool_texts(self.encoder.embed(input_ids), input_ids, attention_mask, "mean"))
-        return (F.cosine_similarity(*final, dim=-1) + F.cosine_similarity(*embedded, dim=-1)).float() / 2
+        cosines = [F.cosine_similarity(*(self.transform_text(x, layer) for x in self.pair_texts(input_ids, attention_mask, layer)),
+                                       dim=-1) for layer in (0, 1)]
+        return (cosines[0] + cosines[1]).float() / 2
 
     def transform_text(self, x: torch.Tensor, layer: int) -> torch.Tensor:
         """Pooled texts (B, D) of `layer` (0 final states, 1 embedding layer) in the space where
@@ -878,10 +892,10 @@ class DitBertClassifier(nn.Module):
         """(B, texts, 2, D): each example's texts (two with pair features or the similarity head,
         else one) pooled from the final states and from the embedding layer (dim 2), as `forward`
         and `text_cosine` pool them, before `transform_text`."""
-        h, embedded = self.encoder(input_ids, attention_mask), self.encoder.embed(input_ids)
         if self.pair_features or self.similarity_head:
-            final, embedded = (pool_texts(x, input_ids, attention_mask, p) for x, p in ((h, self.pooling), (embedded, "mean")))
+            final, embedded = (self.pair_texts(input_ids, attention_mask, layer) for layer in (0, 1))
             return torch.stack([torch.stack(final, 1), torch.stack(embedded, 1)], 2).float()
+        h, embedded = self.encoder(input_ids, attention_mask), self.encoder.embed(input_ids)
         final, embedded = pool_text(h, attention_mask, self.pooling), pool_text(embedded, attention_mask, "mean")
         return torch.stack([final, embedded], 1)[:, None].float()
 
@@ -990,6 +1004,34 @@ def pool_texts(h: torch.Tensor, input_ids, attention_mask, pooling: str) -> tupl
     return masked_mean(h, real & ~in_b), masked_mean(h, real & in_b & ~is_sep)
 
 
+PAIR_ENCODINGS = ("joint", "separate")  # the kinds of finetune.pair_encoding
+
+
+def check_pair_encoding(kind: str) -> None:
+    if kind not in PAIR_ENCODINGS:
+        raise ValueError(f"pair encoding must be 'joint' or 'separate', got {kind!r}")
+
+
+def split_pair(input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    """``[START] a [DOC] b [END]`` rows (right-padded) -> ``([START] a [END], mask), ([START] b [END], mask)``,
+    each as short as its longest row. A row without [DOC] is all text a, and its b is ``[START] [END]``."""
+    B, T = input_ids.shape
+    lengths = attention_mask.long().sum(1)  # (B,)
+    has_sep = input_ids.eq(DOC_ID)
+    sep = torch.where(has_sep.any(1), has_sep.int().argmax(1), lengths - 1)  # where a's [END] goes
+    pos = torch.arange(T, device=input_ids.device)[None]  # (1, T)
+    a = torch.where(pos < sep[:, None], input_ids, torch.where(pos == sep[:, None], END_ID, PAD_ID))
+    b_len = lengths - sep  # [START], b's tokens and [END]
+    from_row = (sep[:, None] + pos).clamp(max=T - 1)  # b's j-th token is the joint row's (sep + j)-th
+    b = torch.where(pos < b_len[:, None], input_ids.gather(1, from_row), PAD_ID)
+    b[:, 0] = START_ID
+    b[b_len.le(1), 1] = END_ID  # no [DOC]: an empty b
+    b_len = b_len.clamp(min=2)
+    a_len = sep + 1
+    return ((a[:, : int(a_len.max())], pos[:, : int(a_len.max())] < a_len[:, None]),
+            (b[:, : int(b_len.max())], pos[:, : int(b_len.max())] < b_len[:, None]))
+
+
 def save_classifier(model: DitBertClassifier, out_dir: str | Path, tokenizer: str | Path, extra: dict | None = None):
     """Save a fine-tuned DitBERT (safetensors, no pickle) with its config and tokenizer."""
     from safetensors.torch import save
@@ -1000,7 +1042,7 @@ def save_classifier(model: DitBertClassifier, out_dir: str | Path, tokenizer: st
     config = {"model": dataclasses.asdict(model.cfg), "num_labels": model.num_labels, "pooling": model.pooling,
               "pair_features": model.pair_features, "similarity_head": model.similarity_head,
               "prompt_words": list(model.prompt_words), "text_transform": model.text_transform,
-              "embedding_channel": model.embedding_channel, **(extra or {})}
+              "embedding_channel": model.embedding_channel, "pair_encoding": model.pair_encoding, **(extra or {})}
     model_defs.atomic_write_bytes(out_dir / "config.json", json.dumps(config, indent=2).encode())
     if Path(tokenizer).resolve() != (out_dir / "tokenizer.json").resolve():
         shutil.copyfile(tokenizer, out_dir / "tokenizer.json")
@@ -1020,7 +1062,8 @@ def load_classifier(model_dir: str | Path, dropout: float = 0.1) -> DitBertClass
     encoder = model_defs.DitBertEncoder(ModelConfig(**config["model"]))
     model = DitBertClassifier(encoder, config["num_labels"], config.get("pooling", "cls"), dropout,
                               config.get("pair_features", False), config.get("similarity_head", False),
-                              config.get("prompt_words", ()), config.get("embedding_channel", False))
+                              config.get("prompt_words", ()), config.get("embedding_channel", False),
+                              config.get("pair_encoding", "joint"))
     state = load_file(str(model_dir / "model.safetensors"))
     for name in ("text_center", "text_whitening"):  # saved before texts were transformed: the identity
         state.setdefault(name, getattr(model, name))
@@ -1076,6 +1119,8 @@ def _load_ditbert(source: ModelSource, task: Task, ft: FinetuneConfig, seed: int
         if ft.pooling not in ("cls", "mean"):
             raise ValueError(f"pooling must be 'cls' or 'mean', got {ft.pooling!r}")
         model.pooling = ft.pooling
+        check_pair_encoding(ft.pair_encoding)
+        model.pair_encoding = ft.pair_encoding
         tokens = _tokens_seen(path)
     else:
         tokenizer_path = Path(source.tokenizer)
@@ -1089,7 +1134,7 @@ def _load_ditbert(source: ModelSource, task: Task, ft: FinetuneConfig, seed: int
         words = prompt_word_ids(prompt, tok) if prompt else ()
         torch.manual_seed(seed)  # the same head for the pretrained model and its control
         model = DitBertClassifier(mlm.encoder, task.num_labels, ft.pooling, ft.dropout, pair_features, similarity_head,
-                                  words, ft.embedding_channel)
+                                  words, ft.embedding_channel, ft.pair_encoding)
         if prompt:
             model.head.load_mlm_head(mlm.head)
     model_defs.set_dropout(model, ft.dropout)
@@ -1235,14 +1280,16 @@ def build_optimizer(model: nn.Module, ft: FinetuneConfig, steps_per_epoch: int):
     """AdamW (no decay on biases and norms; one fused kernel) with linear warmup over
     `warmup_epochs`, then linear decay to 0. With ``layer_lr_decay`` < 1 each layer's rate is
     that factor times the rate of the layer above it (the head and final norm get ``lr``), so
-    fine-tuning moves the lower, more general layers of a pretrained encoder less."""
+    fine-tuning moves the lower, more general layers of a pretrained encoder less. ``head_lr_scale``
+    multiplies the rate of the head and final norm alone: a random head can then fit quickly while
+    the pretrained encoder below it moves at ``lr``."""
     depths = layer_depths(model)
     top = max(depths.values(), default=0)
     groups = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
             decay = ft.weight_decay if p.ndim >= 2 else 0.0
-            scale = ft.layer_lr_decay ** (top - depths[name])
+            scale = ft.layer_lr_decay ** (top - depths[name]) * (ft.head_lr_scale if depths[name] == top else 1.0)
             groups.setdefault((decay, scale), []).append(p)
     opt = torch.optim.AdamW([{"params": ps, "weight_decay": d, "lr": ft.lr * s} for (d, s), ps in groups.items()],
                             lr=ft.lr, fused=True)
@@ -1269,7 +1316,8 @@ def train_head_first(loaded: Loaded, task: Task, enc: dict, lengths, ft: Finetun
     for p in frozen:
         p.requires_grad_(False)
     try:
-        head_ft = dataclasses.replace(ft, lr=ft.head_lr, epochs=ft.head_epochs, warmup_epochs=0.0, layer_lr_decay=1.0)
+        head_ft = dataclasses.replace(ft, lr=ft.head_lr, epochs=ft.head_epochs, warmup_epochs=0.0, layer_lr_decay=1.0,
+                                      head_lr_scale=1.0)
         opt, sched = build_optimizer(loaded.model, head_ft, math.ceil(len(lengths) / ft.batch_size))
         for epoch in range(1, ft.head_epochs + 1):
             batches = train_batches(lengths, ft.batch_size, rng)
@@ -1355,7 +1403,9 @@ def check_finetune_settings(ft: FinetuneConfig) -> None:
         ("batch_size", ft.batch_size >= 1, "at least 1"),
         ("lr", ft.lr > 0, "positive"),
         ("head_lr", ft.head_epochs == 0 or ft.head_lr > 0, "positive when head_epochs is set"),
+        ("head_lr_scale", ft.head_lr_scale > 0, "positive"),
         ("text_transform", ft.text_transform in TEXT_TRANSFORMS, _TEXT_TRANSFORM_CHOICES),
+        ("pair_encoding", ft.pair_encoding in PAIR_ENCODINGS, "'joint' or 'separate'"),
     ] if not ok]  # pooling is checked where the model is built (DitBertClassifier, load_for_task)
     if problems:
         raise ValueError("bad fine-tuning settings: " + "; ".join(problems))

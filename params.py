@@ -154,6 +154,7 @@ class FinetuneConfig:
     max_eval_examples: int = 0
     grad_clip: float = 1.0
     layer_lr_decay: float = 1.0  # lr factor per layer going down from the head; 1 = one lr for all
+    head_lr_scale: float = 1.0  # the head's (and final norm's) lr = lr x this; 1 = the encoder's rate
     # LP-FT: epochs that train only the head (and final norm) on the frozen encoder before the
     # whole model is fine-tuned, at head_lr; a random head then does not scramble pretrained features.
     head_epochs: int = 0
@@ -162,6 +163,10 @@ class FinetuneConfig:
     # Two-text tasks (MRPC, STS-B, RTE...): pool each text on its own, scale both to one length
     # and give the head [u, v, |u - v|, u * v] (glue_utils.DitBertClassifier); DitBERT models only.
     pair_features: bool = False
+    # Two-text tasks, DitBERT models: joint = one input [START] a [DOC] b [END], the texts attending to
+    # each other; separate = [START] a [END] and [START] b [END] encoded on their own (Sentence-BERT's
+    # siamese encoder), each shaped like a pretraining input. For pair features and the similarity head.
+    pair_encoding: str = "joint"
     # Regression on two texts (STS-B): score = scale * cosine of the two texts + bias, the scale and
     # bias fitted by least squares before fine-tuning (glue_utils.SimilarityHead); DitBERT models only.
     similarity_head: bool = False

@@ -294,6 +294,42 @@ def test_embedding_channel_head_reads_final_and_embedding_layer_texts(ditbert, g
     assert torch.equal(kept.head.weight, reloaded.head.weight)
 
 
+def test_split_pair_frames_each_text_as_a_text_of_its_own():
+    ids = torch.tensor([[START_ID, 10, 11, 12, DOC_ID, 20, 21, END_ID, PAD_ID],
+                        [START_ID, 13, DOC_ID, 22, 23, 24, 25, 26, END_ID],
+                        [START_ID, 14, 15, END_ID, PAD_ID, PAD_ID, PAD_ID, PAD_ID, PAD_ID]])  # no [DOC]: b is empty
+    (a, mask_a), (b, mask_b) = glue_utils.split_pair(ids, ids.ne(PAD_ID))
+    assert a.tolist() == [[START_ID, 10, 11, 12, END_ID], [START_ID, 13, END_ID, PAD_ID, PAD_ID],
+                          [START_ID, 14, 15, END_ID, PAD_ID]]
+    assert b.tolist() == [[START_ID, 20, 21, END_ID, PAD_ID, PAD_ID, PAD_ID], [START_ID, 22, 23, 24, 25, 26, END_ID],
+                          [START_ID, END_ID, PAD_ID, PAD_ID, PAD_ID, PAD_ID, PAD_ID]]
+    assert torch.equal(mask_a, a.ne(PAD_ID)) and torch.equal(mask_b, b.ne(PAD_ID))
+
+
+def test_separate_pair_encoding_reads_each_text_encoded_alone(ditbert, glue_layout, tmp_path):
+    """With pair_encoding=separate the pair head and the similarity head read [START] a [END] and
+    [START] b [END] encoded one by one, so neither text sees the other; joint encoding differs."""
+    ft = tiny_ft(tmp_path, epochs=1, pooling="mean", pair_features=True, pair_encoding="separate")
+    model = glue_utils.load_for_task(ditbert, TASKS["rte"], ft, seed=1).model.eval()
+    pair = torch.tensor([[START_ID, 10, 11, DOC_ID, 12, 13, 14, END_ID]])
+    alone = [torch.tensor([[START_ID, *text, END_ID]]) for text in ([10, 11], [12, 13, 14])]
+    pooled = [glue_utils.pool_text(model.encoder(x, x.ne(PAD_ID)), x.ne(PAD_ID), "mean") for x in alone]
+    u, v = (torch.nn.functional.normalize(x, dim=-1) * 32**0.5 for x in pooled)
+    assert torch.allclose(model(pair), model.head(torch.cat([u, v, (u - v).abs(), u * v], dim=-1)), atol=1e-6)
+    model.pair_encoding = "joint"
+    assert not torch.allclose(model(pair), model.head(torch.cat([u, v, (u - v).abs(), u * v], dim=-1)), atol=1e-4)
+
+    sim = glue_utils.load_for_task(ditbert, TASKS["stsb"], similarity_ft(tmp_path, pair_encoding="separate"), seed=1).model.eval()
+    cosine = sum(torch.nn.functional.cosine_similarity(*(glue_utils.pool_text(layer(x), x.ne(PAD_ID), "mean") for x in alone))
+                 for layer in (lambda x: sim.encoder(x, x.ne(PAD_ID)), sim.encoder.embed)) / 2
+    assert torch.allclose(sim.text_cosine(pair, pair.ne(PAD_ID)), cosine, atol=1e-6)
+
+    glue_utils.run_glue(ditbert, "rte", ft, glue_dir=glue_layout)
+    assert glue_utils.load_classifier(tmp_path / "ditbert-test-seed1" / "best_rte").pair_encoding == "separate"
+    with pytest.raises(ValueError, match="pair_encoding"):
+        glue_utils.check_finetune_settings(dataclasses.replace(ft, pair_encoding="crossed"))
+
+
 def similarity_ft(out_dir, **kw) -> FinetuneConfig:
     return tiny_ft(out_dir, pooling="mean", pair_features=True, similarity_head=True, **kw)
 
@@ -501,19 +537,20 @@ def test_no_mixed_precision_on_cpu():
         assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.float32
 
 
-@pytest.mark.parametrize("decay", [1.0, 0.5])
-def test_layer_lr_decay_gives_each_layer_its_rate(tiny_model_dir, decay):
-    """The head and final norm train at lr, block i of L at lr * decay**(L - i), the embeddings
-    at lr * decay**L; decay 1 is one rate for all. Biases and norms never get weight decay."""
+@pytest.mark.parametrize("decay,head_scale", [(1.0, 1.0), (0.5, 1.0), (1.0, 10.0)])
+def test_layer_lr_decay_gives_each_layer_its_rate(tiny_model_dir, decay, head_scale):
+    """The head and final norm train at lr * head_lr_scale, block i of L at lr * decay**(L - i),
+    the embeddings at lr * decay**L; decay 1 is one rate for all. Biases and norms never get
+    weight decay."""
     encoder = load_model(tiny_model_dir).encoder
     model = glue_utils.DitBertClassifier(encoder, 2)
-    ft = FinetuneConfig(lr=1e-3, layer_lr_decay=decay)
+    ft = FinetuneConfig(lr=1e-3, layer_lr_decay=decay, head_lr_scale=head_scale)
     opt, _ = glue_utils.build_optimizer(model, ft, steps_per_epoch=10)
     rate = {id(p): (g["initial_lr"], g["weight_decay"]) for g in opt.param_groups for p in g["params"]}  # before warmup
     named = dict(model.named_parameters())
     L = len(encoder.blocks)
-    assert rate[id(named["head.weight"])] == (1e-3, ft.weight_decay)
-    assert rate[id(named["encoder.ln_final.weight"])][0] == 1e-3
+    assert rate[id(named["head.weight"])] == (pytest.approx(1e-3 * head_scale), ft.weight_decay)
+    assert rate[id(named["encoder.ln_final.weight"])][0] == pytest.approx(1e-3 * head_scale)
     for i in range(L):
         assert rate[id(named[f"encoder.blocks.{i}.ffn.fc_in.weight"])][0] == pytest.approx(1e-3 * decay ** (L - i))
         assert rate[id(named[f"encoder.blocks.{i}.ffn.fc_in.bias"])][1] == 0.0
