@@ -106,7 +106,7 @@ class TrainConfig:
     log_every: int = 10  # optimizer steps between rows of the CSV log
     seed: int = 1234
     device: str = "auto"  # auto = cuda when available, else cpu
-    dtype: str = "auto"  # auto = bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU
+    dtype: str = "auto"  # auto = bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU (bf16 there: BENCHMARKS.md)
     compile: bool = False  # torch.compile the model
     fused_adamw: bool = True  # one fused AdamW kernel (CPU and CUDA) instead of a loop over tensors
     tf32: bool = True  # CUDA only: TF32 tensor cores for fp32 matmuls and convolutions

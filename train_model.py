@@ -93,7 +93,8 @@ class Distributed:
 
 
 def autocast_dtype(setting: str, device: torch.device) -> torch.dtype:
-    """bf16 on GPUs that support it, else fp16; fp32 on CPU (CPU autocast gains little and costs accuracy)."""
+    """bf16 on GPUs that support it, else fp16; fp32 on CPU, so that a CPU result does not depend on whether
+    the CPU has bf16 instructions (with them, train.dtype=bf16 gives 1.3x the tokens/s: BENCHMARKS.md)."""
     if setting != "auto":
         return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[setting]
     if device.type != "cuda":

@@ -63,6 +63,7 @@ ABLATIONS = [
     ("torch.compile on", {"train.compile": True}, ("cpu", "cuda")),
     ("TF32 off", {"train.tf32": False}, ("cuda",)),
     ("fp32 instead of bf16 autocast", {"train.dtype": "fp32"}, ("cuda",)),
+    ("bf16 autocast instead of fp32", {"train.dtype": "bf16"}, ("cpu",)),
     ("pageable memory, blocking copies", {"train.pin_memory": False}, ("cuda",)),
 ]
 
