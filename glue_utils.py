@@ -1008,6 +1008,7 @@ PAIR_ENCODINGS = ("joint", "separate")  # the kinds of finetune.pair_encoding
 
 
 def check_pair_encoding(kind: str) -> None:
+    """Reject an unknown finetune.pair_encoding where a classifier is built, before any text is encoded."""
     if kind not in PAIR_ENCODINGS:
         raise ValueError(f"pair encoding must be 'joint' or 'separate', got {kind!r}")
 
@@ -1015,7 +1016,7 @@ def check_pair_encoding(kind: str) -> None:
 def split_pair(input_ids: torch.Tensor, attention_mask: torch.Tensor):
     """``[START] a [DOC] b [END]`` rows (right-padded) -> ``([START] a [END], mask), ([START] b [END], mask)``,
     each as short as its longest row. A row without [DOC] is all text a, and its b is ``[START] [END]``."""
-    B, T = input_ids.shape
+    T = input_ids.shape[1]
     lengths = attention_mask.long().sum(1)  # (B,)
     has_sep = input_ids.eq(DOC_ID)
     sep = torch.where(has_sep.any(1), has_sep.int().argmax(1), lengths - 1)  # where a's [END] goes
