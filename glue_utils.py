@@ -1005,12 +1005,13 @@ def pool_texts(h: torch.Tensor, input_ids, attention_mask, pooling: str) -> tupl
 
 
 PAIR_ENCODINGS = ("joint", "separate")  # the kinds of finetune.pair_encoding
+_PAIR_ENCODING_CHOICES = " or ".join(map(repr, PAIR_ENCODINGS))
 
 
 def check_pair_encoding(kind: str) -> None:
     """Reject an unknown finetune.pair_encoding where a classifier is built, before any text is encoded."""
     if kind not in PAIR_ENCODINGS:
-        raise ValueError(f"pair encoding must be 'joint' or 'separate', got {kind!r}")
+        raise ValueError(f"pair encoding must be {_PAIR_ENCODING_CHOICES}, got {kind!r}")
 
 
 def split_pair(input_ids: torch.Tensor, attention_mask: torch.Tensor):
@@ -1406,7 +1407,7 @@ def check_finetune_settings(ft: FinetuneConfig) -> None:
         ("head_lr", ft.head_epochs == 0 or ft.head_lr > 0, "positive when head_epochs is set"),
         ("head_lr_scale", ft.head_lr_scale > 0, "positive"),
         ("text_transform", ft.text_transform in TEXT_TRANSFORMS, _TEXT_TRANSFORM_CHOICES),
-        ("pair_encoding", ft.pair_encoding in PAIR_ENCODINGS, "'joint' or 'separate'"),
+        ("pair_encoding", ft.pair_encoding in PAIR_ENCODINGS, _PAIR_ENCODING_CHOICES),
     ] if not ok]  # pooling is checked where the model is built (DitBertClassifier, load_for_task)
     if problems:
         raise ValueError("bad fine-tuning settings: " + "; ".join(problems))
