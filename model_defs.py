@@ -673,10 +673,22 @@ class SequenceLoader:
     of training, summed over ranks, so the loader (and thus a resumed run, even on
     another number of GPUs) continues exactly where it stopped. Rank r of n takes
     its share of each global micro-batch, disjoint from the others'.
+
+    With `short_fraction` > 0 that share of the sequences is cut short, as BERT cut 10 % of its
+    own: ``[START] + the window's first L tokens + [END]``, padded to full length, with L drawn
+    log-uniformly from 2 .. seq_len, so that sentence-length texts (GLUE's are mostly 10-40 tokens)
+    are as common among them as paragraph-length ones. Fine-tuning frames every text so; pretraining
+    on full windows alone never shows the model an [END] after a few tokens. Whether and where a
+    sequence is cut is drawn from (seed, its index in the stream), so a resumed run cuts as the
+    original did.
     """
 
-    def __init__(self, tokens: np.ndarray, seq_len: int, seed: int = 0, shuffle: bool = True):
+    def __init__(self, tokens: np.ndarray, seq_len: int, seed: int = 0, shuffle: bool = True,
+                 short_fraction: float = 0.0):
         self.tokens, self.seq_len, self.seed, self.shuffle = tokens, seq_len, seed, shuffle
+        if not 0.0 <= short_fraction <= 1.0:
+            raise ValueError(f"the share of short sequences must lie in [0, 1], got {short_fraction}")
+        self.short_fraction = short_fraction
         self.n_windows = len(tokens) // seq_len
         if self.n_windows == 0:
             raise ValueError(f"the token stream has {len(tokens)} tokens, fewer than one sequence of {seq_len}")
@@ -700,7 +712,19 @@ class SequenceLoader:
             epoch, i = divmod(index, self.n_windows)
             w = self._window_order(epoch)[i]
             out[row, 1:-1] = self.tokens[w * self.seq_len : (w + 1) * self.seq_len]
+            length = self.short_length(index)
+            if length < self.seq_len:
+                out[row, length + 1], out[row, length + 2 :] = END_ID, PAD_ID
         return torch.from_numpy(out)
+
+    def short_length(self, index: int) -> int:
+        """How many text tokens sequence `index` keeps: seq_len, or for a short one 2 .. seq_len."""
+        if self.short_fraction == 0.0:
+            return self.seq_len
+        rng = np.random.default_rng([self.seed, index, 7])  # 7: apart from the window orders' streams
+        if rng.random() >= self.short_fraction:
+            return self.seq_len
+        return min(self.seq_len, int(np.exp(rng.uniform(np.log(2), np.log(self.seq_len + 1)))))
 
     def next_batch(self, micro_batch: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
         """This rank's `micro_batch` sequences of the next global micro-batch; advances `position`."""

@@ -101,6 +101,10 @@ class TrainConfig:
     # two-hour `tiny` run it costs STS-B and the GLUE-small gain (docs/pretraining-value.md, "Whole words
     # masked": +1.7 against +2.4).
     whole_word_mask: bool = False
+    # Share of pretraining sequences cut to a random 2 .. seq_len tokens (log-uniform) and padded, as
+    # BERT cut 10 % (model_defs.SequenceLoader): fine-tuning's texts are short and end in [END] after
+    # a few tokens, which full windows never show. Validation sequences stay full.
+    short_seq_prob: float = 0.0
     checkpoint_every: int = 1000  # optimizer steps between checkpoints
     eval_every: int = 1000  # optimizer steps between validation perplexity measurements
     log_every: int = 10  # optimizer steps between rows of the CSV log

@@ -161,7 +161,8 @@ def split_token_file(params: Params) -> tuple[np.ndarray, np.ndarray]:
 def prepare_data(params: Params):
     """Token file -> (training loader, validation batch, unigram token frequencies)."""
     train_tokens, val_tokens = split_token_file(params)
-    loader = SequenceLoader(train_tokens, params.model.seq_len, seed=params.train.seed)
+    loader = SequenceLoader(train_tokens, params.model.seq_len, seed=params.train.seed,
+                            short_fraction=params.train.short_seq_prob)
     val_loader = SequenceLoader(val_tokens, params.model.seq_len, shuffle=False)
     n_val = min(params.data.val_sequences, val_loader.n_windows)
     val_inputs, val_labels = mask_tokens(

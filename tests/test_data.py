@@ -18,7 +18,7 @@ from model_defs import (
     split_tokens,
     train_tokenizer,
 )
-from params import DOC_ID, END_ID, SPECIAL_TOKENS, START_ID
+from params import DOC_ID, END_ID, PAD_ID, SPECIAL_TOKENS, START_ID
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,8 +131,8 @@ def test_a_corpus_listed_twice_enters_the_stream_twice(tmp_path, tiny_corpus, ti
     assert twice[2 * n_a :].tolist() == once[n_a:].tolist()
 
 
-def make_loader(n_tokens=1000, seq_len=10, seed=3):
-    return SequenceLoader(np.arange(n_tokens, dtype=np.uint16) + 5, seq_len, seed=seed)
+def make_loader(n_tokens=1000, seq_len=10, seed=3, short_fraction=0.0):
+    return SequenceLoader(np.arange(n_tokens, dtype=np.uint16) + 5, seq_len, seed=seed, short_fraction=short_fraction)
 
 
 def test_loader_frames_contiguous_windows():
@@ -163,6 +163,26 @@ def test_loader_resumes_exactly_from_its_state():
     assert torch.equal(a.next_batch(16), b.next_batch(16))
     with pytest.raises(ValueError, match="differs from this run"):
         make_loader(seed=4).load_state_dict(a.state_dict())
+
+
+def test_short_sequences_end_early_on_their_own_window_and_are_padded():
+    """A short sequence is its window's first L tokens, [END], then padding; the others are the
+    full windows a loader without short sequences serves; the cuts are the same on a resume."""
+    full, mixed = make_loader(n_tokens=5000, seq_len=32), make_loader(n_tokens=5000, seq_len=32, short_fraction=0.3)
+    a, b = full.next_batch(400), mixed.next_batch(400)
+    lengths = (b != PAD_ID).sum(1) - 2
+    short = lengths < 32
+    assert 0.2 < short.float().mean() < 0.4
+    assert torch.equal(b[~short], a[~short])
+    assert lengths.min() >= 2 and (lengths[short] < 8).any() and (lengths[short] > 16).any()
+    for row_a, row_b, n in zip(a[short], b[short], lengths[short].tolist()):
+        assert torch.equal(row_b[: n + 1], row_a[: n + 1]) and row_b[n + 1] == END_ID
+        assert (row_b[n + 2 :] == PAD_ID).all()
+    resumed = make_loader(n_tokens=5000, seq_len=32, short_fraction=0.3)
+    resumed.load_state_dict({**mixed.state_dict(), "position": 200})
+    assert torch.equal(resumed.next_batch(200), b[200:])
+    with pytest.raises(ValueError, match="short sequences must lie in"):
+        make_loader(short_fraction=1.5)
 
 
 def test_ranks_read_disjoint_parts_that_add_up_to_one_process():

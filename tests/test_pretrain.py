@@ -113,6 +113,19 @@ def test_whole_word_masking_run_resumes_exactly_and_masks_other_positions(make_p
     assert not torch.equal(a["encoder.tok_emb.weight"], b["encoder.tok_emb.weight"])
 
 
+def test_short_sequence_run_resumes_exactly_and_trains_on_other_inputs(make_params):
+    straight = make_params("short", train__short_seq_prob=0.5)
+    train_model.train(straight, show_progress=False)
+    split = make_params("short-split", train__short_seq_prob=0.5)
+    train_model.train(split, stop_at=5, show_progress=False)
+    train_model.train(split, resume=True, show_progress=False)
+    assert_same_weights(weights(f"{straight.train.out_dir}/final"), weights(f"{split.train.out_dir}/final"))
+    full = make_params("full")
+    train_model.train(full, show_progress=False)
+    a, b = weights(f"{straight.train.out_dir}/final"), weights(f"{full.train.out_dir}/final")
+    assert not torch.equal(a["encoder.tok_emb.weight"], b["encoder.tok_emb.weight"])
+
+
 def test_gradient_accumulation_matches_one_big_micro_batch(make_params):
     one = make_params("one", train__steps=4)
     two = make_params("two", train__steps=4, train__micro_batch=4)
