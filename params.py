@@ -103,7 +103,9 @@ class TrainConfig:
     whole_word_mask: bool = False
     # Share of pretraining sequences cut to a random 2 .. seq_len tokens (log-uniform) and padded, as
     # BERT cut 10 % (model_defs.SequenceLoader): fine-tuning's texts are short and end in [END] after
-    # a few tokens, which full windows never show. Validation sequences stay full.
+    # a few tokens, which full windows never show. Validation sequences stay full. Off in both presets:
+    # 10 % cost the two-hour `tiny` run CoLA and RTE (docs/pretraining-value.md, "Short sequences": +1.9
+    # against +3.0).
     short_seq_prob: float = 0.0
     checkpoint_every: int = 1000  # optimizer steps between checkpoints
     eval_every: int = 1000  # optimizer steps between validation perplexity measurements
@@ -169,7 +171,9 @@ class FinetuneConfig:
     pair_features: bool = False
     # Two-text tasks, DitBERT models: joint = one input [START] a [DOC] b [END], the texts attending to
     # each other; separate = [START] a [END] and [START] b [END] encoded on their own (Sentence-BERT's
-    # siamese encoder), each shaped like a pretraining input. For pair features and the similarity head.
+    # siamese encoder), each shaped like a pretraining input; by_task = separate for similarity tasks
+    # (MRPC, QQP, STS-B), joint for inference tasks (MNLI, QNLI, RTE, WNLI). For pair features and the
+    # similarity head.
     pair_encoding: str = "joint"
     # Regression on two texts (STS-B): score = scale * cosine of the two texts + bias, the scale and
     # bias fitted by least squares before fine-tuning (glue_utils.SimilarityHead); DitBERT models only.
