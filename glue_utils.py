@@ -83,6 +83,9 @@ class Task:
     folder: str = ""  # GLUE: sub-folder of GLUE_DIR; custom: the folder holding the files
     header: bool = True
     source: str = "glue"  # glue | csv
+    # Two-text tasks that ask how alike the texts are (paraphrase, semantic similarity), not whether
+    # one follows from the other: finetune.pair_encoding=by_task encodes their texts separately.
+    similarity: bool = False
 
     @property
     def is_regression(self) -> bool:
@@ -98,7 +101,8 @@ class Task:
         return cols + [f"{s}_{m}" for s in self.eval_splits for m in self.metrics]
 
 
-def _glue(name, folder, num_labels, metrics, text, label, hub_text, label_names=(), header=True, splits=None):
+def _glue(name, folder, num_labels, metrics, text, label, hub_text, label_names=(), header=True, splits=None,
+          similarity=False):
     return Task(
         name=name,
         num_labels=num_labels,
@@ -110,6 +114,7 @@ def _glue(name, folder, num_labels, metrics, text, label, hub_text, label_names=
         hub_text_columns=hub_text,
         folder=folder,
         header=header,
+        similarity=similarity,
     )
 
 
@@ -119,11 +124,11 @@ TASKS: dict[str, Task] = {
     "cola": _glue("cola", "CoLA", 2, ("mcc",), (3,), 1, ("sentence",), ("unacceptable", "acceptable"), header=False),
     "sst2": _glue("sst2", "SST-2", 2, ("accuracy",), ("sentence",), "label", ("sentence",), ("negative", "positive")),
     "mrpc": _glue("mrpc", "MRPC", 2, ("accuracy", "f1"), ("#1 String", "#2 String"), "Quality",
-                  ("sentence1", "sentence2"), ("not_equivalent", "equivalent")),
+                  ("sentence1", "sentence2"), ("not_equivalent", "equivalent"), similarity=True),
     "stsb": _glue("stsb", "STS-B", 1, ("pearson", "spearman"), ("sentence1", "sentence2"), "score",
-                  ("sentence1", "sentence2")),
+                  ("sentence1", "sentence2"), similarity=True),
     "qqp": _glue("qqp", "QQP", 2, ("accuracy", "f1"), ("question1", "question2"), "is_duplicate",
-                 ("question1", "question2"), ("not_duplicate", "duplicate")),
+                 ("question1", "question2"), ("not_duplicate", "duplicate"), similarity=True),
     "mnli": _glue("mnli", "MNLI", 3, ("accuracy",), ("sentence1", "sentence2"), "gold_label", ("premise", "hypothesis"),
                   ("entailment", "neutral", "contradiction"),
                   splits={"train": "train.tsv", "validation_matched": "dev_matched.tsv",
@@ -777,7 +782,7 @@ class DitBertClassifier(nn.Module):
         super().__init__()
         if pooling not in ("cls", "mean"):
             raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
-        check_pair_encoding(pair_encoding)
+        check_pair_encoding(pair_encoding, ENCODINGS)
         self.cfg, self.pooling, self.pair_encoding = encoder.cfg, pooling, pair_encoding
         self.encoder = encoder
         self.drop = nn.Dropout(dropout)
@@ -1004,14 +1009,26 @@ def pool_texts(h: torch.Tensor, input_ids, attention_mask, pooling: str) -> tupl
     return masked_mean(h, real & ~in_b), masked_mean(h, real & in_b & ~is_sep)
 
 
-PAIR_ENCODINGS = ("joint", "separate")  # the kinds of finetune.pair_encoding
+ENCODINGS = ("joint", "separate")  # how a classifier encodes a pair
+PAIR_ENCODINGS = (*ENCODINGS, "by_task")  # the kinds of finetune.pair_encoding
 _PAIR_ENCODING_CHOICES = " or ".join(map(repr, PAIR_ENCODINGS))
 
 
-def check_pair_encoding(kind: str) -> None:
+def check_pair_encoding(kind: str, choices: tuple[str, ...] = PAIR_ENCODINGS) -> None:
     """Reject an unknown finetune.pair_encoding where a classifier is built, before any text is encoded."""
-    if kind not in PAIR_ENCODINGS:
-        raise ValueError(f"pair encoding must be {_PAIR_ENCODING_CHOICES}, got {kind!r}")
+    if kind not in choices:
+        raise ValueError(f"pair encoding must be {' or '.join(map(repr, choices))}, got {kind!r}")
+
+
+def task_pair_encoding(kind: str, task: Task) -> str:
+    """How a classifier for `task` encodes its pairs under finetune.pair_encoding=`kind`. ``by_task``
+    encodes the texts of a similarity task (MRPC, QQP, STS-B: how alike are they?) separately, as
+    Sentence-BERT does, and those of an inference task (MNLI, QNLI, RTE, WNLI: does b follow from
+    a?) jointly, so that the words of each text can attend to the words of the other."""
+    check_pair_encoding(kind)
+    if kind != "by_task":
+        return kind
+    return "separate" if task.similarity else "joint"
 
 
 def split_pair(input_ids: torch.Tensor, attention_mask: torch.Tensor):
@@ -1109,6 +1126,7 @@ def _load_ditbert(source: ModelSource, task: Task, ft: FinetuneConfig, seed: int
     pair_features = ft.pair_features and len(task.text_columns) == 2
     similarity_head = ft.similarity_head and len(task.text_columns) == 2 and task.is_regression
     prompt = task_prompt(task, ft)
+    pair_encoding = task_pair_encoding(ft.pair_encoding, task)
     if source.init == "mnli":
         model = load_classifier(path, ft.dropout)
         tokenizer_path = Path(source.tokenizer) if source.tokenizer else path / "tokenizer.json"
@@ -1121,8 +1139,7 @@ def _load_ditbert(source: ModelSource, task: Task, ft: FinetuneConfig, seed: int
         if ft.pooling not in ("cls", "mean"):
             raise ValueError(f"pooling must be 'cls' or 'mean', got {ft.pooling!r}")
         model.pooling = ft.pooling
-        check_pair_encoding(ft.pair_encoding)
-        model.pair_encoding = ft.pair_encoding
+        model.pair_encoding = pair_encoding
         tokens = _tokens_seen(path)
     else:
         tokenizer_path = Path(source.tokenizer)
@@ -1136,7 +1153,7 @@ def _load_ditbert(source: ModelSource, task: Task, ft: FinetuneConfig, seed: int
         words = prompt_word_ids(prompt, tok) if prompt else ()
         torch.manual_seed(seed)  # the same head for the pretrained model and its control
         model = DitBertClassifier(mlm.encoder, task.num_labels, ft.pooling, ft.dropout, pair_features, similarity_head,
-                                  words, ft.embedding_channel, ft.pair_encoding)
+                                  words, ft.embedding_channel, pair_encoding)
         if prompt:
             model.head.load_mlm_head(mlm.head)
     model_defs.set_dropout(model, ft.dropout)

@@ -330,6 +330,22 @@ def test_separate_pair_encoding_reads_each_text_encoded_alone(ditbert, glue_layo
         glue_utils.check_finetune_settings(dataclasses.replace(ft, pair_encoding="crossed"))
 
 
+def test_pair_encoding_by_task_reads_similarity_pairs_apart_and_inference_pairs_together(ditbert, tmp_path):
+    """by_task: MRPC, QQP and STS-B ask how alike two texts are and are encoded separately; MNLI, QNLI,
+    RTE and WNLI ask whether one follows from the other and are encoded jointly."""
+    separate = {name for name in glue_utils.GLUE_TASKS if glue_utils.task_pair_encoding("by_task", TASKS[name]) == "separate"}
+    assert separate == {"mrpc", "qqp", "stsb"}
+    assert glue_utils.task_pair_encoding("separate", TASKS["rte"]) == "separate"
+    assert glue_utils.task_pair_encoding("joint", TASKS["stsb"]) == "joint"
+    ft = tiny_ft(tmp_path, epochs=1, pooling="mean", pair_features=True, pair_encoding="by_task")
+    glue_utils.check_finetune_settings(ft)
+    assert glue_utils.load_for_task(ditbert, TASKS["rte"], ft, seed=1).model.pair_encoding == "joint"
+    assert glue_utils.load_for_task(ditbert, TASKS["mrpc"], ft, seed=1).model.pair_encoding == "separate"
+    encoder = glue_utils.load_for_task(ditbert, TASKS["rte"], ft, seed=1).model.encoder
+    with pytest.raises(ValueError, match="'joint' or 'separate', got 'by_task'"):  # a classifier needs the task's choice
+        glue_utils.DitBertClassifier(encoder, 2, "mean", pair_encoding="by_task")
+
+
 def similarity_ft(out_dir, **kw) -> FinetuneConfig:
     return tiny_ft(out_dir, pooling="mean", pair_features=True, similarity_head=True, **kw)
 
