@@ -687,7 +687,8 @@ class SequenceLoader:
                  short_fraction: float = 0.0):
         self.tokens, self.seq_len, self.seed, self.shuffle = tokens, seq_len, seed, shuffle
         if not 0.0 <= short_fraction <= 1.0:
-            raise ValueError(f"the share of short sequences must lie in [0, 1], got {short_fraction}")
+            raise ValueError(f"the share of short sequences (train.short_seq_prob) must lie in [0, 1], "
+                             f"got {short_fraction}")
         self.short_fraction = short_fraction
         self.n_windows = len(tokens) // seq_len
         if self.n_windows == 0:

@@ -181,7 +181,7 @@ def test_short_sequences_end_early_on_their_own_window_and_are_padded():
     resumed = make_loader(n_tokens=5000, seq_len=32, short_fraction=0.3)
     resumed.load_state_dict({**mixed.state_dict(), "position": 200})
     assert torch.equal(resumed.next_batch(200), b[200:])
-    with pytest.raises(ValueError, match="short sequences must lie in"):
+    with pytest.raises(ValueError, match=r"short sequences \(train.short_seq_prob\) must lie in"):
         make_loader(short_fraction=1.5)
 
 
