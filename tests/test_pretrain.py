@@ -100,30 +100,27 @@ def test_run_k_steps_then_resume_equals_one_run(make_params):
     assert strip(logs[0]) == strip(logs[1])
 
 
-def test_whole_word_masking_run_resumes_exactly_and_masks_other_positions(make_params):
-    straight = make_params("wwm", train__whole_word_mask=True)
+def assert_setting_resumes_exactly_and_changes_training(make_params, name, **setting):
+    """A run with `setting`, stopped after 5 steps and resumed, ends with the weights of one straight
+    run with it, and those differ from a run without it: the setting is resumed and has an effect."""
+    straight = make_params(name, **setting)
     train_model.train(straight, show_progress=False)
-    split = make_params("wwm-split", train__whole_word_mask=True)
+    split = make_params(f"{name}-split", **setting)
     train_model.train(split, stop_at=5, show_progress=False)
     train_model.train(split, resume=True, show_progress=False)
     assert_same_weights(weights(f"{straight.train.out_dir}/final"), weights(f"{split.train.out_dir}/final"))
-    tokens = make_params("tokens")
-    train_model.train(tokens, show_progress=False)
-    a, b = weights(f"{straight.train.out_dir}/final"), weights(f"{tokens.train.out_dir}/final")
+    plain = make_params(f"{name}-without")
+    train_model.train(plain, show_progress=False)
+    a, b = weights(f"{straight.train.out_dir}/final"), weights(f"{plain.train.out_dir}/final")
     assert not torch.equal(a["encoder.tok_emb.weight"], b["encoder.tok_emb.weight"])
+
+
+def test_whole_word_masking_run_resumes_exactly_and_masks_other_positions(make_params):
+    assert_setting_resumes_exactly_and_changes_training(make_params, "wwm", train__whole_word_mask=True)
 
 
 def test_short_sequence_run_resumes_exactly_and_trains_on_other_inputs(make_params):
-    straight = make_params("short", train__short_seq_prob=0.5)
-    train_model.train(straight, show_progress=False)
-    split = make_params("short-split", train__short_seq_prob=0.5)
-    train_model.train(split, stop_at=5, show_progress=False)
-    train_model.train(split, resume=True, show_progress=False)
-    assert_same_weights(weights(f"{straight.train.out_dir}/final"), weights(f"{split.train.out_dir}/final"))
-    full = make_params("full")
-    train_model.train(full, show_progress=False)
-    a, b = weights(f"{straight.train.out_dir}/final"), weights(f"{full.train.out_dir}/final")
-    assert not torch.equal(a["encoder.tok_emb.weight"], b["encoder.tok_emb.weight"])
+    assert_setting_resumes_exactly_and_changes_training(make_params, "short", train__short_seq_prob=0.5)
 
 
 def test_gradient_accumulation_matches_one_big_micro_batch(make_params):
