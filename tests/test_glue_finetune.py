@@ -339,11 +339,11 @@ def test_pair_encoding_by_task_reads_similarity_pairs_apart_and_inference_pairs_
     assert glue_utils.task_pair_encoding("joint", TASKS["stsb"]) == "joint"
     ft = tiny_ft(tmp_path, epochs=1, pooling="mean", pair_features=True, pair_encoding="by_task")
     glue_utils.check_finetune_settings(ft)
-    assert glue_utils.load_for_task(ditbert, TASKS["rte"], ft, seed=1).model.pair_encoding == "joint"
+    rte = glue_utils.load_for_task(ditbert, TASKS["rte"], ft, seed=1).model
+    assert rte.pair_encoding == "joint"
     assert glue_utils.load_for_task(ditbert, TASKS["mrpc"], ft, seed=1).model.pair_encoding == "separate"
-    encoder = glue_utils.load_for_task(ditbert, TASKS["rte"], ft, seed=1).model.encoder
     with pytest.raises(ValueError, match="'joint' or 'separate', got 'by_task'"):  # a classifier needs the task's choice
-        glue_utils.DitBertClassifier(encoder, 2, "mean", pair_encoding="by_task")
+        glue_utils.DitBertClassifier(rte.encoder, 2, "mean", pair_encoding="by_task")
 
 
 def similarity_ft(out_dir, **kw) -> FinetuneConfig:
