@@ -1,0 +1,84 @@
+"""What pretraining and fine-tuning share about running a model: the device, the mixed precision,
+the optimizer and the learning-rate schedule. One place each, so that both loops train alike.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+DTYPE_CHOICES = ("auto", *DTYPES)
+
+
+def pick_device(setting: str = "auto", index: int = 0) -> torch.device:
+    """`auto` = the CUDA device `index` when one is present, else the CPU."""
+    if setting not in DEVICE_CHOICES:
+        raise ValueError(f"device {setting!r}: choose one of {DEVICE_CHOICES}")
+    if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", index)
+    return torch.device("cpu")
+
+
+def autocast_dtype(setting: str, device: torch.device) -> torch.dtype:
+    """The dtype matrix multiplications run in. `auto` = bf16 on GPUs that have it, fp16 on older ones,
+    fp32 on the CPU, so that a CPU result does not depend on whether the CPU has bf16 instructions
+    (BENCHMARKS.md measures bf16 on the CPU)."""
+    if setting not in DTYPE_CHOICES:
+        raise ValueError(f"dtype {setting!r}: choose one of {DTYPE_CHOICES}")
+    if setting != "auto":
+        return DTYPES[setting]
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+@dataclass(frozen=True)
+class Precision:
+    """A device and the dtype autocast uses on it; fp16 also needs a gradient scaler."""
+
+    device: torch.device
+    dtype: torch.dtype
+
+    @classmethod
+    def choose(cls, device: str = "auto", dtype: str = "auto", index: int = 0) -> "Precision":
+        dev = pick_device(device, index)
+        return cls(dev, autocast_dtype(dtype, dev))
+
+    def autocast(self):
+        """A fresh autocast context (none in fp32)."""
+        if self.dtype == torch.float32:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """fp16 gradients underflow without loss scaling; in bf16 and fp32 the scaler is a no-op."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+
+
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float = 0.0) -> float:
+    """Linear warmup to 1 over `warmup` steps, then linear decay to `min_ratio` at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 1.0 - (1.0 - min_ratio) * progress
+
+
+def warmup_decay(optimizer: torch.optim.Optimizer, warmup: int, total: int, min_ratio: float = 0.0):
+    """The one learning-rate schedule of DitBERT: `lr_factor` as a torch scheduler."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, total, min_ratio))
+
+
+def adamw(model: torch.nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8,
+          fused: bool = True) -> torch.optim.AdamW:
+    """AdamW with weight decay on weight matrices only: biases, norms and position tables are not
+    pulled towards zero. Frozen parameters are left out."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 and "pos_emb" not in name else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused)
