@@ -21,24 +21,25 @@
 # compares DitBERT with the baselines: `GLUE-aggregated-results.csv` (models as rows), the same
 # table in markdown beside it, and two plots in `GLUE-Outputs/plots/`.
 #
-# Settings come from the environment, with the defaults below:
+# Settings come from the environment (the full table is `ENVIRONMENT` in `params.py`), with the
+# defaults below:
 #
-# - `GLUE_OUTPUTS`: the folder of run folders (`GLUE-Outputs`);
+# - `GLUE_OUTPUT_DIR` (`finetune.output_dir`): the folder of run folders (`GLUE-Outputs`);
 # - `GLUE_AGGREGATED_CSV`: the table to write (`GLUE-aggregated-results.csv`; the markdown goes
 #   beside it as `.md`);
-# - `GLUE_PLOTS_DIR`: where the plots go (`<GLUE_OUTPUTS>/plots`).
+# - `GLUE_PLOTS_DIR`: where the plots go (`<GLUE_OUTPUT_DIR>/plots`).
 
 # %%
-import os
 from pathlib import Path
 
 from IPython.display import Image, display
 
 import glue_results
+from params import notebook_input, params_from_env
 
-GLUE_OUTPUTS = Path(os.environ.get("GLUE_OUTPUTS", "GLUE-Outputs"))
-AGGREGATED_CSV = Path(os.environ.get("GLUE_AGGREGATED_CSV", "GLUE-aggregated-results.csv"))
-PLOTS_DIR = Path(os.environ.get("GLUE_PLOTS_DIR", str(GLUE_OUTPUTS / "plots")))
+OUTPUT_DIR = Path(params_from_env().finetune.output_dir)
+AGGREGATED_CSV = Path(notebook_input("GLUE_AGGREGATED_CSV", "GLUE-aggregated-results.csv"))
+PLOTS_DIR = Path(notebook_input("GLUE_PLOTS_DIR", str(OUTPUT_DIR / "plots")))
 
 # %% [markdown]
 # ## Conventions
@@ -64,7 +65,7 @@ PLOTS_DIR = Path(os.environ.get("GLUE_PLOTS_DIR", str(GLUE_OUTPUTS / "plots")))
 # runs and every other task from the model's own runs, as RoBERTa reports those tasks.
 
 # %%
-results = glue_results.collect(GLUE_OUTPUTS)
+results = glue_results.collect(OUTPUT_DIR)
 written = glue_results.write_report(results, AGGREGATED_CSV, PLOTS_DIR)
 print(glue_results.markdown_table(results.table))
 for name, path in written.items():

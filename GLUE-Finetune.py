@@ -18,49 +18,55 @@
 # Each task gets a fresh head on the pretrained encoder (the pooled hidden states -> dropout 0.1
 # -> linear; `tiny` pools by the mean, and on two-text tasks pools each text on its own and gives
 # the head `[u, v, |u - v|, u * v]`, or on STS-B scores the pair by the texts' cosine, scaled and
-# shifted by two numbers fitted first), and every weight is fine-tuned with AdamW, linear warmup and
+# shifted by two numbers fitted first; the texts of a similarity pair are encoded apart, those of an
+# inference pair together), and every weight is fine-tuned with AdamW, linear warmup and
 # linear decay (`finetune` in `params.py`). Each seed is its own run, written to
 # `GLUE-Outputs/<model label>-seed<seed>/`: a `results_<task>.csv` per task (one row per
 # epoch), `run_info.json` and the best epoch's model per task. `Aggregate-GLUE-results.py`
 # turns those files into the comparison table.
 #
-# Settings come from the environment so `make` and the tests can drive this notebook:
+# Settings come from the environment so `make` and the tests can drive this notebook (the full
+# table is `ENVIRONMENT` in `params.py`):
 #
 # | variable | meaning | default |
 # |---|---|---|
 # | `DITBERT_PRESET`, `DITBERT_SET` | preset and overrides, e.g. `finetune.epochs=3;finetune.lr=5e-5` | `tiny`, none |
 # | `GLUE_TASKS` | comma-separated tasks: GLUE names, `demo`, or a folder with `train.csv`/`dev.csv` | all nine GLUE tasks |
 # | `GLUE_DIR` | a folder in the original GLUE download layout; empty = the Hugging Face hub | empty |
-# | `GLUE_SEEDS` | seeds, one run folder each, e.g. `1,2,3` | `finetune.seeds` |
-# | `GLUE_OUTPUT_DIR` | where run folders go | `finetune.output_dir` |
+# | `GLUE_SEEDS` | `finetune.seeds`: seeds, one run folder each, e.g. `1,2,3` | the preset's |
+# | `GLUE_OUTPUT_DIR` | `finetune.output_dir`: where run folders go | the preset's |
 # | `DITBERT_MODEL`, `DITBERT_TOKENIZER` | pretrained model folder and tokenizer | this preset's `pretrain/final` and `tokenizer.json` |
 # | `RANDOM_INIT` | `1` = same config, random weights: the control for what pretraining gives | `0` |
 # | `MODEL_LABEL` | the model's name in run folders and tables (`-random-init` is added for the control) | `ditbert-<preset>` |
+#
+# Fine-tuning runs on `train.device` in `train.dtype`, as pretraining does (`auto`: the GPU when
+# there is one, in bf16 where it has it; fp32 on the CPU).
 
 # %%
-import os
 from pathlib import Path
 
+import glue_tasks
 import glue_utils
-from params import params_from_env
+import runtime
+from params import notebook_input, params_from_env
 
 params = params_from_env()
-TASKS = os.environ.get("GLUE_TASKS", ",".join(glue_utils.GLUE_TASKS))
-GLUE_DIR = os.environ.get("GLUE_DIR", "")
-SEEDS = os.environ.get("GLUE_SEEDS", "")
-OUTPUT_DIR = os.environ.get("GLUE_OUTPUT_DIR", "")
-MODEL_DIR = os.environ.get("DITBERT_MODEL", str(Path(params.train.out_dir) / "final"))
-TOKENIZER = os.environ.get("DITBERT_TOKENIZER", str(params.tokenizer_path))
-RANDOM_INIT = os.environ.get("RANDOM_INIT", "0").lower() in ("1", "true", "yes")
-LABEL = os.environ.get("MODEL_LABEL", f"ditbert-{params.preset}")
+finetune = params.finetune
+TASKS = notebook_input("GLUE_TASKS", ",".join(glue_tasks.GLUE_TASKS))
+GLUE_DIR = notebook_input("GLUE_DIR")
+MODEL_DIR = notebook_input("DITBERT_MODEL", str(Path(params.train.out_dir) / "final"))
+TOKENIZER = notebook_input("DITBERT_TOKENIZER", str(params.tokenizer_path))
+RANDOM_INIT = notebook_input("RANDOM_INIT", "0").lower() in ("1", "true", "yes")
+LABEL = notebook_input("MODEL_LABEL", f"ditbert-{params.preset}")
+precision = runtime.Precision.choose(params.train.device, params.train.dtype)
 
-finetune = glue_utils.finetune_settings(params, seeds=SEEDS, output_dir=OUTPUT_DIR)
 source = glue_utils.ditbert_source(MODEL_DIR, TOKENIZER, label=LABEL, random_init=RANDOM_INIT)
 print(f"{source.label}: {source.init} weights from {MODEL_DIR}, tasks {TASKS}, seeds {finetune.seeds}")
-print(f"GLUE tasks read from {GLUE_DIR or 'the Hugging Face hub'}; outputs under {finetune.output_dir}/")
+print(f"GLUE tasks read from {GLUE_DIR or 'the Hugging Face hub'}; outputs under {finetune.output_dir}/; "
+      f"{precision.device.type}, {precision.dtype}")
 
 # %%
-runs = glue_utils.run_glue(source, TASKS, finetune, glue_dir=GLUE_DIR or None)
+runs = glue_utils.run_glue(source, TASKS, finetune, glue_dir=GLUE_DIR or None, precision=precision)
 
 # %% [markdown]
 # Validation metrics per run and task, at the best epoch (mean of the task's validation

@@ -41,51 +41,33 @@
 # | `VALUE_FINETUNE` | `0` = probes and diagnostics only (fast) | `1` |
 #
 # With the defaults the snapshots lie on `tiny`'s own 2800-step schedule (about 25 minutes on two
-# cores, fine-tuning included). Measured so far on the demo task (README, "Does pretraining pay?"):
-# the pretrained 2 x 256 encoder beats its twin (70.7 %) by 1.4, 1.8 and 3.6 points after 4, 8
-# and 17M pretraining tokens (vocabulary 8192); with the 4096 vocabulary, 1.5x faster per token,
-# 11M tokens in 16 minutes lead it by 1.7-2.2 points. On the small GLUE tasks (2000 training examples
-# each) an 8000-step schedule (33M tokens, about 95 minutes with all fine-tuning) leads the twin
-# on four of five tasks and by 2.3 points on their mean; with the 4096 vocabulary 10000 and 13000 steps
-# (42M and 54M tokens, 73 and 96 minutes in all) lead by 2.7 and 2.8, STS-B the one task behind.
-# Since the head reads a pair as two pooled texts (`finetune.pair_features`) STS-B rose from 14 to 36,
-# and the twin's from 17 to 62: with a head that can compare them, similarity on 2000 pairs is mostly
-# lexical overlap, which random token vectors keep and this pretraining blurs (mean of the five -2.2).
-# Scored by the texts' cosine instead (`finetune.similarity_head`: the cosine of the final and the
-# embedding layer, its scale fitted before fine-tuning) STS-B reaches 72 and the twin's 75, and the
-# 13000-step model leads on CoLA, SST-2, RTE and the demo and on the mean of the five by 2.4. With `--glue`
-# the `zero-shot-cosine` rows score STS-B by that cosine with no training. Asked as a cloze, the 13000-step
-# model sorts 65 % of the demo's sentences by sentiment before any fine-tuning (its twin 51 %), but fine-tuning
-# through the MLM head (`finetune.prompt`) ends 1 point below the pooled head, and ELECTRA
-# (`model.generator_layers=1`) in the same two hours ends level with the twin. Pretrained with bf16 autocast
-# (`train.dtype=bf16`, 52 minutes) and fine-tuned with the texts of a similarity pair encoded apart and
-# those of an inference pair together (`finetune.pair_encoding=by_task`), the 13000-step model leads its twin
-# on the mean of the five by 3.1 points on three seeds and 3.0 on five (the same recipe pretrained in fp32:
-# 2.8 and 2.9). The commands are in docs/pretraining-value.md; the README gives the two-hour one.
+# cores, fine-tuning included). What it measured, on the demo task and on the small GLUE tasks, up to
+# the two-hour recipe that leads its twin on the mean of the five, is in docs/pretraining-value.md,
+# with the command of every run; the README gives the two-hour one. Fine-tuning runs on
+# `train.device` in `train.dtype`, as pretraining does.
 #
 # `DITBERT_SET=model.position=learned` swaps `tiny`'s ALiBi for BERT's position table: its MLM
-# perplexity then stalls near 600 for about 2000 steps.
+# perplexity then stalls for a long plateau (docs/pretraining-value.md, "Why the perplexity stalled").
 
 # %%
-import os
-
 import pandas as pd
 import torch
 
+import glue_utils
 import pretraining_value as pv
-from params import apply_override, params_from_env
+from params import apply_override, notebook_input, params_from_env
 
 params = params_from_env()
-apply_override(params, "finetune.seeds", os.environ.get("VALUE_SEEDS", "1,2,3"))
+apply_override(params, "finetune.seeds", notebook_input("VALUE_SEEDS", "1,2,3"))
 if params.train.threads:
     torch.set_num_threads(params.train.threads)
-glue = os.environ.get("VALUE_GLUE", "0") == "1"
+glue = notebook_input("VALUE_GLUE", "0") == "1"
 exp = pv.Experiment(
-    name=os.environ.get("VALUE_NAME", "notebook"),
-    steps=pv.parse_steps(os.environ.get("VALUE_STEPS", "0,700,1400,2800")),
+    name=notebook_input("VALUE_NAME", "notebook"),
+    steps=pv.parse_steps(notebook_input("VALUE_STEPS", "0,700,1400,2800")),
     tasks=["demo"] + (list(pv.SMALL_GLUE) if glue else []),
-    finetune=os.environ.get("VALUE_FINETUNE", "1") == "1",
-    glue_dir=os.environ.get("GLUE_DIR", "../shared/glue_data") if glue else None,
+    finetune=notebook_input("VALUE_FINETUNE", "1") == "1",
+    glue_dir=notebook_input("GLUE_DIR", "../shared/glue_data") if glue else None,
 )
 print(f"preset {params.preset}: {params.model.n_layers} x {params.model.d_model}, vocab {params.model.vocab_size}, "
       f"seq_len {params.model.seq_len}, pretraining lr {params.train.lr}, mask {params.train.mask_prob}")
@@ -149,8 +131,8 @@ first, last = exp.steps[0], exp.steps[-1]
 per_layer = {}
 for step in (first, last):
     label = f"value-{exp.name}-step{step}"
-    source = pv.glue_utils.ditbert_source(str(pv.snapshot_dir(exp.folder, step)), str(params.tokenizer_path), label,
-                                          random_init=step == 0)
+    source = glue_utils.ditbert_source(str(pv.snapshot_dir(exp.folder, step)), str(params.tokenizer_path), label,
+                                       random_init=step == 0)
     seed = params.finetune.seeds[0]
     per_layer[f"grad norm, step {step}"] = pv.initial_gradient_norms(source, "demo", params.finetune, seed)
     if exp.finetune:

@@ -28,8 +28,9 @@
 # %%
 from pathlib import Path
 
-from model_defs import corpus_files, iter_corpus_documents, tokenizer_stats, train_tokenizer
+from model_defs import tokenizer_stats, train_tokenizer
 from params import params_from_env
+from pretrain_data import corpus_files, iter_corpus_documents
 
 params = params_from_env()
 corpus = corpus_files(params.data.corpus, params.data.embedded)

@@ -38,34 +38,18 @@ from pathlib import Path
 
 import pandas as pd
 
-GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
+from glue_tasks import GLUE_TASKS, MNLI_INIT_TASKS, TASKS
+
 GLUE_SCORE_TASKS = tuple(t for t in GLUE_TASKS if t != "wnli")  # WNLI is left out of the average
-MNLI_INIT_TASKS = ("rte", "mrpc", "stsb", "wnli")
 MNLI_SUFFIX = "-from-mnli"
 RANDOM_SUFFIX = "-random-init"
 COMBINED_SUFFIX = "+mnli-init"
 
-# Report column -> the validation metrics averaged into it. A task's score averages all its metrics.
-TASK_METRICS = {
-    "cola": {"cola": ["validation_mcc"]},
-    "sst2": {"sst2": ["validation_accuracy"]},
-    "mrpc": {"mrpc": ["validation_accuracy", "validation_f1"]},
-    "stsb": {"stsb": ["validation_pearson", "validation_spearman"]},
-    "qqp": {"qqp": ["validation_accuracy", "validation_f1"]},
-    "mnli": {
-        "mnli_m": ["validation_matched_accuracy"],
-        "mnli_mm": ["validation_mismatched_accuracy"],
-    },
-    "qnli": {"qnli": ["validation_accuracy"]},
-    "rte": {"rte": ["validation_accuracy"]},
-    "wnli": {"wnli": ["validation_accuracy"]},
-}
-# The GLUE columns of the table, in the order published tables use.
-GLUE_COLUMNS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli_m", "mnli_mm", "qnli", "rte", "wnli")
-PRETTY = {
-    "cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "qqp": "QQP",
-    "mnli_m": "MNLI-m", "mnli_mm": "MNLI-mm", "qnli": "QNLI", "rte": "RTE", "wnli": "WNLI",
-}  # fmt: skip
+# The GLUE columns of the table, in the order published tables use (MNLI as mnli_m and mnli_mm), and
+# their names in tables and plots: the task's folder in the GLUE download, plus -m / -mm for MNLI.
+GLUE_COLUMNS = tuple(column for task in GLUE_TASKS for column in TASKS[task].report_columns())
+PRETTY = {column: TASKS[task].folder + column.removeprefix(task).replace("_", "-")
+          for task in GLUE_TASKS for column in TASKS[task].report_columns()}
 
 RUN_KEYS = ["run", "model", "base_model", "init", "seed", "task"]
 RUN_DIR_NAME = re.compile(r"^(?P<model>.+)-seed(?P<seed>\d+)$")
@@ -89,7 +73,7 @@ def find_results(root: str | Path) -> list[Path]:
     if not root.is_dir():
         raise FileNotFoundError(
             f"GLUE outputs folder {root} does not exist: run the fine-tuning notebooks first, "
-            "or point GLUE_OUTPUTS at the folder they wrote"
+            "or point GLUE_OUTPUT_DIR at the folder they wrote"
         )
     files = sorted(root.rglob("results_*.csv"))
     if not files:
@@ -167,12 +151,12 @@ def read_task_csv(path: str | Path) -> pd.DataFrame:
 def report_metrics(task: str, columns, path: str | Path = "") -> dict[str, list[str]]:
     """Report column -> validation metric columns for ``task``; extra columns are ignored.
 
-    A GLUE task must have its official metrics. A custom task uses every ``validation_*``
+    A GLUE task must have its official metrics (``glue_tasks.TASKS``: the ones fine-tuning writes). A custom task uses every ``validation_*``
     column except losses, since lower is better for a loss and it would spoil the mean.
     """
     columns = list(columns)
-    if task in TASK_METRICS:
-        wanted = TASK_METRICS[task]
+    if task in GLUE_TASKS:
+        wanted = TASKS[task].report_columns()
     else:
         metrics = [c for c in columns if c.startswith("validation_") and "loss" not in c]
         if not metrics:

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from glue_tasks import TASKS
+
 RUN_DIR_NAME = re.compile(r"^(?P<model>.+)-seed(?P<seed>\d+)$")
 WHICH = ("final", "best")
 
@@ -44,13 +46,8 @@ class ServerFile:
         return f"{self.task}_{self.split}"
 
 
-BINARY = {
-    "cola": ("unacceptable", "acceptable"),
-    "sst2": ("negative", "positive"),
-    "mrpc": ("not_equivalent", "equivalent"),
-    "qqp": ("not_duplicate", "duplicate"),
-    "wnli": ("not_entailment", "entailment"),
-}
+# The tasks the server scores by class number, with their classes' names (from the task table).
+BINARY = {task: TASKS[task].label_names for task in ("cola", "sst2", "mrpc", "qqp", "wnli")}
 SERVER_FILES = [
     ServerFile("cola", "test", "CoLA.tsv", 1063, BINARY["cola"]),
     ServerFile("sst2", "test", "SST-2.tsv", 1821, BINARY["sst2"]),

@@ -46,7 +46,7 @@ from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput, Seque
 
 import model_defs
 import params
-from model_defs import DitBertEncoder, MLMHead
+from model_defs import DitBertEncoder, MLMHead, pool_hidden
 from params import PAD_ID, SPECIAL_TOKENS, ModelConfig
 
 # --------------------------------------------------------------------------- configuration
@@ -176,16 +176,6 @@ class DitBertForMaskedLM(DitBertPreTrainedModel):
         return out if return_dict is not False else out.to_tuple()
 
 
-def pool_hidden(hidden: torch.Tensor, attention_mask: torch.Tensor | None, input_ids, pooling: str) -> torch.Tensor:
-    """One vector per sequence: the [START] position (cls) or the mean over real tokens (mean)."""
-    if pooling == "cls":
-        return hidden[:, 0]
-    if attention_mask is None:
-        attention_mask = input_ids.ne(PAD_ID)
-    weights = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
-    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-
-
 class DitBertForSequenceClassification(DitBertPreTrainedModel):
     """Encoder -> pooled vector -> dropout -> linear layer to `num_labels` scores.
 
@@ -205,7 +195,8 @@ class DitBertForSequenceClassification(DitBertPreTrainedModel):
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, return_dict=None):
         hidden = self.ditbert(input_ids, attention_mask, return_dict=True).last_hidden_state
-        pooled = pool_hidden(hidden, attention_mask, input_ids, self.config.pooling)
+        mask = input_ids.ne(PAD_ID) if attention_mask is None else attention_mask
+        pooled = pool_hidden(hidden, mask, self.config.pooling)
         logits = self.classifier(self.dropout(pooled))
         loss = None if labels is None else self.classification_loss(logits, labels)
         out = SequenceClassifierOutput(loss=loss, logits=logits)
@@ -329,9 +320,6 @@ def strip_wrapper_prefixes(key: str) -> str:
 
 def to_hf(core: model_defs.DitBertForMLM) -> DitBertForMaskedLM:
     """A `DitBertForMaskedLM` holding exactly the core model's weights."""
-    if core.cfg.generator_layers:
-        raise ValueError("this model was pretrained as ELECTRA (model.generator_layers > 0): its MLM head belongs to "
-                         "the generator, not to the encoder, so it cannot be exported as a masked-LM model")
     config = DitBertConfig(**dataclasses.asdict(core.cfg), architectures=["DitBertForMaskedLM"])
     model = DitBertForMaskedLM(config)
     model.ditbert.encoder.load_state_dict(core.encoder.state_dict())
@@ -345,8 +333,8 @@ def to_hf(core: model_defs.DitBertForMLM) -> DitBertForMaskedLM:
 # wrapper classes must come from this list or from the header imports.
 SHIPPED_CORE = [params.ModelConfig, model_defs.SelfAttention, model_defs.FeedForward, model_defs.Block,
                 model_defs.run_blocks, model_defs.alibi_slopes, model_defs.alibi_bias, model_defs.DitBertEncoder,
-                model_defs.MLMHead]
-SHIPPED_WRAPPERS = [core_config, DitBertPreTrainedModel, DitBertModel, DitBertForMaskedLM, pool_hidden,
+                model_defs.MLMHead, model_defs.pool_hidden]
+SHIPPED_WRAPPERS = [core_config, DitBertPreTrainedModel, DitBertModel, DitBertForMaskedLM,
                     DitBertForSequenceClassification]
 AUTO_MAP = {
     "AutoConfig": "configuration_ditbert.DitBertConfig",

@@ -7,13 +7,10 @@ Two presets:
 
 * ``base`` -- the RTX 3060 recipe: a 12 x 768 pre-LayerNorm encoder, 32768-token
   byte-level BPE, 128 tokens per sequence, 3200 sequences per optimizer step.
-  Batch arithmetic: 32 sequences per micro-batch x 100 accumulation steps x 1 GPU
-  = 3200 sequences = 3200 x 130 = 416,000 tokens per optimizer step.
-* ``tiny`` -- the same code at a size that trains for real on two CPU cores in
-  about 15 minutes of pretraining (2 x 256, 4096-token vocabulary, ALiBi); the default of
-  ``make demo`` and of the tests.
-  Batch arithmetic: 32 sequences per micro-batch x 1 accumulation step = 32
-  sequences = 4,160 tokens per optimizer step.
+* ``tiny`` -- the same code at a size that trains for real on two CPU cores
+  (2 x 256, 4096-token vocabulary, ALiBi); the default of ``make demo`` and of the tests.
+
+Each preset function below spells out its batch arithmetic.
 
 Choose one with ``DITBERT_PRESET=base`` or ``--preset base``; change single values
 with ``--set train.lr=5e-4`` (or ``get_params("tiny", {"train.lr": 5e-4})``).
@@ -47,22 +44,15 @@ class ModelConfig:
     n_heads: int = 12
     d_ff: int = 3072
     dropout: float = 0.0  # pretraining dropout; fine-tuning sets finetune.dropout
-    tie_lm_head: bool = True  # share the token embedding with the MLM output projection
+    tie_lm_head: bool = True  # share the token embedding with the MLM output layer; False = an untied output layer
     layer_norm_eps: float = 1e-5
-    # Per-dimension std the sinusoid position table starts at; 0 = unit amplitude (std 0.71),
-    # which is 35x the 0.02 token embeddings and hides the tokens after the embedding LayerNorm.
-    pos_init_std: float = 0.02
-    # learned = a position embedding table (BERT); alibi = none: each head's attention scores get
-    # -slope |i - j|, so attention starts local and the model uses its neighbours from the first steps.
+    # learned = a position table (BERT), started as a sinusoid at the token embeddings' scale;
+    # alibi = none: each head's attention scores get -slope |i - j|, so attention starts local
+    # and the model uses its neighbours from the first steps.
     position: str = "learned"
     # Speed switches: they change neither the weights nor the results (tests/test_optimisations.py).
     attention: str = "sdpa"  # sdpa = fused kernels (flash / memory-efficient on CUDA); math = plain matmul-softmax reference
     mlm_masked_only: bool = True  # last block after attention + MLM head at masked positions only; False = everywhere
-    # ELECTRA (Clark et al., 2020) when > 0: a generator of this many blocks, which shares the embeddings and
-    # the MLM head, fills the masked positions with tokens it samples, and the encoder learns to tell at every
-    # position whether its token is the original: a signal from all tokens instead of the masked ones.
-    generator_layers: int = 0
-    rtd_weight: float = 50.0  # weight of the replaced-token detection loss beside the generator's MLM loss
 
     @property
     def max_positions(self) -> int:
@@ -73,7 +63,7 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     corpus: list[str] = field(default_factory=list)  # UTF-8 text files, one document per line; empty = `embedded`
-    # Wikipedia leads + IMDB reviews (model_defs); a name listed n times enters the token stream n times,
+    # Wikipedia leads + IMDB reviews (pretrain_data); a name listed n times enters the token stream n times,
     # which weights the mix (docs/pretraining-value.md, "More Wikipedia in the mix")
     embedded: list[str] = field(default_factory=lambda: ["wiki", "imdb"])
     val_fraction: float = 0.01  # tail of the token stream held out for validation perplexity
@@ -96,17 +86,10 @@ class TrainConfig:
     micro_batch: int = 32  # sequences per forward pass on one device
     grad_clip: float = 0.5
     mask_prob: float = 0.15
-    # Mask whole words, all their tokens, instead of single tokens (model_defs.mask_tokens); the
-    # validation masks stay per token, so perplexities compare across runs. Off in both presets: on the
-    # two-hour `tiny` run it costs STS-B and the GLUE-small gain (docs/pretraining-value.md, "Whole words
-    # masked": +1.7 against +2.4).
+    # Mask whole words, all their tokens, instead of single tokens (pretrain_data.mask_tokens); the
+    # validation masks stay per token, so perplexities compare across runs. Off in both presets
+    # (docs/pretraining-value.md, "Whole words masked").
     whole_word_mask: bool = False
-    # Share of pretraining sequences cut to a random 2 .. seq_len tokens (log-uniform) and padded, as
-    # BERT cut 10 % (model_defs.SequenceLoader): fine-tuning's texts are short and end in [END] after
-    # a few tokens, which full windows never show. Validation sequences stay full. Off in both presets:
-    # 10 % cost the two-hour `tiny` run CoLA and RTE (docs/pretraining-value.md, "Short sequences": +1.9
-    # against +3.0).
-    short_seq_prob: float = 0.0
     checkpoint_every: int = 1000  # optimizer steps between checkpoints
     eval_every: int = 1000  # optimizer steps between validation perplexity measurements
     log_every: int = 10  # optimizer steps between rows of the CSV log
@@ -114,9 +97,6 @@ class TrainConfig:
     device: str = "auto"  # auto = cuda when available, else cpu
     dtype: str = "auto"  # auto = bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU (bf16 there: BENCHMARKS.md)
     compile: bool = False  # torch.compile the model
-    fused_adamw: bool = True  # one fused AdamW kernel (CPU and CUDA) instead of a loop over tensors
-    tf32: bool = True  # CUDA only: TF32 tensor cores for fp32 matmuls and convolutions
-    pin_memory: bool = True  # CUDA only: copy batches from page-locked memory, without blocking
     max_nonfinite_steps: int = 5  # stop after this many non-finite losses in a row
     threads: int = 0  # CPU threads for torch; 0 = torch's default
 
@@ -132,21 +112,6 @@ class TrainConfig:
 
 
 @dataclass
-class ContrastiveConfig:
-    """An unsupervised SimCSE phase (Gao et al., 2021) after masked-LM: each span of corpus text goes
-    through the encoder twice with dropout, and the encoder learns to tell the two encodings of one
-    span from those of the other spans in the batch. MLM leaves all texts close together (mean cosine
-    of unrelated sentences 0.51 for `tiny`); this spreads them, so that texts are as alike as they read."""
-
-    steps: int = 0  # optimizer steps after pretraining; 0 = none
-    lr: float = 1e-4  # linear warmup over the first 10 %, then linear decay to 0
-    batch_size: int = 64  # spans per step, each the others' negatives
-    span_tokens: int = 32  # text tokens per span (a sentence or two), framed by [START] and [END]
-    temperature: float = 0.05
-    dropout: float = 0.1  # the only difference between a span's two encodings
-
-
-@dataclass
 class FinetuneConfig:
     lr: float = 2e-5
     warmup_epochs: float = 2.0  # linear warmup, then linear decay over the remaining epochs
@@ -159,15 +124,9 @@ class FinetuneConfig:
     max_train_examples: int = 0  # 0 = all; a quick run is one setting away
     max_eval_examples: int = 0
     grad_clip: float = 1.0
-    layer_lr_decay: float = 1.0  # lr factor per layer going down from the head; 1 = one lr for all
-    head_lr_scale: float = 1.0  # the head's (and final norm's) lr = lr x this; 1 = the encoder's rate
-    # LP-FT: epochs that train only the head (and final norm) on the frozen encoder before the
-    # whole model is fine-tuned, at head_lr; a random head then does not scramble pretrained features.
-    head_epochs: int = 0
-    head_lr: float = 1e-3
     pooling: str = "cls"  # cls | mean
     # Two-text tasks (MRPC, STS-B, RTE...): pool each text on its own, scale both to one length
-    # and give the head [u, v, |u - v|, u * v] (glue_utils.DitBertClassifier); DitBERT models only.
+    # and give the head [u, v, |u - v|, u * v] (glue_heads.DitBertClassifier); DitBERT models only.
     pair_features: bool = False
     # Two-text tasks, DitBERT models: joint = one input [START] a [DOC] b [END], the texts attending to
     # each other; separate = [START] a [END] and [START] b [END] encoded on their own (Sentence-BERT's
@@ -176,27 +135,8 @@ class FinetuneConfig:
     # similarity head.
     pair_encoding: str = "joint"
     # Regression on two texts (STS-B): score = scale * cosine of the two texts + bias, the scale and
-    # bias fitted by least squares before fine-tuning (glue_utils.SimilarityHead); DitBERT models only.
+    # bias fitted by least squares before fine-tuning (glue_heads.SimilarityHead); DitBERT models only.
     similarity_head: bool = False
-    # DitBERT models: how pooled texts are mapped before a head reads them (a pair's two texts before
-    # they are compared): none | center (minus the training texts' mean) | whiten (also decorrelated
-    # to unit variance); fitted on the frozen model's training texts (glue_utils.fit_text_transform).
-    # Whitening lifts STS-B for pretrained and random encoders alike (docs/pretraining-value.md,
-    # "Whitened texts").
-    text_transform: str = "none"
-    # DitBERT models, pooled heads: the head also reads each text pooled at the embedding layer (the
-    # tokens' own vectors, before the blocks mix them), beside the final states. A random encoder's
-    # final states are its embeddings nearly unchanged; a pretrained one's blocks outweigh them.
-    # Off in both presets: it lifts the two-hour `tiny` model's MRPC and costs it on the single texts
-    # (docs/pretraining-value.md, "The embedding layer beside the final states": +1.5 against +2.4).
-    embedding_channel: bool = False
-    # DitBERT models, classification tasks with a template in glue_utils.PROMPTS: the task is asked as
-    # a cloze, e.g. "<text> It was [MASK]." for SST-2, and a label is scored by the MLM head's logit
-    # for its word (" terrible" / " great"), the head starting from pretraining's (PET, Schick and
-    # Schuetze, 2021; LM-BFF, Gao et al., 2021): fine-tuning starts from what the encoder can already say.
-    # Off in both presets: on the two-hour `tiny` model it ends below the pooled heads
-    # (docs/pretraining-value.md, "The task asked as a cloze": GLUE-small gain +0.9 against +2.4).
-    prompt: bool = False
     output_dir: str = "GLUE-Outputs"  # one folder per run: <model label>-seed<seed>/
     save_best: bool = True  # keep the best epoch's model per task as safetensors (best_<task>/)
     max_bad_fraction: float = 0.01  # more malformed rows than this in a data file is an error
@@ -209,7 +149,6 @@ class Params:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     @property
@@ -221,43 +160,44 @@ class Params:
 
 
 def _base() -> Params:
+    # 32 sequences per micro-batch x 100 accumulation steps x 1 GPU = 3200 sequences
+    # = 3200 x 130 tokens = 416,000 tokens per optimizer step
     return Params(preset="base", train=TrainConfig(out_dir="runs/base/pretrain", tokenizer="runs/base/tokenizer.json"))
 
 
 def _tiny() -> Params:
     p = Params(preset="tiny")
-    # Vocabulary 4096: with 40 % of positions masked the vocabulary projection and its softmax are
-    # most of a CPU step; halving the vocabulary gives 1.5x the tokens per second (1.1x the tokens
-    # per word); in 15-16 minutes the demo lead over the twin grew from 0.4 to 1.7-2.2 points (README).
+    # Vocabulary 4096: with many positions masked the vocabulary projection and its softmax are most
+    # of a CPU step, so a smaller one buys tokens per second (docs/pretraining-value.md, "A smaller
+    # vocabulary: more tokens in the same minutes").
     p.tokenizer = TokenizerConfig(vocab_size=4096)
-    # ALiBi: with a learned position table MLM sits near perplexity 600 for 2000 steps before it
-    # learns to look at the neighbouring tokens; with attention that starts local it is at 412 by step 400.
-    # 2 layers with a narrow feed-forward: twice the tokens per second of 4 x 256 (d_ff 1024), and on
-    # CPU tokens are what pays (docs/pretraining-value.md: demo 72.1 / 72.5 / 74.3 after 4 / 8 / 17M
-    # tokens against the twin's 70.7).
+    # ALiBi: attention that starts local leaves the perplexity plateau a learned position table sits on
+    # ("Why the perplexity stalled: the plateau, and ALiBi"). 2 layers with a narrow feed-forward:
+    # on CPU tokens are what pays ("Tokens are what pays: a cheaper encoder, 40 % masking, and the curve").
     p.model = ModelConfig(vocab_size=4096, n_layers=2, d_model=256, n_heads=4, d_ff=512, position="alibi")
     p.data = DataConfig(val_fraction=0.02, val_sequences=128)
+    # 32 sequences per micro-batch x 1 accumulation step x 1 process = 32 sequences
+    # = 32 x 130 tokens = 4,160 tokens per optimizer step
     p.train = TrainConfig(
         out_dir="runs/tiny/pretrain",
         tokenizer="runs/tiny/tokenizer.json",
         steps=2800,
         warmup_steps=200,
         lr=1e-3,
-        mask_prob=0.4,  # 2.7x the MLM predictions per sequence; only the output layer's work grows (Wettig et al., 2023)
+        mask_prob=0.4,  # more predictions per sequence; only the output layer's work grows (Wettig et al., 2023)
         batch_size=32,
         micro_batch=32,
         checkpoint_every=100,
         eval_every=100,
         log_every=10,
     )
-    # mean pooling: MLM never trains the [START] position, so a short pretraining gives it nothing.
-    # lr 3e-4 for 3 epochs: at 1e-4 for 2, a 2000-example task is left undertrained (demo 60% vs 70%).
-    # pair features: from one vector for both texts no 2-layer encoder learns to compare them on
-    # 2000 pairs (STS-B 14 pretrained, 17 random); with the texts pooled apart and scaled the head
-    # reads their cosine (36 and 62: docs/pretraining-value.md, "Two texts, two vectors"). similarity
-    # head: STS-B scored by that cosine, its scale fitted first, lifts both (72 and 75: "A similarity head").
+    # The fine-tuning recipe measured in docs/pretraining-value.md: mean pooling (MLM never trains the
+    # [START] position), lr 3e-4 for 3 epochs (a 2000-example task is left undertrained at 1e-4 for 2),
+    # each text of a pair pooled apart for the head ("Two texts, two vectors"), STS-B scored by the
+    # texts' cosine ("A similarity head for STS-B"), and similarity pairs encoded apart, inference
+    # pairs together ("Similarity pairs apart, inference pairs together").
     p.finetune = FinetuneConfig(lr=3e-4, warmup_epochs=0.2, epochs=3, max_len=130, pooling="mean", pair_features=True,
-                                similarity_head=True)
+                                similarity_head=True, pair_encoding="by_task")
     return p
 
 
@@ -335,10 +275,71 @@ def params_from_dict(d: dict) -> Params:
     return p
 
 
+# --------------------------------------------------------------------------- the environment
+
+GLUE_NOTEBOOKS = "GLUE-Finetune*.py"
+HF_NOTEBOOKS = "GLUE-Finetune-huggingface*.py"
+FROM_MNLI = "GLUE-Finetune-from-mnli.py, GLUE-Finetune-huggingface-from-mnli.py"
+# Every environment variable of the notebooks and scripts: variable -> (the setting it sets, or ""
+# for an input its readers take as it is; what it means; who reads it). `params_from_env` applies
+# the settings after $DITBERT_SET; `notebook_input` reads the others.
+ENVIRONMENT: dict[str, tuple[str, str, str]] = {
+    "DITBERT_PRESET": ("", "the preset: `tiny` (default) or `base`", "every notebook and script"),
+    "DITBERT_SET": ("", "settings on top of the preset, `section.name=value;...`", "every notebook and script"),
+    "GLUE_SEEDS": ("finetune.seeds", "fine-tuning seeds, one run folder each, e.g. `1,2,3`", GLUE_NOTEBOOKS),
+    "GLUE_OUTPUT_DIR": ("finetune.output_dir", "the folder of run folders, written by fine-tuning and read by "
+                        "aggregation", f"{GLUE_NOTEBOOKS}, Aggregate-GLUE-results.py"),
+    "GLUE_TASKS": ("", "comma-separated tasks: GLUE names, `demo`, or a folder with `train.csv`/`dev.csv`; default "
+                   "all nine GLUE tasks (from MNLI: rte,mrpc,stsb,wnli)", GLUE_NOTEBOOKS),
+    "GLUE_DIR": ("", "a folder in the original GLUE download layout; empty = the Hugging Face hub (Pretraining-Value "
+                 "and pretraining_value.py: default `../shared/glue_data`)",
+                 f"{GLUE_NOTEBOOKS}, Pretraining-Value.py, pretraining_value.py, bench/finetune.py"),
+    "DITBERT_MODEL": ("", "the pretrained model folder; default `<train.out_dir>/final`", "GLUE-Finetune.py"),
+    "DITBERT_TOKENIZER": ("", "its tokenizer; default `train.tokenizer`", "GLUE-Finetune.py"),
+    "RANDOM_INIT": ("", "`1` = the same config with random weights: the control for what pretraining gives",
+                    "GLUE-Finetune.py"),
+    "MODEL_LABEL": ("", "the model's name in run folders and tables; default `ditbert-<preset>` (`-random-init` "
+                    "is added for the control)", "GLUE-Finetune.py, GLUE-Finetune-from-mnli.py"),
+    "MNLI_MODEL_DIR": ("", "an MNLI model folder to start from (`{seed}` = the run's seed); default the MNLI "
+                       "run's `best_mnli/`", FROM_MNLI),
+    "HF_MODELS": ("", "comma-separated hub names, local folders, `minilm-l6` (the packaged MiniLM) or "
+                  "`label=name-or-folder`; default `bert-base-uncased,roberta-base`", HF_NOTEBOOKS),
+    "GLUE_AGGREGATED_CSV": ("", "the table aggregation writes, the markdown beside it; default "
+                            "`GLUE-aggregated-results.csv`", "Aggregate-GLUE-results.py"),
+    "GLUE_PLOTS_DIR": ("", "where aggregation's plots go; default `<finetune.output_dir>/plots`",
+                       "Aggregate-GLUE-results.py"),
+    "VALUE_STEPS": ("", "snapshot step counts, 0 = the random-init control; default `0,700,1400,2800`",
+                    "Pretraining-Value.py"),
+    "VALUE_SEEDS": ("", "its fine-tuning seeds (set as finetune.seeds); default `1,2,3`", "Pretraining-Value.py"),
+    "VALUE_NAME": ("", "experiment name: `runs/value/<name>/`, run labels `value-<name>-step<k>`; default "
+                   "`notebook`", "Pretraining-Value.py"),
+    "VALUE_GLUE": ("", "`1` = also RTE, MRPC, STS-B, CoLA and SST-2 from `GLUE_DIR`", "Pretraining-Value.py"),
+    "VALUE_FINETUNE": ("", "`0` = probes and diagnostics only", "Pretraining-Value.py"),
+    "DITBERT_OVERWRITE": ("", "`1` = replace what an earlier run wrote (a tokenizer, fine-tuning results); by default "
+                          "an existing one is an error before any work", "Train-Tokenizer.py, " + GLUE_NOTEBOOKS),
+    "DEMO_SEEDS": ("", "seeds of the demo task; default `1,2,3`", "scripts/demo.sh"),
+    "GLUE_SMALL_TASKS": ("", "the GLUE tasks fine-tuned when `GLUE_DIR` is set; default "
+                         "`rte,mrpc,stsb,cola,sst2,wnli`", "scripts/demo.sh"),
+    "GLUE_SMALL_SEEDS": ("", "their seeds; default `1,2`", "scripts/demo.sh"),
+}
+
+
 def params_from_env() -> Params:
-    """Settings for a notebook or `make` step: preset from $DITBERT_PRESET, overrides from
-    $DITBERT_SET, e.g. ``DITBERT_SET="train.steps=50;tokenizer.vocab_size=512"``."""
-    return get_params(os.environ.get("DITBERT_PRESET"), env_overrides())
+    """Settings for a notebook or `make` step: the preset from $DITBERT_PRESET, then $DITBERT_SET
+    (e.g. ``DITBERT_SET="train.steps=50;tokenizer.vocab_size=512"``), then the variables that
+    `ENVIRONMENT` maps onto settings (e.g. ``GLUE_SEEDS=1,2,3`` sets finetune.seeds); an empty
+    variable leaves its setting as it is."""
+    mapped = {setting: os.environ[name] for name, (setting, _, _) in ENVIRONMENT.items()
+              if setting and os.environ.get(name, "").strip()}
+    return get_params(os.environ.get("DITBERT_PRESET"), env_overrides() | mapped)
+
+
+def notebook_input(name: str, default: str = "") -> str:
+    """The value of an `ENVIRONMENT` variable that sets no setting (`default` when unset). A name
+    missing from the table, or one that sets a setting (read it from `params_from_env`), is an error."""
+    if name not in ENVIRONMENT or ENVIRONMENT[name][0]:
+        raise KeyError(f"{name} is not an input of ENVIRONMENT's table (params.py)")
+    return os.environ.get(name, default)
 
 
 def env_overrides() -> dict:

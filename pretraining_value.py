@@ -35,7 +35,6 @@ import copy
 import dataclasses
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -46,10 +45,14 @@ import torch
 import torch.nn.functional as F
 
 import glue_results
+import glue_tasks
 import glue_utils
 import model_defs
+import pretrain_data
+import runtime
 import train_model
-from params import Params, apply_override, env_overrides, get_params, parse_overrides
+from params import (END_ID, MASK_ID, PAD_ID, START_ID, Params, apply_override, env_overrides, get_params,
+                    notebook_input, parse_overrides)
 
 RESULT_COLUMNS = ["experiment", "step", "tokens_seen", "pretrain_s", "val_ppl", "unigram_ppl",
                   "task", "method", "init", "seed", "score"]
@@ -98,12 +101,8 @@ def pretrain_snapshots(params: Params, steps: list[int], out_dir: str | Path, sh
                 model, elapsed = model_defs.DitBertForMLM(params.model), 0.0
             else:
                 model, elapsed = pretrained_model(params, step, show_progress)
-            contrastive = {}
-            if step and params.contrastive.steps:  # each snapshot gets the phase; the MLM run goes on without it
-                contrastive = train_model.contrastive_phase(model, params, show_progress)
-                elapsed += contrastive["contrastive_s"]
             extra = {"preset": params.preset, "steps": step, "tokens_seen": step * seq_tokens,
-                     "pretrain_s": elapsed, "params": params.to_dict(), **contrastive}
+                     "pretrain_s": elapsed, "params": params.to_dict()}
             model_defs.save_model(model, folder, extra)
         snapshots.append(snapshot_info(folder, step))
     return snapshots
@@ -174,8 +173,8 @@ def model_from_state(state: dict, params: Params) -> model_defs.DitBertForMLM:
 def mlm_perplexity(model: model_defs.DitBertForMLM, params: Params) -> tuple[float, float]:
     """(validation perplexity, unigram perplexity) on pretraining's fixed validation masks: how far
     the model's predictions are from guessing each masked token by its frequency alone."""
-    _, val_batch, counts = train_model.prepare_data(params)
-    ppl, _ = train_model.validate(model, val_batch, params, torch.device("cpu"), torch.float32)
+    _, val_batch, counts = pretrain_data.prepare_data(params)
+    ppl = train_model.validate(model, val_batch, params, runtime.Precision.choose("cpu", "fp32"))
     return ppl, train_model.unigram_perplexity(counts, val_batch[1])
 
 
@@ -209,18 +208,17 @@ def encode_task(model_dir: str | Path, tokenizer: str | Path, task_name: str, pa
 
     pooled maps ``"<layer>/<pooling>"`` to an (N, D) array for every layer and both poolings;
     token_sample holds about 4096 token vectors per layer (pads excluded, spread over all
-    sentence lengths) for the representation statistics. Texts are encoded as fine-tuning encodes them for
-    a pooled head: as they are, not in the cloze of ``finetune.prompt``.
+    sentence lengths) for the representation statistics. Texts are encoded as fine-tuning encodes them.
     """
-    task = glue_utils.get_task(task_name, data_dir)
-    splits, _ = glue_utils.load_task(task, glue_dir)
+    task = glue_tasks.get_task(task_name, data_dir)
+    splits, _ = glue_tasks.load_task(task, glue_dir)
     source = glue_utils.ditbert_source(str(model_dir), str(tokenizer), label="probe")
-    loaded = glue_utils.load_for_task(source, task, dataclasses.replace(params.finetune, prompt=False), seed=0)
+    loaded = glue_utils.load_for_task(source, task, params.finetune, seed=0)
     encoder = loaded.model.encoder
     names = layer_names(encoder.cfg.n_layers)
     out = {}
     for split in ("train", task.eval_splits[0]):
-        enc = glue_utils.encode_split(loaded, glue_utils.subsample(splits[split], max_examples))
+        enc = glue_utils.encode_split(loaded, glue_tasks.subsample(splits[split], max_examples))
         lengths = [len(x) for x in enc["input_ids"]]
         stride = max(1, sum(lengths) // 4096)  # every stride-th token, so all lengths are sampled
         pooled = {f"{n}/{p}": np.zeros((len(lengths), encoder.cfg.d_model), np.float32)
@@ -232,7 +230,7 @@ def encode_task(model_dir: str | Path, tokenizer: str | Path, task_name: str, pa
             real = batch["attention_mask"].bool()
             for name, h, bucket in zip(names, states, tokens):
                 for p in ("mean", "cls"):
-                    pooled[f"{name}/{p}"][idx] = glue_utils.pool_text(h, batch["attention_mask"], p).numpy()
+                    pooled[f"{name}/{p}"][idx] = model_defs.pool_hidden(h, batch["attention_mask"], p).numpy()
                 bucket.append(h[real][::stride].clone())
         token_sample = {n: torch.cat(t)[:4096].numpy() for n, t in zip(names, tokens)}
         out[split] = (pooled, np.asarray(enc["labels"]), token_sample)
@@ -243,45 +241,54 @@ def encode_task(model_dir: str | Path, tokenizer: str | Path, task_name: str, pa
 def zero_shot_similarity(model_dir: str | Path, tokenizer: str | Path, params: Params, glue_dir,
                          data_dir: str | Path = "data") -> float:
     """STS-B validation score (x100, mean of Pearson and Spearman) of the two sentences' cosine as
-    the similarity head computes it (`glue_utils.DitBertClassifier.text_cosine`), encoded as
+    the similarity head computes it (`glue_heads.DitBertClassifier.text_cosine`), encoded as
     fine-tuning encodes the pair, with no training: what the frozen encoder already knows about
     how alike two texts are -- the pair tasks' counterpart of the linear probe, and where the
-    similarity head starts (after `finetune.text_transform`, fitted on the training pairs).
-    Lexical overlap alone scores well here."""
-    task = glue_utils.get_task("stsb", data_dir)
-    splits, _ = glue_utils.load_task(task, glue_dir)
+    similarity head starts. Lexical overlap alone scores well here."""
+    task = glue_tasks.get_task("stsb", data_dir)
+    splits, _ = glue_tasks.load_task(task, glue_dir)
     source = glue_utils.ditbert_source(str(model_dir), str(tokenizer), label="probe")
     ft = dataclasses.replace(params.finetune, similarity_head=True)  # a fresh one outputs 1 * cosine + 0
     loaded = glue_utils.load_for_task(source, task, ft, seed=0)
-    if ft.text_transform != "none":  # fitted on the training pairs, as fine-tuning does first
-        train = glue_utils.encode_split(loaded, glue_utils.subsample(splits["train"], ft.max_train_examples))
-        glue_utils.fit_text_transform(loaded, train, ft.batch_size * 2, "cpu", ft.text_transform)
     enc = glue_utils.encode_split(loaded, splits[task.eval_splits[0]])
-    cosine = glue_utils.predict(loaded, enc, ft.batch_size * 2, regression=True, device="cpu").squeeze(-1)
-    metrics = glue_utils.compute_metrics(task, cosine, enc["labels"])
+    cosine = glue_utils.predict(loaded, enc, ft.batch_size * 2, regression=True).squeeze(-1)
+    metrics = glue_tasks.compute_metrics(task, cosine, enc["labels"])
     return 100 * (metrics["pearson"] + metrics["spearman"]) / 2
+
+
+# The sentiment tasks asked as "<text> It was [MASK]." and their label words, in label order (after
+# LM-BFF's, Gao et al., 2021), spelt with the space DitBERT's tokenizer gives a word inside a sentence.
+CLOZE = (" It was", ".")  # the text before the [MASK] and after it
+LABEL_WORDS = {"demo": (" terrible", " great"), "sst2": (" terrible", " great")}
 
 
 @torch.no_grad()
 def zero_shot_prompt(model_dir: str | Path, tokenizer: str | Path, task_name: str, params: Params, glue_dir=None,
                      data_dir: str | Path = "data") -> float | None:
-    """Validation accuracy (x100) of a sentiment task asked as its cloze (`glue_utils.PROMPTS`: "<text> It
-    was [MASK]." answered " great" or " terrible") and read from the snapshot's own MLM head, with no
-    training: what pretraining taught the model to say about the task, where a random model is at
-    chance. The prompt-based head (``finetune.prompt``) starts here. None when the tokenizer has no
-    single token for one of the label words (a small one may not)."""
-    try:
-        glue_utils.prompt_word_ids(glue_utils.PROMPTS[task_name], model_defs.load_tokenizer(tokenizer))
-    except ValueError:  # a label word of several tokens
+    """Validation accuracy (x100) of a sentiment task asked as the cloze and read from the snapshot's
+    own MLM logits for the label words at the [MASK], with no training: what pretraining taught the
+    model to say about the task, where a random model is at chance. None when a label word is not
+    one token of the tokenizer (a small one may not have it)."""
+    tok = model_defs.load_tokenizer(tokenizer)
+    words = [tok.encode(word, add_special_tokens=False).ids for word in LABEL_WORDS[task_name]]
+    if any(len(w) != 1 for w in words):
         return None
-    task = glue_utils.get_task(task_name, data_dir)
-    splits, _ = glue_utils.load_task(task, glue_dir)
-    source = glue_utils.ditbert_source(str(model_dir), str(tokenizer), label="probe")
-    ft = dataclasses.replace(params.finetune, prompt=True)
-    loaded = glue_utils.load_for_task(source, task, ft, seed=0)
-    enc = glue_utils.encode_split(loaded, splits[task.eval_splits[0]])
-    scores = glue_utils.predict(loaded, enc, ft.batch_size * 2, regression=False, device="cpu")
-    return 100 * glue_utils.compute_metrics(task, scores.argmax(-1), enc["labels"])["accuracy"]
+    task = glue_tasks.get_task(task_name, data_dir)
+    split = glue_tasks.load_task(task, glue_dir)[0][task.eval_splits[0]]
+    model = model_defs.load_model(model_dir).eval()
+    before = tok.encode(CLOZE[0], add_special_tokens=False).ids
+    after = [tok.token_to_id(char) for char in CLOZE[1]]  # spelt: encoded, it would get a space before it
+    budget = min(params.finetune.max_len, model.cfg.max_positions) - 3 - len(before) - len(after)
+    texts = tok.encode_batch(list(split["text_a"]), add_special_tokens=False)
+    enc = {"input_ids": [[START_ID, *t.ids[:budget], *before, MASK_ID, *after, END_ID] for t in texts],
+           "labels": list(split["label"])}
+    right = 0
+    for idx in glue_utils.eval_batches([len(x) for x in enc["input_ids"]], params.finetune.batch_size * 2):
+        batch = glue_utils.collate(enc, idx, PAD_ID, regression=False)
+        ids = batch["input_ids"]
+        scores = model.mlm_logits(ids, ids.eq(MASK_ID), batch["attention_mask"])[:, [w[0] for w in words]]
+        right += int((scores.argmax(-1) == batch["labels"]).sum())
+    return 100 * right / len(enc["input_ids"])
 
 
 # --------------------------------------------------------------------------- linear probe
@@ -378,10 +385,10 @@ def initial_gradient_norms(source: glue_utils.ModelSource, task_name: str, ft, s
                            n_batches: int = 8, data_dir: str | Path = "data", glue_dir=None) -> dict:
     """Per layer, the gradient norm of the task loss at the start of fine-tuning (fresh head),
     averaged over `n_batches` training batches: where the first updates want to go."""
-    task = glue_utils.get_task(task_name, data_dir)
-    splits, _ = glue_utils.load_task(task, glue_dir)
+    task = glue_tasks.get_task(task_name, data_dir)
+    splits, _ = glue_tasks.load_task(task, glue_dir)
     loaded = glue_utils.load_for_task(source, task, ft, seed)
-    enc = glue_utils.encode_split(loaded, glue_utils.subsample(splits["train"], n_batches * ft.batch_size))
+    enc = glue_utils.encode_split(loaded, glue_tasks.subsample(splits["train"], n_batches * ft.batch_size))
     batches = glue_utils.train_batches([len(x) for x in enc["input_ids"]], ft.batch_size, np.random.default_rng(seed))
     model = loaded.model
     model.train()
@@ -389,7 +396,7 @@ def initial_gradient_norms(source: glue_utils.ModelSource, task_name: str, ft, s
     for idx in batches[:n_batches]:
         batch = glue_utils.collate(enc, idx, loaded.pad_id, task.is_regression)
         labels = batch.pop("labels")
-        loss = glue_utils._loss(task, model(**batch), labels)
+        loss = glue_utils.task_loss(task, model(**batch), labels)
         model.zero_grad(set_to_none=True)
         loss.backward()
         squares: dict[str, float] = {}
@@ -405,7 +412,7 @@ def initial_gradient_norms(source: glue_utils.ModelSource, task_name: str, ft, s
 def finetune_movement(source: glue_utils.ModelSource, task_name: str, ft, seed: int, data_dir="data") -> dict:
     """`update_ratios` between a run's starting weights (rebuilt as the loop built them, same
     seed) and its saved best model, if that run kept one (``finetune.save_best``)."""
-    task = glue_utils.get_task(task_name, data_dir)
+    task = glue_tasks.get_task(task_name, data_dir)
     best = Path(ft.output_dir) / f"{source.label}-seed{seed}" / f"best_{task.name}"
     if not (best / "model.safetensors").is_file():
         return {}
@@ -420,7 +427,7 @@ def finetune_movement(source: glue_utils.ModelSource, task_name: str, ft, seed: 
 
 def task_settings(ft, task: str, subsample_size: int):
     """Fine-tuning settings for one task: the large training sets cut to a fixed subsample
-    (``glue_utils.subsample`` draws the same rows for every model and seed)."""
+    (``glue_tasks.subsample`` draws the same rows for every model and seed)."""
     ft = copy.deepcopy(ft)
     if task in SUBSAMPLED and subsample_size:
         ft.max_train_examples = subsample_size
@@ -441,7 +448,8 @@ def final_scores(run_dirs, task: str) -> dict[int, float]:
 
 
 def finetune_snapshot(snapshot: dict, experiment: str, tokenizer: str, tasks: list[str], ft,
-                      subsample_size: int = 0, glue_dir=None, data_dir="data") -> list[dict]:
+                      subsample_size: int = 0, glue_dir=None, data_dir="data",
+                      precision: runtime.Precision | None = None) -> list[dict]:
     """Fine-tune one snapshot on each task with every seed; step 0 is fine-tuned from fresh
     random weights per seed (the control). One result row per task and seed."""
     control = snapshot["step"] == 0
@@ -452,7 +460,7 @@ def finetune_snapshot(snapshot: dict, experiment: str, tokenizer: str, tasks: li
         task_ft = task_settings(ft, task, subsample_size)
         todo = [seed for seed in task_ft.seeds if not finished_run(source, task, task_ft, seed)]
         if todo:
-            glue_utils.run_glue(source, [task], dataclasses.replace(task_ft, seeds=todo), glue_dir, data_dir)
+            glue_utils.run_glue(source, [task], dataclasses.replace(task_ft, seeds=todo), glue_dir, data_dir, precision)
         runs = [Path(task_ft.output_dir) / f"{source.label}-seed{seed}" for seed in task_ft.seeds]
         for seed, score in sorted(final_scores(runs, task).items()):
             rows.append({"task": task, "method": "finetune", "init": "random" if control else "pretrained",
@@ -503,7 +511,7 @@ def ensure_tokenizer(params: Params, data_dir: str = "data") -> Path:
     """The preset's tokenizer, learned from the pretraining corpus first if it does not exist yet."""
     path = params.tokenizer_path
     if not path.is_file():
-        files = model_defs.corpus_files(params.data.corpus, params.data.embedded, data_dir)
+        files = pretrain_data.corpus_files(params.data.corpus, params.data.embedded, data_dir)
         model_defs.train_tokenizer(files, params.tokenizer.vocab_size, path, params.tokenizer.min_frequency)
     return path
 
@@ -538,6 +546,7 @@ def run_experiment(params: Params, exp: Experiment, show_progress: bool = False)
     else:
         tokenizer = ensure_tokenizer(params, exp.data_dir)
         snapshots = pretrain_snapshots(params, exp.steps, folder, show_progress)
+    precision = runtime.Precision.choose(params.train.device, params.train.dtype)  # fine-tuning's, as pretraining's
     rows, diag_rows = [], []
     for snap in snapshots:
         model = model_defs.load_model(snap["model_dir"])
@@ -557,7 +566,7 @@ def run_experiment(params: Params, exp: Experiment, show_progress: bool = False)
             task_rows.append({"task": "stsb", "method": "zero-shot-cosine", "init": "frozen", "seed": 0, "score": score})
         if exp.finetune:
             task_rows += finetune_snapshot(snap, exp.name, str(tokenizer), exp.tasks, params.finetune,
-                                           exp.subsample, exp.glue_dir, exp.data_dir)
+                                           exp.subsample, exp.glue_dir, exp.data_dir, precision)
         rows += [{**common, **r} for r in task_rows]
         diag_rows += [{**common, **d} for d in diag]
         write_results(pd.DataFrame(rows, columns=RESULT_COLUMNS), pd.DataFrame(diag_rows), folder)
@@ -636,7 +645,7 @@ def parse_args(argv=None) -> tuple[Params, Experiment, argparse.Namespace]:
     ap.add_argument("--steps", default="0,100,300,500", help="snapshot step counts; 0 = the random-init control")
     ap.add_argument("--seeds", default="1,2,3", help="fine-tuning seeds")
     ap.add_argument("--glue", action="store_true", help="also fine-tune on RTE, MRPC, STS-B, CoLA, SST-2")
-    ap.add_argument("--glue-dir", default=os.environ.get("GLUE_DIR", "../shared/glue_data"),
+    ap.add_argument("--glue-dir", default=notebook_input("GLUE_DIR", "../shared/glue_data"),
                     help="GLUE data in the original layout (default: $GLUE_DIR, else ../shared/glue_data)")
     ap.add_argument("--subsample", type=int, default=4000, help="CoLA and SST-2 training examples kept")
     ap.add_argument("--probe-only", action="store_true", help="skip fine-tuning: probes and diagnostics only")

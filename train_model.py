@@ -8,17 +8,18 @@
 Writes into the output folder:
     checkpoint.pt     everything needed to continue exactly (torch.save, loads with weights_only=True)
     log.csv           step, loss, perplexity, lr, tokens_seen, elapsed_s, val_perplexity
-                      (and with ELECTRA val_detection_auc)
     final/            model.safetensors + config.json of the finished model
     summary.json      the headline figures, also printed as RESULT lines
+
+Read top to bottom: the ranks and the output folder, checkpoints, validation, then the loop:
+`optimizer_step` (one step over the micro-batches), `Recorder.after_step` (validation, the log,
+checkpoints) and `train`, which calls them in turn. The data comes from pretrain_data.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
-import dataclasses
 import io
 import json
 import math
@@ -27,6 +28,8 @@ import shutil
 import signal
 import sys
 import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,25 +38,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from model_defs import (
-    DitBertForMLM,
-    SequenceLoader,
-    contrastive_loss,
-    corpus_files,
-    load_tokenizer,
-    mask_tokens,
-    open_token_file,
-    parameter_table,
-    prepare_token_file,
-    save_model,
-    set_dropout,
-    split_tokens,
-    word_start_table,
-)
+from model_defs import DitBertForMLM, load_tokenizer, parameter_table, save_model
 from params import Params, env_overrides, get_params, params_from_dict, parse_overrides
+from pretrain_data import SequenceLoader, next_step_batches, prepare_data, word_start_table
+from runtime import Precision, adamw, autocast_dtype, pick_device, warmup_decay
 
-LOG_COLUMNS = ["step", "loss", "perplexity", "lr", "tokens_seen", "elapsed_s", "val_perplexity", "val_detection_auc"]
-VAL_MASK_SEED = 20240101  # validation masks are fixed so perplexities compare across steps and runs
+LOG_COLUMNS = ["step", "loss", "perplexity", "lr", "tokens_seen", "elapsed_s", "val_perplexity"]
 
 
 # --------------------------------------------------------------------------- set-up
@@ -66,14 +56,11 @@ class Distributed:
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        use_cuda = device_setting == "cuda" or (device_setting == "auto" and torch.cuda.is_available())
-        if use_cuda:
-            torch.cuda.set_device(self.local_rank)
-            self.device = torch.device("cuda", self.local_rank)
-        else:
-            self.device = torch.device("cpu")
+        self.device = pick_device(device_setting, self.local_rank)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
         if self.world_size > 1 and not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+            dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
 
     @property
     def is_main(self) -> bool:
@@ -87,44 +74,31 @@ class Distributed:
         dist.all_reduce(t)
         return t.item() == 0.0
 
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        """`t` summed over the ranks (`t` itself in a single process)."""
+        if self.world_size > 1:
+            t = t.to(self.device)
+            dist.all_reduce(t)
+        return t
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """`model` as the training step calls it: under DistributedDataParallel across ranks."""
+        if self.world_size == 1:
+            return model
+        return torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
     def close(self):
         if self.world_size > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def autocast_dtype(setting: str, device: torch.device) -> torch.dtype:
-    """bf16 on GPUs that support it, else fp16; fp32 on CPU, so that a CPU result does not depend on whether
-    the CPU has bf16 instructions (with them, train.dtype=bf16 gives 1.3x the tokens/s: BENCHMARKS.md)."""
-    if setting != "auto":
-        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[setting]
-    if device.type != "cuda":
-        return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def lr_factor(step: int, warmup: int, total: int, min_ratio: float = 0.0) -> float:
-    """Linear warmup to 1 over `warmup` steps, then linear decay to `min_ratio` at `total`."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return 1.0 - (1.0 - min_ratio) * progress
-
-
-def build_optimizer(model: torch.nn.Module, cfg, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (not on biases, LayerNorms or positions)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (decay if p.dim() >= 2 and "pos_emb" not in name else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=cfg.fused_adamw)
-
-
-def to_device(batch: torch.Tensor, device: torch.device, pin_memory: bool) -> torch.Tensor:
-    """Host -> GPU copy. From page-locked memory the copy is asynchronous (non_blocking), so it
-    overlaps with GPU work already queued; on the CPU there is nothing to copy."""
+def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host -> GPU copy from page-locked memory, asynchronous (non_blocking), so it overlaps with
+    GPU work already queued; on the CPU there is nothing to copy."""
     if device.type != "cuda":
         return batch
-    return batch.pin_memory().to(device, non_blocking=True) if pin_memory else batch.to(device)
+    return batch.pin_memory().to(device, non_blocking=True)
 
 
 def check_output_dir(out_dir: Path, model: torch.nn.Module) -> None:
@@ -142,37 +116,8 @@ def check_output_dir(out_dir: Path, model: torch.nn.Module) -> None:
         raise OSError(f"output folder {out_dir} has {free / 1e6:.0f} MB free; a checkpoint needs about {need / 1e6:.0f} MB")
 
 
-# --------------------------------------------------------------------------- data
-
-
-def split_token_file(params: Params) -> tuple[np.ndarray, np.ndarray]:
-    """The corpus as (training tokens, validation tokens), from its cached token file."""
-    vocab = load_tokenizer(params.tokenizer_path).get_vocab_size()
-    if vocab > params.model.vocab_size:  # ids past the embedding table would fail deep inside the model
-        raise ValueError(
-            f"tokenizer {params.tokenizer_path} has {vocab} tokens but model.vocab_size is {params.model.vocab_size}: "
-            "train the tokenizer for this preset (Train-Tokenizer.py) or set model.vocab_size"
-        )
-    files = corpus_files(params.data.corpus, params.data.embedded)
-    token_path = prepare_token_file(files, params.tokenizer_path, params.data.cache_dir)
-    return split_tokens(open_token_file(token_path), params.data.val_fraction, params.model.seq_len)
-
-
-def prepare_data(params: Params):
-    """Token file -> (training loader, validation batch, unigram token frequencies)."""
-    train_tokens, val_tokens = split_token_file(params)
-    loader = SequenceLoader(train_tokens, params.model.seq_len, seed=params.train.seed,
-                            short_fraction=params.train.short_seq_prob)
-    val_loader = SequenceLoader(val_tokens, params.model.seq_len, shuffle=False)
-    n_val = min(params.data.val_sequences, val_loader.n_windows)
-    val_inputs, val_labels = mask_tokens(
-        val_loader.sequences(0, n_val),
-        params.model.vocab_size,
-        params.train.mask_prob,
-        torch.Generator().manual_seed(VAL_MASK_SEED),
-    )
-    counts = np.bincount(np.asarray(train_tokens), minlength=params.model.vocab_size).astype(np.float64)
-    return loader, (val_inputs, val_labels), counts
+def checkpoint_path(params: Params) -> Path:
+    return Path(params.train.out_dir) / "checkpoint.pt"
 
 
 def unigram_perplexity(counts: np.ndarray, labels: torch.Tensor) -> float:
@@ -181,36 +126,6 @@ def unigram_perplexity(counts: np.ndarray, labels: torch.Tensor) -> float:
     probs = (counts + 1.0) / (counts.sum() + len(counts))
     targets = labels[labels.ne(-100)].numpy()
     return float(np.exp(-np.log(probs[targets]).mean()))
-
-
-def mask_sequences(rows: torch.Tensor, first_index: int, params: Params, word_starts: torch.Tensor | None = None):
-    """MLM masks for consecutive stream sequences, each drawn from a generator seeded by
-    (seed, its index in the stream). The masks thus depend on neither the micro-batch
-    size, the accumulation, the number of ranks, nor any saved RNG state: a resumed or
-    re-sharded run masks exactly as the original would have. `word_starts`: whole-word masking."""
-    inputs, labels = torch.empty_like(rows), torch.empty_like(rows)
-    for i in range(len(rows)):
-        gen = torch.Generator().manual_seed(params.train.seed * 1_000_003 + first_index + i)
-        inputs[i], labels[i] = mask_tokens(rows[i], params.model.vocab_size, params.train.mask_prob, gen, word_starts)
-    return inputs, labels
-
-
-def next_step_batches(loader: SequenceLoader, params: Params, ddp: Distributed, accum: int,
-                      word_starts: torch.Tensor | None = None):
-    """This rank's masked micro-batches for one optimizer step, and the number of masked
-    tokens in the whole global step (all micro-batches, all ranks): the loss is normalised
-    by it, so the gradient is the mean over the global batch however it is split."""
-    micro = params.train.micro_batch
-    batches = []
-    for _ in range(accum):
-        first = loader.position + ddp.rank * micro
-        rows = loader.next_batch(micro, ddp.rank, ddp.world_size)
-        batches.append(mask_sequences(rows, first, params, word_starts))
-    n_masked = torch.tensor([float(sum(int(lab.ne(-100).sum()) for _, lab in batches))])
-    if ddp.world_size > 1:
-        n_masked = n_masked.to(ddp.device)
-        dist.all_reduce(n_masked)
-    return batches, max(int(n_masked.item()), 1)
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -252,7 +167,11 @@ def load_checkpoint(path: Path, params: Params) -> dict:
         raise ValueError(f"checkpoint {path} is corrupt or truncated and cannot be read ({type(err).__name__}: {err})") from None
     if not isinstance(state, dict) or "model" not in state or "params" not in state:
         raise ValueError(f"checkpoint {path} is not a DitBERT training checkpoint")
-    saved = params_from_dict(state["params"]).model
+    try:
+        saved = params_from_dict(state["params"]).model
+    except TypeError as err:  # a setting this version does not have
+        raise ValueError(f"checkpoint {path} holds settings this version of DitBERT does not know ({err}); "
+                         f"resume it with the version that wrote it") from None
     speed_switches = ("attention", "mlm_masked_only")  # change how, not what, the model computes
     diff = {k: (getattr(saved, k), getattr(params.model, k)) for k in vars(saved)
             if k not in speed_switches and getattr(saved, k) != getattr(params.model, k)}
@@ -278,81 +197,175 @@ def set_rng_state(state: dict) -> None:
 
 
 @torch.no_grad()
-def validate(model, val_batch, params: Params, device, dtype) -> tuple[float, float | None]:
-    """Validation perplexity: exp(mean cross-entropy) over every masked position of the fixed validation
-    batch. With ELECTRA it is the generator's, and the second figure is how well the encoder ranks the
-    generator's replacements above the original tokens (ROC AUC; 0.5 is chance), sampled from the same
-    logits; None otherwise. The detection loss hides that: for thousands of steps it sits a few
-    hundredths of a nat under always guessing the share of replaced tokens. The samples come from their
-    own seeded generator, so evaluating leaves the training run as it was."""
-    from torchmetrics.functional.classification import binary_auroc
-
+def validate(model: DitBertForMLM, val_batch, params: Params, precision: Precision) -> float:
+    """Validation perplexity: exp(mean cross-entropy) over every masked position of the fixed validation batch."""
     model.eval()
     inputs, labels = val_batch
-    electra = bool(model.cfg.generator_layers)
-    sampler = torch.Generator(device).manual_seed(VAL_MASK_SEED) if electra else None
-    total, count, scores, replaced = 0.0, 0, [], []
+    total, count = 0.0, 0
     for start in range(0, len(inputs), params.train.micro_batch):
-        x = inputs[start : start + params.train.micro_batch].to(device)
-        y = labels[start : start + params.train.micro_batch].to(device)
+        x = inputs[start : start + params.train.micro_batch].to(precision.device)
+        y = labels[start : start + params.train.micro_batch].to(precision.device)
         masked = y.ne(-100)
         n = int(masked.sum())
         if n == 0:
             continue
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            logits = model.mlm_logits(x, masked)  # with ELECTRA the generator's: the encoder predicts no words
-            if electra:
-                s, r = model.detect(x, y, logits, generator=sampler)
-                scores.append(s.float())
-                replaced.append(r)
+        with precision.autocast():
+            logits = model.mlm_logits(x, masked)
         total += F.cross_entropy(logits.float(), y[masked], reduction="sum").item()
         count += n
     model.train()
-    auc = float(binary_auroc(torch.cat(scores), torch.cat(replaced).long())) if electra else None
-    return math.exp(total / max(count, 1)), auc
-
-
-# --------------------------------------------------------------------------- contrastive phase
-
-
-def contrastive_phase(model: DitBertForMLM, params: Params, show_progress: bool = False) -> dict:
-    """Train `model`'s encoder in place for ``contrastive.steps`` steps of unsupervised SimCSE on spans
-    of the training text (``params.contrastive``; a fresh AdamW, as MLM's but at ``contrastive.lr``, and
-    its own schedule, on the model's device).
-    The spans come from their own seeded loader, so the phase is the same however the MLM run was
-    split. Returns steps, seconds and the mean loss of the first and last tenth of the steps."""
-    cc = params.contrastive
-    device = next(model.parameters()).device
-    train_tokens, _ = split_token_file(params)
-    spans = SequenceLoader(train_tokens, cc.span_tokens, seed=params.train.seed + 1)
-    encoder = model.encoder
-    optimizer = build_optimizer(encoder, dataclasses.replace(params.train, lr=cc.lr), device)
-    warmup = max(cc.steps // 10, 1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, cc.steps))
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(params.train.seed + 2)  # the dropout masks: the phase is the same however it is reached
-    set_dropout(model, cc.dropout)
-    model.train()
-    losses, t0 = [], time.time()
-    for _ in tqdm(range(cc.steps), desc="contrastive", disable=not show_progress):
-        loss = contrastive_loss(encoder, spans.next_batch(cc.batch_size).to(device), cc.temperature)
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"contrastive step {len(losses) + 1}: non-finite loss; lower contrastive.lr")
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(encoder.parameters(), params.train.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
-        losses.append(loss.item())
-    set_dropout(model, params.model.dropout)
-    torch.random.set_rng_state(generator_state)
-    tenth = max(len(losses) // 10, 1)
-    return {"contrastive_steps": cc.steps, "contrastive_s": round(time.time() - t0, 1),
-            "contrastive_loss_first": float(np.mean(losses[:tenth])) if losses else float("nan"),
-            "contrastive_loss_last": float(np.mean(losses[-tenth:])) if losses else float("nan")}
+    return math.exp(total / max(count, 1))
 
 
 # --------------------------------------------------------------------------- training
+
+
+@dataclass
+class Run:
+    """What a pretraining run trains and its checkpoint holds, and the counters the loop advances."""
+
+    model: DitBertForMLM
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    loader: SequenceLoader
+    runner: torch.nn.Module | None = None  # the model as the step calls it: compiled, under DDP
+    step: int = 0
+    tokens_seen: int = 0
+    elapsed_before: float = 0.0  # seconds the run took before this process resumed it
+    started: float = field(default_factory=time.time)
+    nonfinite_in_a_row: int = 0
+
+    @classmethod
+    def start(cls, model: DitBertForMLM, loader: SequenceLoader, params: Params, precision: Precision) -> "Run":
+        """A fresh run: AdamW, warmup then linear decay, and a gradient scaler (a no-op but in fp16)."""
+        tc = params.train
+        optimizer = adamw(model, tc.lr, tc.weight_decay, tc.betas, tc.eps)
+        scheduler = warmup_decay(optimizer, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
+        return cls(model, optimizer, scheduler, precision.grad_scaler(), loader)
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.time() - self.started
+
+    def state_dict(self, params: Params) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "loader": self.loader.state_dict(),
+            "rng": rng_state(),
+            "params": params.to_dict(),
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "elapsed_s": self.elapsed(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.loader.load_state_dict(state["loader"])
+        set_rng_state(state["rng"])
+        self.step, self.tokens_seen, self.elapsed_before = state["step"], state["tokens_seen"], state["elapsed_s"]
+
+
+def optimizer_step(run: Run, batches: list, params: Params, ddp: Distributed, precision: Precision) -> float | None:
+    """One optimizer step on this rank's micro-batches: forward and backward on each (the gradients
+    add up; DDP syncs them on the last), clipping, then AdamW and the schedule. Returns the step's loss,
+    the mean over the masked tokens of the whole global step; None when the loss or the gradient is
+    not finite, and the step is skipped (`skip_step`)."""
+    # The loss is normalised by the global step's masked tokens (all micro-batches, all ranks), so
+    # the gradient is the mean over the global batch however it is split.
+    n_masked = ddp.sum(torch.tensor([float(sum(int(labels.ne(-100).sum()) for _, labels in batches))]))
+    n_masked = max(int(n_masked.item()), 1)
+    loss_sum = torch.zeros((), device=precision.device)
+    for i, (inputs, labels) in enumerate(batches):
+        n_local = int(labels.ne(-100).sum())  # counted on the host: no wait for the GPU
+        inputs, labels = to_device(inputs, precision.device), to_device(labels, precision.device)
+        sync = i == len(batches) - 1
+        with run.runner.no_sync() if ddp.world_size > 1 and not sync else nullcontext():
+            with precision.autocast():
+                loss, _ = run.runner(inputs, labels)
+            # Weight each micro-batch by its share of the step's masked tokens (times the world
+            # size, which DDP's gradient averaging divides out again).
+            loss = loss * (n_local * ddp.world_size / n_masked)
+            run.scaler.scale(loss).backward()
+        loss_sum += loss.detach() / ddp.world_size  # summed over ranks below: the global mean
+    step_loss = ddp.sum(loss_sum).item()
+    grad_norm = float("nan")
+    if math.isfinite(step_loss):
+        run.scaler.unscale_(run.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), params.train.grad_clip).item()
+    # A finite loss can still give an inf/NaN gradient, and one such step turns every weight
+    # into NaN. fp16's GradScaler skips those steps itself (and lowers its scale) so is left to it.
+    grads_ok = run.scaler.is_enabled() or math.isfinite(grad_norm)
+    if not ddp.all_true(math.isfinite(step_loss) and grads_ok):
+        skip_step(run, step_loss, grad_norm, params)
+        return None
+    run.nonfinite_in_a_row = 0
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scheduler.step()
+    run.step += 1
+    run.tokens_seen += params.train.batch_size * params.model.max_positions
+    return step_loss
+
+
+def skip_step(run: Run, step_loss: float, grad_norm: float, params: Params) -> None:
+    """Drop a non-finite step's gradients and say so; stop after train.max_nonfinite_steps in a row."""
+    run.nonfinite_in_a_row += 1
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.scaler.is_enabled():
+        run.scaler.update(run.scaler.get_scale() / 2)
+    what = f"loss ({step_loss})" if not math.isfinite(step_loss) else f"gradient (norm {grad_norm}, loss {step_loss:.4f})"
+    tqdm.write(f"step {run.step + 1}: non-finite {what}; step skipped")
+    if run.nonfinite_in_a_row >= params.train.max_nonfinite_steps:
+        raise FloatingPointError(
+            f"training stopped at step {run.step + 1}: {run.nonfinite_in_a_row} non-finite losses or gradients "
+            f"in a row; lower train.lr or check the data. The last good checkpoint is {checkpoint_path(params)}"
+        )
+
+
+class Recorder:
+    """What follows an optimizer step: the progress bar and, on the main rank, the validation
+    perplexity every train.eval_every steps, a row of log.csv every train.log_every, and a
+    checkpoint every train.checkpoint_every, at the last step and when the run is stopped."""
+
+    def __init__(self, run: Run, params: Params, val_batch, precision: Precision, ddp: Distributed,
+                 last_step: int, resume: bool, show_progress: bool):
+        self.params, self.val_batch, self.precision, self.last_step = params, val_batch, precision, last_step
+        self.is_main = ddp.is_main
+        log_path = Path(params.train.out_dir) / "log.csv"
+        self.log = CsvLog(log_path, resume_from_step=run.step if resume else None) if self.is_main else None
+        self.bar = tqdm(total=last_step, initial=run.step, disable=not (self.is_main and show_progress), desc="pretrain")
+        self.val_ppl = float("nan")
+        self.t_last, self.tokens_last = time.time(), run.tokens_seen
+
+    def after_step(self, run: Run, step_loss: float, stopping: bool) -> None:
+        self.bar.update(1)
+        if not self.is_main:
+            return
+        tc = self.params.train
+        evaluate_now = run.step % tc.eval_every == 0 or run.step == tc.steps
+        if evaluate_now:
+            self.val_ppl = validate(run.model, self.val_batch, self.params, self.precision)
+        if evaluate_now or run.step % tc.log_every == 0:
+            self.log_row(run, step_loss, evaluate_now)
+        if run.step % tc.checkpoint_every == 0 or run.step == self.last_step or stopping:
+            save_checkpoint(checkpoint_path(self.params), run.state_dict(self.params))
+
+    def log_row(self, run: Run, step_loss: float, evaluated: bool) -> None:
+        now = time.time()
+        tok_s = (run.tokens_seen - self.tokens_last) / max(now - self.t_last, 1e-9)
+        self.t_last, self.tokens_last = now, run.tokens_seen
+        lr = run.scheduler.get_last_lr()[0]
+        ppl = math.exp(min(step_loss, 50))
+        self.log.append([run.step, step_loss, ppl, lr, run.tokens_seen, round(run.elapsed(), 2),
+                         self.val_ppl if evaluated else ""])
+        self.bar.set_postfix(loss=f"{step_loss:.3f}", ppl=f"{ppl:.1f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
 
 
 class StopSignal:
@@ -375,177 +388,76 @@ class StopSignal:
 
 
 def train(params: Params, resume: bool = False, stop_at: int | None = None, show_progress: bool = True) -> dict:
-    """Pretrain with masked-LM (ELECTRA with model.generator_layers) until `params.train.steps` (or
-    `stop_at`) optimizer steps; with contrastive.steps, the SimCSE phase follows at the end.
+    """Pretrain with masked-LM until `params.train.steps` (or `stop_at`) optimizer steps.
 
     Returns a summary dict; the final model is written to ``<out_dir>/final``.
     """
     tc = params.train
     ddp = Distributed(tc.device)
-    device = ddp.device
-    dtype = autocast_dtype(tc.dtype, device)
-    out_dir = Path(tc.out_dir)
-    ckpt_path = out_dir / "checkpoint.pt"
+    precision = Precision(ddp.device, autocast_dtype(tc.dtype, ddp.device))
     torch.manual_seed(tc.seed + ddp.rank)
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = tc.tf32
-        torch.backends.cudnn.allow_tf32 = tc.tf32
+    if precision.device.type == "cuda":  # TF32 tensor cores for the fp32 matmuls
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
-    model = DitBertForMLM(params.model).to(device)
+    model = DitBertForMLM(params.model).to(precision.device)
     if ddp.is_main:
-        check_output_dir(out_dir, model)
+        check_output_dir(Path(tc.out_dir), model)
     loader, val_batch, unigram_counts = prepare_data(params)
     word_starts = word_start_table(load_tokenizer(params.tokenizer_path)) if tc.whole_word_mask else None
-    optimizer = build_optimizer(model, tc, device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
-    )
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    step, tokens_seen, elapsed_before = 0, 0, 0.0
-
+    run = Run.start(model, loader, params, precision)
     if resume:
-        state = load_checkpoint(ckpt_path, params)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        loader.load_state_dict(state["loader"])
-        set_rng_state(state["rng"])
-        step, tokens_seen, elapsed_before = state["step"], state["tokens_seen"], state["elapsed_s"]
+        run.load_state_dict(load_checkpoint(checkpoint_path(params), params))
         if ddp.world_size > 1:  # the saved RNG state is rank 0's; give each rank its own dropout stream
-            torch.manual_seed(tc.seed + 7919 * step + ddp.rank)
-
+            torch.manual_seed(tc.seed + 7919 * run.step + ddp.rank)
+    run.runner = ddp.wrap(torch.compile(model) if tc.compile else model)
     accum = tc.accumulation_steps(ddp.world_size)
-    train_model = torch.compile(model) if tc.compile else model
-    if ddp.world_size > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            train_model, device_ids=[device.index] if device.type == "cuda" else None
-        )
     unigram_ppl = unigram_perplexity(unigram_counts, val_batch[1])
-    log = CsvLog(out_dir / "log.csv", resume_from_step=step if resume else None) if ddp.is_main else None
     if ddp.is_main and show_progress:
         print(parameter_table(model))
-        print(
-            f"device {device}, autocast {dtype}, {ddp.world_size} rank(s), micro-batch {tc.micro_batch} x "
-            f"{accum} accumulation x {ddp.world_size} = {tc.batch_size} sequences per step; unigram ppl {unigram_ppl:.1f}"
-        )
-
-    def checkpoint_state():
-        return {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "loader": loader.state_dict(),
-            "rng": rng_state(),
-            "params": params.to_dict(),
-            "step": step,
-            "tokens_seen": tokens_seen,
-            "elapsed_s": elapsed_before + time.time() - t0,
-        }
+        print(f"device {precision.device}, autocast {precision.dtype}, {ddp.world_size} rank(s), micro-batch "
+              f"{tc.micro_batch} x {accum} accumulation x {ddp.world_size} = {tc.batch_size} sequences per step; "
+              f"unigram ppl {unigram_ppl:.1f}")
 
     last_step = min(tc.steps, stop_at) if stop_at is not None else tc.steps
-    seq_tokens = params.model.max_positions
-    nonfinite_in_a_row, val_ppl, val_auc, interrupted = 0, float("nan"), "", None
-    bar = tqdm(total=last_step, initial=step, disable=not (ddp.is_main and show_progress), desc="pretrain")
-    t0 = time.time()
-    t_last, tokens_last = t0, tokens_seen
+    recorder = Recorder(run, params, val_batch, precision, ddp, last_step, resume, show_progress)
+    interrupted, run.started = None, time.time()
     with StopSignal() as stop:
-        while step < last_step:
-            loss_sum = torch.zeros((), device=device)
-            batches, n_masked_global = next_step_batches(loader, params, ddp, accum, word_starts)
-            for micro_step, (inputs, labels) in enumerate(batches):
-                n_local = int(labels.ne(-100).sum())  # counted on the host: no wait for the GPU
-                inputs, labels = to_device(inputs, device, tc.pin_memory), to_device(labels, device, tc.pin_memory)
-                sync = micro_step == accum - 1
-                ctx = train_model.no_sync() if ddp.world_size > 1 and not sync else contextlib.nullcontext()
-                with ctx:
-                    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                        loss, _ = train_model(inputs, labels)
-                    # Weight each micro-batch by its share of the step's masked tokens (times the
-                    # world size, which DDP's gradient averaging divides out again).
-                    loss = loss * (n_local * ddp.world_size / n_masked_global)
-                    scaler.scale(loss).backward()
-                loss_sum += loss.detach() / ddp.world_size  # summed over ranks below: the global mean
-            if ddp.world_size > 1:
-                dist.all_reduce(loss_sum)
-            step_loss = loss_sum.item()
-            grad_norm = float("nan")
-            if math.isfinite(step_loss):
-                scaler.unscale_(optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip).item()
-            # A finite loss can still give an inf/NaN gradient, and one such step turns every weight
-            # into NaN. fp16's GradScaler skips those steps itself (and lowers its scale) so is left to it.
-            grads_ok = scaler.is_enabled() or math.isfinite(grad_norm)
-            if not ddp.all_true(math.isfinite(step_loss) and grads_ok):
-                nonfinite_in_a_row += 1
-                optimizer.zero_grad(set_to_none=True)
-                scaler.update(scaler.get_scale() / 2) if scaler.is_enabled() else None
-                what = f"loss ({step_loss})" if not math.isfinite(step_loss) else f"gradient (norm {grad_norm}, loss {step_loss:.4f})"
-                tqdm.write(f"step {step + 1}: non-finite {what}; step skipped")
-                if nonfinite_in_a_row >= tc.max_nonfinite_steps:
-                    raise FloatingPointError(
-                        f"training stopped at step {step + 1}: {nonfinite_in_a_row} non-finite losses or gradients "
-                        f"in a row; lower train.lr or check the data. The last good checkpoint is {ckpt_path}"
-                    )
+        while run.step < last_step:
+            batches = next_step_batches(run.loader, params, accum, ddp.rank, ddp.world_size, word_starts)
+            step_loss = optimizer_step(run, batches, params, ddp, precision)
+            if step_loss is None:
                 continue
-            nonfinite_in_a_row = 0
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            step += 1
-            tokens_seen += tc.batch_size * seq_tokens
-            bar.update(1)
-
-            if ddp.is_main:
-                evaluate_now = step % tc.eval_every == 0 or step == tc.steps
-                if evaluate_now:
-                    val_ppl, auc = validate(model, val_batch, params, device, dtype)
-                    val_auc = "" if auc is None else auc
-                if evaluate_now or step % tc.log_every == 0:
-                    now = time.time()
-                    tok_s = (tokens_seen - tokens_last) / max(now - t_last, 1e-9)
-                    t_last, tokens_last = now, tokens_seen
-                    lr = scheduler.get_last_lr()[0]
-                    # with ELECTRA the loss adds the detection loss to the MLM loss: no perplexity
-                    ppl = "" if params.model.generator_layers else math.exp(min(step_loss, 50))
-                    row = [step, step_loss, ppl, lr, tokens_seen, round(elapsed_before + now - t0, 2),
-                           val_ppl if evaluate_now else "", val_auc if evaluate_now else ""]
-                    log.append(row)
-                    bar.set_postfix(loss=f"{step_loss:.3f}", ppl=f"{ppl:.1f}" if ppl else "-", lr=f"{lr:.2e}",
-                                    tok_s=f"{tok_s:,.0f}")
             stopping = not ddp.all_true(stop.received is None)
-            if ddp.is_main and (step % tc.checkpoint_every == 0 or step == last_step or stopping):
-                save_checkpoint(ckpt_path, checkpoint_state())
+            recorder.after_step(run, step_loss, stopping)
             if stopping:
                 interrupted = stop.received or "signal"
                 break
-    bar.close()
+    recorder.bar.close()
+    summary = finish(run, params, ddp, recorder.val_ppl, unigram_ppl, interrupted)
+    ddp.close()
+    return summary
 
+
+def finish(run: Run, params: Params, ddp: Distributed, val_ppl: float, unigram_ppl: float, interrupted) -> dict:
+    """The run's summary, written to summary.json; a run that reached train.steps also saves its final model."""
+    out_dir = Path(params.train.out_dir)
     summary = {
-        "step": step,
-        "tokens_seen": tokens_seen,
+        "step": run.step,
+        "tokens_seen": run.tokens_seen,
         "val_ppl": val_ppl,
         "unigram_ppl": unigram_ppl,
-        "elapsed_s": round(elapsed_before + time.time() - t0, 1),
-        "checkpoint": str(ckpt_path),
+        "elapsed_s": round(run.elapsed(), 1),
+        "checkpoint": str(checkpoint_path(params)),
         "interrupted": interrupted,
     }
-    if params.model.generator_layers:
-        summary["val_detection_auc"] = val_auc
-    if ddp.is_main and interrupted is None and step == tc.steps:
-        extra = {"preset": params.preset, "steps": step, "tokens_seen": tokens_seen, "val_ppl": val_ppl,
+    if ddp.is_main and interrupted is None and run.step == params.train.steps:
+        extra = {"preset": params.preset, "steps": run.step, "tokens_seen": run.tokens_seen, "val_ppl": val_ppl,
                  "unigram_ppl": unigram_ppl, "params": params.to_dict()}
-        if params.contrastive.steps:  # after the MLM checkpoint: a resumed run repeats the phase exactly
-            extra |= contrastive_phase(model, params, show_progress)
-            summary |= {k: extra[k] for k in ("contrastive_steps", "contrastive_s")}
-        summary["final_model"] = str(save_model(model, out_dir / "final", extra))
+        summary["final_model"] = str(save_model(run.model, out_dir / "final", extra))
     if ddp.is_main:
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    ddp.close()
     return summary
 
 

@@ -6,10 +6,10 @@ Four contenders take turns in one process (common.interleave), then the loader a
 DitBERT training steps to give its share of a step:
 
 * loader -- SequenceLoader windows cut from the memory-mapped token file (what the training loop
-  serves), alone and followed by train_model's masking (next_step_batches);
+  serves), alone and followed by the training loop's masking (pretrain_data.next_step_batches);
 * on the fly -- the same batch made from raw text inside the loop: the next corpus lines are
   tokenised (the Rust tokenizer's encode_batch, both cores), joined with [DOC] and cut into
-  sequences, alone and followed by the same masking (train_model.mask_sequences).
+  sequences, alone and followed by the same masking (pretrain_data.mask_sequences).
 
 Tokens/s counts the tokens of the served batches (micro-batch x (seq_len + 2)).
 """
@@ -28,11 +28,11 @@ import torch  # noqa: E402
 
 import common  # noqa: E402
 import pretrain_step  # noqa: E402
-from model_defs import (  # noqa: E402
-    SequenceLoader, embedded_corpus_file, iter_corpus_documents, load_tokenizer, open_token_file,
-    prepare_token_file, train_tokenizer)
+from model_defs import load_tokenizer, train_tokenizer  # noqa: E402
 from params import DOC_ID, END_ID, START_ID, Params, get_params  # noqa: E402
-from train_model import Distributed, mask_sequences, next_step_batches  # noqa: E402
+from pretrain_data import (  # noqa: E402
+    SequenceLoader, embedded_corpus_file, iter_corpus_documents, mask_sequences, next_step_batches, open_token_file,
+    prepare_token_file)
 
 
 def ensure_tokenizer(p: Params) -> Path:
@@ -83,7 +83,6 @@ def main(argv=None) -> int:
     corpus = [embedded_corpus_file("data")]
     token_file = prepare_token_file(corpus, tokenizer_path, p.data.cache_dir)
     loader = SequenceLoader(open_token_file(token_file), seq_len, seed=p.train.seed)
-    ddp = Distributed("cpu")
     tok = load_tokenizer(tokenizer_path)
     on_the_fly = OnTheFlyBatches(list(iter_corpus_documents(corpus)), tok, seq_len)
 
@@ -91,7 +90,7 @@ def main(argv=None) -> int:
         loader.next_batch(micro)
 
     def loader_full():
-        next_step_batches(loader, p, ddp, 1)
+        next_step_batches(loader, p, 1)
 
     def on_the_fly_serve():
         on_the_fly.sequences(micro)
@@ -102,7 +101,7 @@ def main(argv=None) -> int:
     contenders = {"loader": loader_serve, "on the fly": on_the_fly_serve,
                   "loader + masking": loader_full, "on the fly + masking": on_the_fly_full}
     times = common.interleave(contenders, args.rounds, args.warmup)
-    step_batches = [next_step_batches(loader, p, ddp, 1)[0][0] for _ in range(4)]
+    step_batches = [next_step_batches(loader, p, 1)[0] for _ in range(4)]
     step = pretrain_step.ditbert("DitBERT step", p, torch.device("cpu"), step_batches)
     step_times = common.interleave({"step": step.step, "loader + masking": loader_full}, args.step_rounds, 1)
 
@@ -112,7 +111,7 @@ def main(argv=None) -> int:
     what = {
         "loader": "token file -> sequences (SequenceLoader.next_batch)",
         "on the fly": "text -> sequences (encode_batch on the next lines)",
-        "loader + masking": "token file -> masked batch (train_model.next_step_batches)",
+        "loader + masking": "token file -> masked batch (pretrain_data.next_step_batches)",
         "on the fly + masking": "text -> masked batch (same masking)",
     }
     rows = [{"source": what[name], "ms_per_batch": ms[name], "spread": common.spread(times[name]),

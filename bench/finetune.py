@@ -3,8 +3,8 @@
     python bench/finetune.py                               # RTE from $GLUE_DIR, else the Hugging Face hub
     python bench/finetune.py --glue-dir path/to/glue_data --task mrpc
 
-The data, encoding, batching and padding are glue_utils' own (load_task, load_for_task,
-encode_split, train_batches, collate); the model is the preset's DitBERT classifier (random
+The data, encoding, batching and padding are the fine-tuning loop's own (glue_tasks.load_task,
+glue_utils.load_for_task, encode_split, train_batches, collate); the model is the preset's DitBERT classifier (random
 weights: speed does not depend on them). Three ways to feed one pass over the same examples:
 
 * max length   -- random batches, every batch padded to finetune.max_len (what `padding="max_length"` does);
@@ -12,15 +12,14 @@ weights: speed does not depend on them). Three ways to feed one pass over the sa
 * buckets      -- glue_utils.train_batches: examples of similar length batched together, then
                   padded to the longest (the repository's default).
 
-Each call trains one batch as the fine-tuning loop does (forward, backward, clipping, its fused
-AdamW step); the three take turns batch by batch,
+Each call trains one batch as the fine-tuning loop does (forward, its loss, backward, clipping, the
+fused AdamW of runtime.adamw); the three take turns batch by batch,
 and examples/s is the examples of the pass divided by the summed time of its batches.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -32,10 +31,12 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import common  # noqa: E402
+import glue_tasks  # noqa: E402
 import glue_utils  # noqa: E402
+import runtime  # noqa: E402
 from data import ensure_tokenizer  # noqa: E402
 from model_defs import DitBertForMLM, save_model  # noqa: E402
-from params import get_params  # noqa: E402
+from params import get_params, notebook_input  # noqa: E402
 
 
 
@@ -43,7 +44,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="tiny", choices=["tiny", "base"])
     ap.add_argument("--task", default="rte", help="a sentence-pair GLUE task (rte, mrpc, stsb, qnli, ...)")
-    ap.add_argument("--glue-dir", default=os.environ.get("GLUE_DIR") or None, help="GLUE download folder; default $GLUE_DIR, else the hub")
+    ap.add_argument("--glue-dir", default=notebook_input("GLUE_DIR") or None, help="GLUE download folder; default $GLUE_DIR, else the hub")
     ap.add_argument("--examples", type=int, default=512, help="training examples in the pass (0 = all)")
     ap.add_argument("--batch-size", type=int, help="default: the preset's finetune.batch_size")
     args = ap.parse_args(argv)
@@ -51,11 +52,11 @@ def main(argv=None) -> int:
     p = get_params(args.preset)
     ft = p.finetune
     batch_size = args.batch_size or ft.batch_size
-    task = glue_utils.get_task(args.task)
+    task = glue_tasks.get_task(args.task)
     if len(task.text_columns) != 2:
         raise SystemExit(f"--task {args.task} is not a sentence-pair task")
-    splits, _ = glue_utils.load_task(task, args.glue_dir)
-    train = glue_utils.subsample(splits["train"], args.examples)
+    splits, _ = glue_tasks.load_task(task, args.glue_dir)
+    train = glue_tasks.subsample(splits["train"], args.examples)
 
     with tempfile.TemporaryDirectory() as model_dir:
         torch.manual_seed(0)
@@ -65,7 +66,7 @@ def main(argv=None) -> int:
     model, max_len = loaded.model.train(), loaded.info["max_len"]
     enc = glue_utils.encode_split(loaded, train)
     lengths = np.array([len(ids) for ids in enc["input_ids"]])
-    optimizer, _ = glue_utils.build_optimizer(model, ft, steps_per_epoch=len(lengths) // batch_size)  # the loop's own
+    optimizer = runtime.adamw(model, ft.lr, ft.weight_decay)  # the loop's own
 
     rng = np.random.default_rng(0)
     order = rng.permutation(len(lengths))
@@ -84,9 +85,7 @@ def main(argv=None) -> int:
             batch = glue_utils.collate(enc, next(it), loaded.pad_id, task.is_regression)
             if pad_to_max:
                 batch = pad_to(batch, max_len)
-            logits = model(batch["input_ids"], batch["attention_mask"])
-            loss = F.mse_loss(logits.squeeze(-1), batch["labels"]) if task.is_regression \
-                else F.cross_entropy(logits, batch["labels"])
+            loss = glue_utils.task_loss(task, model(batch["input_ids"], batch["attention_mask"]), batch["labels"])
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), ft.grad_clip)
             optimizer.step()

@@ -7,12 +7,13 @@
 A step is what train_model.py does per micro-batch: host -> device copy, forward under
 autocast, backward, gradient clipping, AdamW step. Every model gets the same sizes (layers,
 width, heads, FFN, vocabulary, positions), the same masked batches, the same dtype and the
-same optimizer (train_model.build_optimizer with the same settings); Hugging Face models use
+same optimizer (runtime.adamw with the same settings); Hugging Face models use
 attn_implementation="sdpa" and no dropout, as DitBERT pretrains. The models take turns in one
 process (see common.interleave); the first rounds are warm-up and not timed.
 
 Then one ablation per speed switch: DitBERT with that one switch flipped, interleaved with
-default DitBERT, so each row says what the switch buys. At ``tiny`` also what the recipe's own
+default DitBERT, so each row says what the switch buys. Some switches are settings in params.py;
+the others (fused AdamW, TF32, pinned copies) are always on in training and are turned off here only. At ``tiny`` also what the recipe's own
 choices cost per step (the vocabulary, the masking rate): these change the model and what it
 learns, so they are not speed switches, but the step time is the price of each.
 
@@ -32,6 +33,7 @@ import argparse
 import itertools
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -39,9 +41,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 import common  # noqa: E402
-from model_defs import DitBertForMLM, mask_tokens  # noqa: E402
+from model_defs import DitBertForMLM  # noqa: E402
 from params import END_ID, PAD_ID, SPECIAL_TOKENS, START_ID, Params, get_params  # noqa: E402
-from train_model import autocast_dtype, build_optimizer, to_device  # noqa: E402
+from pretrain_data import mask_tokens  # noqa: E402
+from runtime import adamw, autocast_dtype  # noqa: E402
+from train_model import to_device  # noqa: E402
 
 # Dense bf16 tensor-core peak, TFLOP/s, from the vendors' data sheets (without sparsity).
 GPU_BF16_PEAK_TFLOPS = {
@@ -55,16 +59,17 @@ GPU_BF16_PEAK_TFLOPS = {
     "RTX 4090": 165.2,
 }
 
-# One switch flipped per row: (label, override, devices where it applies)
+# One switch flipped per row: (label, settings override, step override, devices where it applies).
+# The step overrides turn off what training always does: StepOptions.
 ABLATIONS = [
-    ("attention: plain matmul-softmax instead of SDPA", {"model.attention": "math"}, ("cpu", "cuda")),
-    ("vocabulary projection at every position", {"model.mlm_masked_only": False}, ("cpu", "cuda")),
-    ("AdamW not fused (loop over tensors)", {"train.fused_adamw": False}, ("cpu", "cuda")),
-    ("torch.compile on", {"train.compile": True}, ("cpu", "cuda")),
-    ("TF32 off", {"train.tf32": False}, ("cuda",)),
-    ("fp32 instead of bf16 autocast", {"train.dtype": "fp32"}, ("cuda",)),
-    ("bf16 autocast instead of fp32", {"train.dtype": "bf16"}, ("cpu",)),
-    ("pageable memory, blocking copies", {"train.pin_memory": False}, ("cuda",)),
+    ("attention: plain matmul-softmax instead of SDPA", {"model.attention": "math"}, {}, ("cpu", "cuda")),
+    ("vocabulary projection at every position", {"model.mlm_masked_only": False}, {}, ("cpu", "cuda")),
+    ("AdamW not fused (loop over tensors)", {}, {"fused_adamw": False}, ("cpu", "cuda")),
+    ("torch.compile on", {"train.compile": True}, {}, ("cpu", "cuda")),
+    ("TF32 off", {}, {"tf32": False}, ("cuda",)),
+    ("fp32 instead of bf16 autocast", {"train.dtype": "fp32"}, {}, ("cuda",)),
+    ("bf16 autocast instead of fp32", {"train.dtype": "bf16"}, {}, ("cpu",)),
+    ("pageable memory, blocking copies", {}, {"pin_memory": False}, ("cuda",)),
 ]
 
 # tiny only: recipe choices that change what is learned, priced by their step time
@@ -72,9 +77,16 @@ RECIPE_CHOICES = [
     ("vocabulary 8192 instead of 4096", {"model.vocab_size": 8192}),
     ("15 % masking instead of 40 %", {"train.mask_prob": 0.15}),
     ("vocabulary 8192 and 15 % masking", {"model.vocab_size": 8192, "train.mask_prob": 0.15}),
-    ("ELECTRA: a 1-block generator, detection at every token, 15 % masking",
-     {"model.generator_layers": 1, "train.mask_prob": 0.15}),
 ]
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    """What the training loop always does on a step, each of which an ablation can turn off."""
+
+    fused_adamw: bool = True  # one fused AdamW kernel instead of a loop over tensors
+    tf32: bool = True  # CUDA: TF32 tensor cores for the fp32 matmuls
+    pin_memory: bool = True  # CUDA: copy batches from page-locked memory, without blocking
 
 
 def gpu_peak_tflops(device: torch.device, override: float) -> float | None:
@@ -134,10 +146,12 @@ def hf_model(kind: str, p: Params):
 class Contender:
     """A model, its optimizer and a step function that trains it on the shared batches."""
 
-    def __init__(self, name: str, model: torch.nn.Module, p: Params, device: torch.device, batches, hf: bool):
-        self.name, self.p, self.device = name, p, device
+    def __init__(self, name: str, model: torch.nn.Module, p: Params, device: torch.device, batches, hf: bool,
+                 options: StepOptions = StepOptions()):
+        self.name, self.p, self.device, self.options = name, p, device, options
         self.model = model.to(device).train()
-        self.optimizer = build_optimizer(self.model, p.train, device)
+        tc = p.train
+        self.optimizer = adamw(self.model, tc.lr, tc.weight_decay, tc.betas, tc.eps, fused=options.fused_adamw)
         self.dtype = autocast_dtype(p.train.dtype, device)
         self.runner = torch.compile(self.model) if p.train.compile else self.model
         self.hf = hf
@@ -145,12 +159,13 @@ class Contender:
         self.sync = common.synchronizer(device)
 
     def step(self) -> None:
-        tc, device = self.p.train, self.device
+        tc, device, options = self.p.train, self.device, self.options
         if device.type == "cuda":  # the process-wide setting, so each contender runs with its own
-            torch.backends.cuda.matmul.allow_tf32 = tc.tf32
-            torch.backends.cudnn.allow_tf32 = tc.tf32
+            torch.backends.cuda.matmul.allow_tf32 = options.tf32
+            torch.backends.cudnn.allow_tf32 = options.tf32
         inputs, labels = next(self.batches)
-        inputs, labels = to_device(inputs, device, tc.pin_memory), to_device(labels, device, tc.pin_memory)
+        copy = to_device if options.pin_memory else lambda batch, dev: batch.to(dev)
+        inputs, labels = copy(inputs, device), copy(labels, device)
         with torch.autocast(device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
             loss = self.runner(input_ids=inputs, labels=labels).loss if self.hf else self.runner(inputs, labels)[0]
         loss.backward()
@@ -159,9 +174,9 @@ class Contender:
         self.optimizer.zero_grad(set_to_none=True)
 
 
-def ditbert(name: str, p: Params, device, batches) -> Contender:
+def ditbert(name: str, p: Params, device, batches, options: StepOptions = StepOptions()) -> Contender:
     torch.manual_seed(0)
-    return Contender(name, DitBertForMLM(p.model), p, device, batches, hf=False)
+    return Contender(name, DitBertForMLM(p.model), p, device, batches, hf=False, options=options)
 
 
 def measure(contenders: list[Contender], rounds: int, warmup: int, tokens: int) -> list[dict]:
@@ -224,13 +239,13 @@ def main(argv=None) -> int:
     del contenders[1:]
 
     if not args.no_ablations:
-        variants = [("ablation", label, override) for label, override, devices in ABLATIONS
+        variants = [("ablation", label, override, options) for label, override, options, devices in ABLATIONS
                     if args.device in devices and not (args.no_compile and "train.compile" in override)]
         if args.preset == "tiny":
-            variants += [("recipe", label, override) for label, override in RECIPE_CHOICES]
-        for kind, label, override in variants:
+            variants += [("recipe", label, override, {}) for label, override in RECIPE_CHOICES]
+        for kind, label, override, options in variants:
             vp = get_params(args.preset, {**base_overrides, **override})
-            variant = ditbert(f"DitBERT, {label}", vp, device, masked_batches(vp, micro, count=4))
+            variant = ditbert(f"DitBERT, {label}", vp, device, masked_batches(vp, micro, count=4), StepOptions(**options))
             pair = measure([dit, variant], rounds, args.warmup, tokens)
             del variant
             speedup = pair[1]["ms_per_step"] / pair[0]["ms_per_step"]

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from model_defs import DitBertForMLM, embedded_corpus_file, save_model, train_tokenizer
+from model_defs import DitBertForMLM, save_model, train_tokenizer
 from params import ModelConfig
+from pretrain_data import embedded_corpus_file
 
 TINY_VOCAB = 600
 TINY_SEQ_LEN = 62  # 64 positions with [START] and [END]
@@ -43,7 +44,7 @@ def tiny_tokenizer(tiny_corpus, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def pretrain_files(tiny_corpus, tmp_path_factory):
     """(corpus, 512-token tokenizer, folder with the corpus's token file): what a pretraining run reads."""
-    from model_defs import prepare_token_file
+    from pretrain_data import prepare_token_file
 
     d = tmp_path_factory.mktemp("pretrain-data")
     corpus = d / "corpus.txt"

@@ -296,7 +296,7 @@ def test_notebook_converts_and_executes_as_a_notebook(tmp_path, monkeypatch):
     subprocess.run([sys.executable, "-m", "jupytext", "--to", "notebook", "-o", str(ipynb), str(NOTEBOOK)], check=True)
     notebook = nbformat.read(ipynb, as_version=4)
     assert notebook.metadata["kernelspec"]["name"] == "python3"
-    for name in ("GLUE_OUTPUTS", "GLUE_AGGREGATED_CSV", "GLUE_PLOTS_DIR"):
+    for name in ("GLUE_OUTPUT_DIR", "GLUE_AGGREGATED_CSV", "GLUE_PLOTS_DIR", "DITBERT_SET"):
         monkeypatch.delenv(name, raising=False)  # the defaults, relative to the notebook's folder
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     # Kernel specs and runtime files from this folder only: a kernel a user installed elsewhere is not picked up.
@@ -318,7 +318,7 @@ def test_notebook_runs_as_a_script_with_settings_from_the_environment(tmp_path):
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO),
-        "GLUE_OUTPUTS": str(tmp_path / "runs-here"),
+        "GLUE_OUTPUT_DIR": str(tmp_path / "runs-here"),
         "GLUE_AGGREGATED_CSV": str(tmp_path / "tables" / "glue.csv"),
         "GLUE_PLOTS_DIR": str(tmp_path / "figures"),
     }
@@ -329,3 +329,21 @@ def test_notebook_runs_as_a_script_with_settings_from_the_environment(tmp_path):
     assert table.loc["tiny", "demo_final_mean"] == pytest.approx(100 * (0.71 + 0.72) / 2)
     assert (tmp_path / "tables" / "glue.md").exists()
     assert (tmp_path / "figures" / "curves.png").exists()
+
+
+def test_aggregation_imports_no_torch_and_scores_tasks_as_the_task_table_declares(monkeypatch):
+    """glue_results takes the tasks, their metrics and report columns from glue_tasks, the table the
+    fine-tuning loop writes by, and stays torch-free: a metric declared there is one it requires."""
+    code = "import sys, glue_results; assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    import dataclasses
+
+    import glue_tasks
+
+    assert gr.GLUE_COLUMNS == ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli_m", "mnli_mm", "qnli", "rte", "wnli")
+    assert gr.PRETTY["mnli_mm"] == "MNLI-mm" and gr.PRETTY["sst2"] == "SST-2"
+    assert gr.report_metrics("rte", ["epoch", "validation_accuracy"]) == {"rte": ["validation_accuracy"]}
+    monkeypatch.setitem(glue_tasks.TASKS, "rte", dataclasses.replace(glue_tasks.TASKS["rte"], metrics=("accuracy", "f1")))
+    with pytest.raises(ValueError, match=r"needs column\(s\) \['validation_f1'\]"):
+        gr.report_metrics("rte", ["epoch", "validation_accuracy"])

@@ -25,17 +25,18 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import glue_tasks  # noqa: E402
 import glue_utils  # noqa: E402
 import model_defs  # noqa: E402
-from model_defs import (  # noqa: E402
+import pretrain_data  # noqa: E402
+from model_defs import load_tokenizer, train_tokenizer  # noqa: E402
+from pretrain_data import (  # noqa: E402
     SequenceLoader,
     check_text_file,
     iter_corpus_documents,
-    load_tokenizer,
     open_token_file,
     prepare_token_file,
     split_tokens,
-    train_tokenizer,
 )
 from params import DOC_ID, END_ID, MASK_ID, PAD_ID, SPECIAL_TOKENS, START_ID, FinetuneConfig, ModelConfig  # noqa: E402
 
@@ -95,7 +96,7 @@ FEW = settings(max_examples=10, deadline=None, suppress_health_check=[HealthChec
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("bad-inputs")
-    lines = model_defs.embedded_corpus_file(ROOT / "data").read_text(encoding="utf-8").splitlines()[:300]
+    lines = pretrain_data.embedded_corpus_file(ROOT / "data").read_text(encoding="utf-8").splitlines()[:300]
     corpus = d / "corpus.txt"
     corpus.write_text("\n".join(lines + MIXED_SCRIPTS) + "\n", encoding="utf-8")
     train_tokenizer([corpus], VOCAB, d / "tokenizer.json")
@@ -307,8 +308,8 @@ def glue_model(tmp_path_factory, tok_path):
     model_dir = tmp_path_factory.mktemp("glue-model") / "final"
     model_defs.save_model(model_defs.DitBertForMLM(cfg), model_dir)
     ft = FinetuneConfig(max_len=130)
-    single = glue_utils.load_for_task(glue_utils.ditbert_source(str(model_dir), str(tok_path), "t"), glue_utils.TASKS["sst2"], ft, 0)
-    pair = glue_utils.load_for_task(glue_utils.ditbert_source(str(model_dir), str(tok_path), "t"), glue_utils.TASKS["rte"], ft, 0)
+    single = glue_utils.load_for_task(glue_utils.ditbert_source(str(model_dir), str(tok_path), "t"), glue_tasks.TASKS["sst2"], ft, 0)
+    pair = glue_utils.load_for_task(glue_utils.ditbert_source(str(model_dir), str(tok_path), "t"), glue_tasks.TASKS["rte"], ft, 0)
     return single, pair, cfg.max_positions
 
 
@@ -345,10 +346,11 @@ def test_glue_encoder_feeds_the_model_any_text(glue_model, texts_a, texts_b, pai
 LONG_PAIR_CHILD = """
 import resource, sys
 sys.path.insert(0, sys.argv[1])
+import glue_tasks
 import glue_utils
 from params import FinetuneConfig
 loaded = glue_utils.load_for_task(glue_utils.ditbert_source(sys.argv[2], sys.argv[3], "t"),
-                                  glue_utils.TASKS["rte"], FinetuneConfig(max_len=130), 0)
+                                  glue_tasks.TASKS["rte"], FinetuneConfig(max_len=130), 0)
 with open("/proc/self/status") as fh:
     vm = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmSize:"))
 resource.setrlimit(resource.RLIMIT_AS, (vm + (2 << 30), vm + (2 << 30)))  # 2 GiB more than now
@@ -380,13 +382,13 @@ TSV_FIELD = st.one_of(TEXT, st.text(CONTROL, max_size=3), st.sampled_from(MIXED_
 )
 @example(rows=[("caf\u00e9", "1")], junk=b"\xff")
 def test_glue_file_is_read_or_refused_by_name(rows, junk):
-    task = glue_utils.TASKS["sst2"]
+    task = glue_tasks.TASKS["sst2"]
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "train.tsv"
         body = "sentence\tlabel\n" + "".join(f"{text}\t{label}\n" for text, label in rows)
         path.write_bytes(body.encode("utf-8") + junk)
         try:
-            cols, report = glue_utils.read_split(task, "train", path)
+            cols, report = glue_tasks.read_split(task, "train", path)
         except (ValueError, FileNotFoundError) as err:
             assert str(path) in str(err), f"the error names the file: {err}"
             return
@@ -403,9 +405,9 @@ def test_glue_file_is_read_or_refused_by_name(rows, junk):
 def test_glue_file_edge_cases_name_the_file(tmp_path, content):
     path = tmp_path / "train.tsv"
     path.write_bytes(content)
-    task = glue_utils.TASKS["sst2"]
+    task = glue_tasks.TASKS["sst2"]
     try:
-        cols, report = glue_utils.read_split(task, "train", path)
+        cols, report = glue_tasks.read_split(task, "train", path)
     except (ValueError, FileNotFoundError) as err:
         assert str(path) in str(err)
     else:

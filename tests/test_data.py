@@ -7,18 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-import glue_utils
-from model_defs import (
+import glue_tasks
+from model_defs import load_tokenizer, train_tokenizer
+from params import DOC_ID, END_ID, SPECIAL_TOKENS, START_ID
+from pretrain_data import (
     SequenceLoader,
     corpus_files,
     iter_corpus_documents,
-    load_tokenizer,
     open_token_file,
     prepare_token_file,
     split_tokens,
-    train_tokenizer,
 )
-from params import DOC_ID, END_ID, PAD_ID, SPECIAL_TOKENS, START_ID
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,8 +130,8 @@ def test_a_corpus_listed_twice_enters_the_stream_twice(tmp_path, tiny_corpus, ti
     assert twice[2 * n_a :].tolist() == once[n_a:].tolist()
 
 
-def make_loader(n_tokens=1000, seq_len=10, seed=3, short_fraction=0.0):
-    return SequenceLoader(np.arange(n_tokens, dtype=np.uint16) + 5, seq_len, seed=seed, short_fraction=short_fraction)
+def make_loader(n_tokens=1000, seq_len=10, seed=3):
+    return SequenceLoader(np.arange(n_tokens, dtype=np.uint16) + 5, seq_len, seed=seed)
 
 
 def test_loader_frames_contiguous_windows():
@@ -165,26 +164,6 @@ def test_loader_resumes_exactly_from_its_state():
         make_loader(seed=4).load_state_dict(a.state_dict())
 
 
-def test_short_sequences_end_early_on_their_own_window_and_are_padded():
-    """A short sequence is its window's first L tokens, [END], then padding; the others are the
-    full windows a loader without short sequences serves; the cuts are the same on a resume."""
-    full, mixed = make_loader(n_tokens=5000, seq_len=32), make_loader(n_tokens=5000, seq_len=32, short_fraction=0.3)
-    a, b = full.next_batch(400), mixed.next_batch(400)
-    lengths = (b != PAD_ID).sum(1) - 2
-    short = lengths < 32
-    assert 0.2 < short.float().mean() < 0.4
-    assert torch.equal(b[~short], a[~short])
-    assert lengths.min() >= 2 and (lengths[short] < 8).any() and (lengths[short] > 16).any()
-    for row_a, row_b, n in zip(a[short], b[short], lengths[short].tolist()):
-        assert torch.equal(row_b[: n + 1], row_a[: n + 1]) and row_b[n + 1] == END_ID
-        assert (row_b[n + 2 :] == PAD_ID).all()
-    resumed = make_loader(n_tokens=5000, seq_len=32, short_fraction=0.3)
-    resumed.load_state_dict({**mixed.state_dict(), "position": 200})
-    assert torch.equal(resumed.next_batch(200), b[200:])
-    with pytest.raises(ValueError, match=r"short sequences \(train.short_seq_prob\) must lie in"):
-        make_loader(short_fraction=1.5)
-
-
 def test_ranks_read_disjoint_parts_that_add_up_to_one_process():
     single = make_loader().next_batch(8)
     ranks = [make_loader().next_batch(4, rank=r, world_size=2) for r in range(2)]
@@ -209,8 +188,8 @@ def test_default_corpus_is_wikipedia_and_imdb_without_the_rotten_tomatoes_text(t
     reviews = Path(files[1]).read_text(encoding="utf-8").splitlines()
     assert len(reviews) > 24_000 and len(set(reviews)) == len(reviews)
     assert not any("<br" in r for r in reviews[:2000])
-    demo = glue_utils.get_task("demo", ROOT / "data")
-    splits, _ = glue_utils.load_task(demo)
+    demo = glue_tasks.get_task("demo", ROOT / "data")
+    splits, _ = glue_tasks.load_task(demo)
     sentences = [s for s in splits["validation"]["text_a"] if len(s) > 40]
     text = "\n".join(reviews)
     assert sum(s in text for s in sentences[:300]) == 0

@@ -176,6 +176,15 @@ def test_checkpoint_of_another_shape_or_kind_names_the_file(data, tmp_path, caps
         train_model.load_checkpoint(ckpt, params)
 
 
+def test_checkpoint_with_settings_of_another_version_names_the_file(data, tmp_path):
+    ckpt, params = good_checkpoint(data, tmp_path)
+    state = load_ckpt(ckpt)
+    state["params"]["model"]["no_such_setting"] = 1  # written by a version with a setting this one lacks
+    torch.save(state, ckpt)
+    with pytest.raises(ValueError, match=f"checkpoint {ckpt} holds settings this version of DitBERT does not know"):
+        train_model.load_checkpoint(ckpt, params)
+
+
 def test_truncated_or_mismatched_saved_model_names_the_file(data, tmp_path):
     params = params_for(data, tmp_path, 1)
     model_dir = save_model(DitBertForMLM(params.model), tmp_path / "final")

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-import glue_utils
-from glue_utils import TASKS, get_task, load_task, read_split
+import dataclasses
+
+import glue_tasks
+from glue_tasks import MNLI_INIT_TASKS, TASKS, Task, get_task, load_task, read_split
 from conftest import GLUE_FILES
 
 PAIR_TASKS = {"mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli"}
@@ -28,21 +30,31 @@ def raw_column(path: Path, column, header: bool) -> list[str]:
 
 
 def test_registry_holds_the_nine_glue_tasks_and_ax():
-    assert glue_utils.GLUE_TASKS == ["cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli"]
+    assert glue_tasks.GLUE_TASKS == ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
     assert TASKS["ax"].label_column is None and TASKS["ax"].label_names == TASKS["mnli"].label_names
     assert TASKS["stsb"].is_regression and TASKS["mnli"].num_labels == 3
     assert TASKS["cola"].metrics == ("mcc",) and TASKS["stsb"].metrics == ("pearson", "spearman")
     assert TASKS["mrpc"].metrics == TASKS["qqp"].metrics == ("accuracy", "f1")
 
 
+def test_task_rows_are_keyword_only_and_name_what_the_aggregation_reports():
+    with pytest.raises(TypeError):
+        Task("x", 2, ("accuracy",), ("a",), "label")  # positional rows would hide which value is which
+    assert TASKS["mnli"].report_columns() == {"mnli_m": ["validation_matched_accuracy"],
+                                              "mnli_mm": ["validation_mismatched_accuracy"]}
+    assert TASKS["stsb"].report_columns() == {"stsb": ["validation_pearson", "validation_spearman"]}
+    assert set(MNLI_INIT_TASKS) == {"rte", "mrpc", "stsb", "wnli"} and set(MNLI_INIT_TASKS) <= set(glue_tasks.GLUE_TASKS)
+    assert dataclasses.replace(TASKS["rte"], metrics=("f1",)).column_names() == ["epoch", "train_f1", "validation_f1"]
+
+
 def test_unknown_task_is_an_error_listing_the_valid_ones():
     with pytest.raises(KeyError) as err:
         get_task("colaa")
-    for name in glue_utils.GLUE_TASKS + ["demo"]:
+    for name in [*glue_tasks.GLUE_TASKS, "demo"]:
         assert name in str(err.value)
 
 
-@pytest.mark.parametrize("name", glue_utils.GLUE_TASKS)
+@pytest.mark.parametrize("name", glue_tasks.GLUE_TASKS)
 def test_each_task_loads_its_real_column_layout(name, glue_layout):
     task = TASKS[name]
     data, reports = load_task(task, glue_layout)
@@ -170,7 +182,7 @@ def test_invalid_utf8_and_unbalanced_quotes_are_errors_naming_the_file(glue_layo
 
 def test_hub_path_without_network_says_how_to_go_offline():
     """The hub code path is the default; offline it fails fast with a pointer to GLUE_DIR."""
-    code = "import glue_utils\nglue_utils.load_task(glue_utils.TASKS['rte'])"
+    code = "import glue_tasks\nglue_tasks.load_task(glue_tasks.TASKS['rte'])"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
                           cwd=Path(__file__).resolve().parents[1])
@@ -205,7 +217,7 @@ def test_custom_task_json_sets_columns_and_regression(tmp_path):
 def test_custom_task_without_dev_file_is_a_clear_error(tmp_path):
     (tmp_path / "train.csv").write_text("sentence,label\na,0\n")
     with pytest.raises(FileNotFoundError, match=r"needs train.csv .* and dev.csv or validation.csv"):
-        glue_utils.csv_task(tmp_path)
+        glue_tasks.csv_task(tmp_path)
 
 
 # --------------------------------------------------------------------------- the demo task
@@ -227,7 +239,7 @@ def _fake_vader_sdist(path: Path, lines: list[str]) -> None:
 
 def test_demo_task_holds_out_1000_sentences_for_validation(tmp_path):
     lines = [f"{i}\t{(-1) ** i * (1 + i % 4) / 2}\tsentence {i}" for i in range(1, 1101)] + ["1101\t0.0\tneutral"]
-    _fake_vader_sdist(tmp_path / glue_utils.DEMO_ARCHIVE, lines)
+    _fake_vader_sdist(tmp_path / glue_tasks.DEMO_ARCHIVE, lines)
     task = get_task("demo", data_dir=tmp_path)
     assert task.name == "demo" and task.num_labels == 2 and task.metrics == ("accuracy",)
     data, _ = load_task(task)
@@ -240,11 +252,11 @@ def test_demo_split_sizes_labels_and_determinism(tmp_path):
     lines = [f"{i + 1}\t{r}\tsentence {i + 1}, with ''quotes''" for i, r in enumerate(ratings)]
     for d in ("a", "b"):
         (tmp_path / d).mkdir()
-        _fake_vader_sdist(tmp_path / d / glue_utils.DEMO_ARCHIVE, lines)
-    folder = glue_utils.prepare_demo_data(tmp_path / "a", n_validation=3)
-    again = glue_utils.prepare_demo_data(tmp_path / "b", n_validation=3)
+        _fake_vader_sdist(tmp_path / d / glue_tasks.DEMO_ARCHIVE, lines)
+    folder = glue_tasks.prepare_demo_data(tmp_path / "a", n_validation=3)
+    again = glue_tasks.prepare_demo_data(tmp_path / "b", n_validation=3)
     assert (folder / "train.csv").read_text() == (again / "train.csv").read_text()
-    data, _ = load_task(glue_utils.csv_task(folder, name="demo"))
+    data, _ = load_task(glue_tasks.csv_task(folder, name="demo"))
     assert len(data["validation"]) == 3 and len(data["train"]) == 7  # the two neutral ratings dropped
     expected = {f"sentence {i + 1}, with ''quotes''": int(r > 0) for i, r in enumerate(ratings) if r != 0}
     for split in ("train", "validation"):
@@ -274,7 +286,7 @@ OFFICIAL_ROWS = {  # /work/shared/glue_data/SOURCES.md
 def test_every_real_glue_file_loads_with_the_official_row_count():
     root = Path(os.environ["GLUE_DIR"])
     checked = 0
-    for name in glue_utils.GLUE_TASKS:
+    for name in glue_tasks.GLUE_TASKS:
         task = TASKS[name]
         for split, filename in task.splits.items():
             path = root / task.folder / filename

@@ -1,5 +1,5 @@
-"""Encoding, batching and the fine-tuning loop: output schema, learning, seeds, MNLI-init head
-swaps, and the Hugging Face path on the packaged MiniLM."""
+"""Encoding, batching, DitBERT's heads and the fine-tuning loop: output schema, learning, seeds,
+precision, MNLI-init head swaps, the environment table, and the Hugging Face path on the packaged MiniLM."""
 
 import dataclasses
 import json
@@ -11,10 +11,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import glue_heads
 import glue_utils
-from glue_utils import TASKS
-from model_defs import load_model, load_tokenizer
-from params import DOC_ID, END_ID, PAD_ID, START_ID, FinetuneConfig, get_params
+import params
+import runtime
+from glue_heads import HeadConfig
+from glue_tasks import GLUE_TASKS, TASKS
+from model_defs import load_model, load_tokenizer, pool_hidden
+from params import DOC_ID, END_ID, PAD_ID, START_ID, FinetuneConfig
 
 
 def tiny_ft(out_dir, **kw) -> FinetuneConfig:
@@ -110,6 +114,7 @@ def test_run_writes_the_results_schema_run_info_and_a_safetensors_model(ditbert,
     assert info["model"] == "ditbert-test" and info["seed"] == 1 and info["init"] == "pretrained"
     assert info["pretrain_tokens_seen"] == 12345 and info["model_source"] == ditbert.path
     assert info["finetune"]["epochs"] == 2 and info["finetune"]["lr"] == 1e-3
+    assert (info["device"], info["dtype"]) == ("cpu", "float32")  # "auto" on a CPU
     assert set(info["tasks"]) == {"cola", "mnli", "stsb"} and info["tasks"]["mnli"]["validation_matched_examples"] == 12
     best = run / "best_cola"
     assert sorted(p.name for p in best.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
@@ -125,10 +130,10 @@ def test_saved_best_model_reloads_to_the_same_predictions(ditbert, glue_layout, 
     ft = tiny_ft(tmp_path, epochs=1)
     glue_utils.run_glue(ditbert, "rte", ft, glue_dir=glue_layout)
     best = tmp_path / "ditbert-test-seed1" / "best_rte"
-    model = glue_utils.load_classifier(best).eval()
+    model = glue_heads.load_classifier(best).eval()
     state = load_file(str(best / "model.safetensors"))
-    assert torch.equal(model.head.weight, state["head.weight"]) and model.num_labels == 2
-    again = glue_utils.load_classifier(best).eval()
+    assert torch.equal(model.head.weight, state["head.weight"]) and model.head_config.num_labels == 2
+    again = glue_heads.load_classifier(best).eval()
     ids = torch.tensor([[START_ID, 10, 11, DOC_ID, 12, END_ID]])
     assert torch.equal(model(ids), again(ids))
 
@@ -211,15 +216,13 @@ def test_bad_settings_are_caught_before_training(ditbert, glue_layout, tmp_path)
         glue_utils.run_glue(ditbert, "ax", tiny_ft(tmp_path), glue_dir=glue_layout)
     with pytest.raises(ValueError, match="pooling must be 'cls' or 'mean', got 'max'"):
         glue_utils.run_glue(ditbert, "rte", tiny_ft(tmp_path, pooling="max"), glue_dir=glue_layout)
-    with pytest.raises(ValueError, match=r"finetune.head_epochs=-1 must be 0 \(off\) or more"):
-        glue_utils.run_glue(ditbert, "rte", tiny_ft(tmp_path, head_epochs=-1), glue_dir=glue_layout)
     with pytest.raises(ValueError, match="finetune.epochs=0 must be at least 1; finetune.lr=0.0 must be positive"):
         glue_utils.run_glue(ditbert, "rte", tiny_ft(tmp_path, epochs=0, lr=0.0), glue_dir=glue_layout)
     assert not (tmp_path / "ditbert-test-seed1").exists()  # nothing ran
 
 
 def test_mean_pooling_ignores_padding(tiny_model_dir):
-    model = glue_utils.DitBertClassifier(load_model(tiny_model_dir).encoder, 2, pooling="mean", dropout=0.0).eval()
+    model = glue_heads.DitBertClassifier(load_model(tiny_model_dir).encoder, HeadConfig(2, pooling="mean", dropout=0.0)).eval()
     ids = torch.tensor([[START_ID, 10, 11, END_ID]])
     padded = torch.tensor([[START_ID, 10, 11, END_ID, PAD_ID, PAD_ID]])
     out = model(ids, torch.ones_like(ids))
@@ -231,10 +234,10 @@ def test_pool_texts_pools_each_text_of_a_pair_on_its_own():
     ids = torch.tensor([[START_ID, 10, 11, DOC_ID, 12, 13, 14, END_ID, PAD_ID]])
     mask = ids.ne(PAD_ID).long()
     h = torch.arange(9, dtype=torch.float).view(1, 9, 1).expand(1, 9, 2)  # each position's state is its index
-    u, v = glue_utils.pool_texts(h, ids, mask, "mean")
+    u, v = glue_heads.pool_texts(h, ids, mask, "mean")
     assert u.tolist() == [[1.0, 1.0]]  # [START] a a: positions 0-2
     assert v.tolist() == [[5.5, 5.5]]  # b b b [END]: positions 4-7; neither [DOC] nor padding
-    u, v = glue_utils.pool_texts(h, ids, mask, "cls")
+    u, v = glue_heads.pool_texts(h, ids, mask, "cls")
     assert u.tolist() == [[0.0, 0.0]] and v.tolist() == [[3.0, 3.0]]  # the [START] and [DOC] states
 
 
@@ -242,63 +245,31 @@ def test_pair_features_head_on_pair_tasks_only_and_saved_with_the_model(ditbert,
     ft = tiny_ft(tmp_path, epochs=1, pooling="mean", pair_features=True)
     assert glue_utils.load_for_task(ditbert, TASKS["sst2"], ft, seed=1).model.head.in_features == 32
     model = glue_utils.load_for_task(ditbert, TASKS["rte"], ft, seed=1).model.eval()
-    assert model.pair_features and model.head.in_features == 4 * 32
+    assert model.head_config.pair_features and model.head.in_features == 4 * 32
     pair = torch.tensor([[START_ID, 10, 11, DOC_ID, 12, END_ID]])
     swapped = torch.tensor([[START_ID, 12, DOC_ID, 10, 11, END_ID]])
-    u, v = glue_utils.pool_texts(model.encoder(pair, pair.ne(PAD_ID)), pair, pair.ne(PAD_ID), "mean")
+    u, v = glue_heads.pool_texts(model.encoder(pair, pair.ne(PAD_ID)), pair, pair.ne(PAD_ID), "mean")
     u, v = (torch.nn.functional.normalize(x, dim=-1) * 32**0.5 for x in (u, v))  # length sqrt(d_model)
     features = torch.cat([u, v, (u - v).abs(), u * v], dim=-1)
     assert torch.allclose(model(pair), model.head(features), atol=1e-6)  # the head reads the four parts
     assert not torch.allclose(model(pair), model(swapped))
     glue_utils.run_glue(ditbert, "rte", ft, glue_dir=glue_layout)
     best = tmp_path / "ditbert-test-seed1" / "best_rte"
-    assert json.loads((best / "config.json").read_text())["pair_features"] is True
-    reloaded = glue_utils.load_classifier(best).eval()
-    assert reloaded.pair_features and reloaded.head.in_features == 4 * 32
+    assert json.loads((best / "config.json").read_text())["head"]["pair_features"] is True
+    reloaded = glue_heads.load_classifier(best).eval()
+    assert reloaded.head_config.pair_features and reloaded.head.in_features == 4 * 32
     source = glue_utils.from_mnli_source(ditbert, ft.output_dir, mnli_dir=str(best))
     plain = glue_utils.load_for_task(source.resolved(1), TASKS["mrpc"], tiny_ft(tmp_path), seed=1).model
-    assert not plain.pair_features and plain.head.in_features == 32  # the setting wins: a fresh head
+    assert not plain.head_config.pair_features and plain.head.in_features == 32  # the setting wins: a fresh head
     kept = glue_utils.load_for_task(source.resolved(1), TASKS["mrpc"], ft, seed=1).model
     assert torch.equal(kept.head.weight, reloaded.head.weight)  # same labels, same features: head kept
-
-
-def test_embedding_channel_head_reads_final_and_embedding_layer_texts(ditbert, glue_layout, tmp_path):
-    ft = tiny_ft(tmp_path, epochs=1, pooling="mean", pair_features=True, embedding_channel=True)
-    single = glue_utils.load_for_task(ditbert, TASKS["sst2"], ft, seed=1).model.eval()
-    ids = torch.tensor([[START_ID, 10, 11, 12, END_ID, PAD_ID]])
-    mask = ids.ne(PAD_ID)
-    final, embedded = (glue_utils.pool_text(h, mask, "mean") for h in (single.encoder(ids, mask), single.encoder.embed(ids)))
-    assert single.head.in_features == 2 * 32
-    assert torch.allclose(single(ids, mask), single.head(torch.cat([final, embedded], dim=-1)), atol=1e-6)
-
-    model = glue_utils.load_for_task(ditbert, TASKS["rte"], ft, seed=1).model.eval()
-    assert model.head.in_features == 8 * 32
-    pair = torch.tensor([[START_ID, 10, 11, DOC_ID, 12, END_ID]])
-    mask = pair.ne(PAD_ID)
-
-    def text_vectors(h):  # each text pooled on its own, scaled to length sqrt(d_model)
-        return [torch.nn.functional.normalize(x, dim=-1) * 32**0.5 for x in glue_utils.pool_texts(h, pair, mask, "mean")]
-
-    (u, v), (u_emb, v_emb) = text_vectors(model.encoder(pair, mask)), text_vectors(model.encoder.embed(pair))
-    u, v = torch.cat([u, u_emb], dim=-1), torch.cat([v, v_emb], dim=-1)
-    assert torch.allclose(model(pair), model.head(torch.cat([u, v, (u - v).abs(), u * v], dim=-1)), atol=1e-6)
-
-    glue_utils.run_glue(ditbert, "rte", ft, glue_dir=glue_layout)
-    best = tmp_path / "ditbert-test-seed1" / "best_rte"
-    reloaded = glue_utils.load_classifier(best).eval()
-    assert reloaded.embedding_channel and reloaded.head.in_features == 8 * 32
-    source = glue_utils.from_mnli_source(ditbert, ft.output_dir, mnli_dir=str(best))
-    without = glue_utils.load_for_task(source.resolved(1), TASKS["mrpc"], dataclasses.replace(ft, embedding_channel=False), seed=1)
-    assert not without.model.embedding_channel and without.model.head.in_features == 4 * 32  # the setting wins
-    kept = glue_utils.load_for_task(source.resolved(1), TASKS["mrpc"], ft, seed=1).model
-    assert torch.equal(kept.head.weight, reloaded.head.weight)
 
 
 def test_split_pair_frames_each_text_as_a_text_of_its_own():
     ids = torch.tensor([[START_ID, 10, 11, 12, DOC_ID, 20, 21, END_ID, PAD_ID],
                         [START_ID, 13, DOC_ID, 22, 23, 24, 25, 26, END_ID],
                         [START_ID, 14, 15, END_ID, PAD_ID, PAD_ID, PAD_ID, PAD_ID, PAD_ID]])  # no [DOC]: b is empty
-    (a, mask_a), (b, mask_b) = glue_utils.split_pair(ids, ids.ne(PAD_ID))
+    (a, mask_a), (b, mask_b) = glue_heads.split_pair(ids, ids.ne(PAD_ID))
     assert a.tolist() == [[START_ID, 10, 11, 12, END_ID], [START_ID, 13, END_ID, PAD_ID, PAD_ID],
                           [START_ID, 14, 15, END_ID, PAD_ID]]
     assert b.tolist() == [[START_ID, 20, 21, END_ID, PAD_ID, PAD_ID, PAD_ID], [START_ID, 22, 23, 24, 25, 26, END_ID],
@@ -313,19 +284,19 @@ def test_separate_pair_encoding_reads_each_text_encoded_alone(ditbert, glue_layo
     model = glue_utils.load_for_task(ditbert, TASKS["rte"], ft, seed=1).model.eval()
     pair = torch.tensor([[START_ID, 10, 11, DOC_ID, 12, 13, 14, END_ID]])
     alone = [torch.tensor([[START_ID, *text, END_ID]]) for text in ([10, 11], [12, 13, 14])]
-    pooled = [glue_utils.pool_text(model.encoder(x, x.ne(PAD_ID)), x.ne(PAD_ID), "mean") for x in alone]
+    pooled = [pool_hidden(model.encoder(x, x.ne(PAD_ID)), x.ne(PAD_ID), "mean") for x in alone]
     u, v = (torch.nn.functional.normalize(x, dim=-1) * 32**0.5 for x in pooled)
     assert torch.allclose(model(pair), model.head(torch.cat([u, v, (u - v).abs(), u * v], dim=-1)), atol=1e-6)
-    model.pair_encoding = "joint"
+    model.head_config = dataclasses.replace(model.head_config, pair_encoding="joint")
     assert not torch.allclose(model(pair), model.head(torch.cat([u, v, (u - v).abs(), u * v], dim=-1)), atol=1e-4)
 
     sim = glue_utils.load_for_task(ditbert, TASKS["stsb"], similarity_ft(tmp_path, pair_encoding="separate"), seed=1).model.eval()
-    cosine = sum(torch.nn.functional.cosine_similarity(*(glue_utils.pool_text(layer(x), x.ne(PAD_ID), "mean") for x in alone))
+    cosine = sum(torch.nn.functional.cosine_similarity(*(pool_hidden(layer(x), x.ne(PAD_ID), "mean") for x in alone))
                  for layer in (lambda x: sim.encoder(x, x.ne(PAD_ID)), sim.encoder.embed)) / 2
     assert torch.allclose(sim.text_cosine(pair, pair.ne(PAD_ID)), cosine, atol=1e-6)
 
     glue_utils.run_glue(ditbert, "rte", ft, glue_dir=glue_layout)
-    assert glue_utils.load_classifier(tmp_path / "ditbert-test-seed1" / "best_rte").pair_encoding == "separate"
+    assert glue_heads.load_classifier(tmp_path / "ditbert-test-seed1" / "best_rte").head_config.pair_encoding == "separate"
     with pytest.raises(ValueError, match="pair_encoding"):
         glue_utils.check_finetune_settings(dataclasses.replace(ft, pair_encoding="crossed"))
 
@@ -333,17 +304,18 @@ def test_separate_pair_encoding_reads_each_text_encoded_alone(ditbert, glue_layo
 def test_pair_encoding_by_task_reads_similarity_pairs_apart_and_inference_pairs_together(ditbert, tmp_path):
     """by_task: MRPC, QQP and STS-B ask how alike two texts are and are encoded separately; MNLI, QNLI,
     RTE and WNLI ask whether one follows from the other and are encoded jointly."""
-    separate = {name for name in glue_utils.GLUE_TASKS if glue_utils.task_pair_encoding("by_task", TASKS[name]) == "separate"}
+    separate = {name for name in GLUE_TASKS if glue_heads.task_pair_encoding("by_task", TASKS[name]) == "separate"}
     assert separate == {"mrpc", "qqp", "stsb"}
-    assert glue_utils.task_pair_encoding("separate", TASKS["rte"]) == "separate"
-    assert glue_utils.task_pair_encoding("joint", TASKS["stsb"]) == "joint"
+    assert glue_heads.task_pair_encoding("separate", TASKS["rte"]) == "separate"
+    assert glue_heads.task_pair_encoding("joint", TASKS["stsb"]) == "joint"
     ft = tiny_ft(tmp_path, epochs=1, pooling="mean", pair_features=True, pair_encoding="by_task")
     glue_utils.check_finetune_settings(ft)
     rte = glue_utils.load_for_task(ditbert, TASKS["rte"], ft, seed=1).model
-    assert rte.pair_encoding == "joint"
-    assert glue_utils.load_for_task(ditbert, TASKS["mrpc"], ft, seed=1).model.pair_encoding == "separate"
+    assert rte.head_config.pair_encoding == "joint"
+    assert glue_utils.load_for_task(ditbert, TASKS["mrpc"], ft, seed=1).model.head_config.pair_encoding == "separate"
     with pytest.raises(ValueError, match="'joint' or 'separate', got 'by_task'"):  # a classifier needs the task's choice
-        glue_utils.DitBertClassifier(rte.encoder, 2, "mean", pair_encoding="by_task")
+        HeadConfig(2, "mean", pair_encoding="by_task")
+    assert params.get_params("tiny").finetune.pair_encoding == "by_task"  # the measured recipe
 
 
 def similarity_ft(out_dir, **kw) -> FinetuneConfig:
@@ -367,21 +339,21 @@ def test_similarity_head_scores_the_mean_of_final_and_embedding_cosines(ditbert,
     assert isinstance(glue_utils.load_for_task(ditbert, TASKS["rte"], ft, seed=1).model.head, torch.nn.Linear)
     assert glue_utils.load_for_task(ditbert, TASKS["sst2"], ft, seed=1).model.head.in_features == 32
     model = glue_utils.load_for_task(ditbert, TASKS["stsb"], ft, seed=1).model.eval()
-    assert model.similarity_head and isinstance(model.head, glue_utils.SimilarityHead)
+    assert model.head_config.similarity_head and isinstance(model.head, glue_heads.SimilarityHead)
     with torch.no_grad():
         model.head.scale.fill_(2.0)
         model.head.bias.fill_(0.5)
     pair = torch.tensor([[START_ID, 10, 11, DOC_ID, 12, 13, END_ID], [START_ID, 14, DOC_ID, 14, 15, END_ID, PAD_ID]])
     mask = pair.ne(PAD_ID)
-    cosines = [torch.nn.functional.cosine_similarity(*glue_utils.pool_texts(h, pair, mask, "mean"), dim=-1)
+    cosines = [torch.nn.functional.cosine_similarity(*glue_heads.pool_texts(h, pair, mask, "mean"), dim=-1)
                for h in (model.encoder(pair, mask), model.encoder.embed(pair))]
     expected = 2.0 * (cosines[0] + cosines[1]) / 2 + 0.5
     assert not torch.allclose(cosines[0], cosines[1])  # two layers, two different cosines
     assert torch.allclose(model(pair, mask).squeeze(-1), expected, atol=1e-6)
     with pytest.raises(ValueError, match="regression"):
-        model.new_head(3)
-    model.pooling = "cls"  # the final states at [START] and [DOC]; the embedding layer still by the mean
-    final = torch.nn.functional.cosine_similarity(*glue_utils.pool_texts(model.encoder(pair, mask), pair, mask, "cls"), dim=-1)
+        model.new_head(dataclasses.replace(model.head_config, num_labels=3))
+    model.head_config = dataclasses.replace(model.head_config, pooling="cls")  # final states at [START] and [DOC]; embeddings by the mean
+    final = torch.nn.functional.cosine_similarity(*glue_heads.pool_texts(model.encoder(pair, mask), pair, mask, "cls"), dim=-1)
     assert torch.allclose(model(pair, mask).squeeze(-1), 2.0 * (final + cosines[1]) / 2 + 0.5, atol=1e-6)
 
 
@@ -392,17 +364,17 @@ def test_fit_similarity_head_finds_the_least_squares_line(ditbert, tmp_path):
     texts = [" ".join(rng.choices(words, k=5)) for _ in range(40)]
     enc = loaded.encode(texts[:20], texts[20:])
     enc["labels"] = [0.0] * 20
-    cosine = glue_utils.predict(loaded, enc, 8, True, "cpu").squeeze(-1)  # a fresh head: scale 1, bias 0
+    cosine = glue_utils.predict(loaded, enc, 8, True).squeeze(-1)  # a fresh head: scale 1, bias 0
     assert cosine.std() > 0.01
     enc["labels"] = (3.0 * cosine + 1.0).tolist()
     with torch.no_grad():
         loaded.model.head.scale.fill_(7.0)  # whatever the head held before is replaced
         loaded.model.head.bias.fill_(-2.0)
-    scale, bias = glue_utils.fit_similarity_head(loaded, enc, 8, "cpu")
+    scale, bias = glue_utils.fit_similarity(loaded, enc, 8)
     assert (scale, bias) == (pytest.approx(3.0, abs=1e-4), pytest.approx(1.0, abs=1e-4))
     assert loaded.model.head.scale.item() == pytest.approx(3.0, abs=1e-4)
     enc["labels"] = (5.0 - 2.0 * cosine).tolist()  # a falling line: the fit follows it
-    assert glue_utils.fit_similarity_head(loaded, enc, 8, "cpu") == (pytest.approx(-2.0, abs=1e-4), pytest.approx(5.0, abs=1e-4))
+    assert glue_utils.fit_similarity(loaded, enc, 8) == (pytest.approx(-2.0, abs=1e-4), pytest.approx(5.0, abs=1e-4))
 
 
 def test_similarity_head_fine_tuned_saved_and_reloaded(ditbert, glue_layout, tmp_path, capsys):
@@ -410,96 +382,16 @@ def test_similarity_head_fine_tuned_saved_and_reloaded(ditbert, glue_layout, tmp
     glue_utils.run_glue(ditbert, "stsb,rte", ft, glue_dir=glue_layout)
     assert "similarity head fitted: score = " in capsys.readouterr().out
     best = tmp_path / "ditbert-test-seed1" / "best_stsb"
-    assert json.loads((best / "config.json").read_text())["similarity_head"] is True
+    assert json.loads((best / "config.json").read_text())["head"]["similarity_head"] is True
     saved = load_file(str(best / "model.safetensors"))
-    reloaded = glue_utils.load_classifier(best)
-    assert isinstance(reloaded.head, glue_utils.SimilarityHead)
+    reloaded = glue_heads.load_classifier(best)
+    assert isinstance(reloaded.head, glue_heads.SimilarityHead)
     assert reloaded.head.scale.item() == saved["head.scale"].item() != 1.0  # fitted, then fine-tuned
     source = glue_utils.from_mnli_source(ditbert, ft.output_dir, mnli_dir=str(tmp_path / "ditbert-test-seed1" / "best_rte"))
     model = glue_utils.load_for_task(source.resolved(1), TASKS["stsb"], ft, seed=1).model
-    assert isinstance(model.head, glue_utils.SimilarityHead)  # a two-label model starting STS-B gets the similarity head
+    assert isinstance(model.head, glue_heads.SimilarityHead)  # a two-label model starting STS-B gets the similarity head
     linear = glue_utils.load_for_task(source.resolved(1), TASKS["stsb"], dataclasses.replace(ft, similarity_head=False), 1)
     assert linear.model.head.out_features == 1
-
-
-def pooled_one_by_one(model, enc) -> torch.Tensor:
-    """(N texts, layer, D): every text of every pair pooled alone, final states and embedding layer."""
-    texts = []
-    for ids in enc["input_ids"]:
-        one = torch.tensor([ids])
-        h = model.encoder(one, one.ne(PAD_ID))
-        texts += list(torch.stack([torch.stack(glue_utils.pool_texts(x, one, one.ne(PAD_ID), "mean"))[:, 0]
-                                   for x in (h, model.encoder.embed(one))], 1))  # 2 texts x (layer, D)
-    return torch.stack(texts)
-
-
-def test_fit_text_transform_centres_and_whitens_the_training_texts(ditbert, tmp_path):
-    ft = similarity_ft(tmp_path, text_transform="whiten")
-    loaded = glue_utils.load_for_task(ditbert, TASKS["stsb"], ft, seed=1)
-    model = loaded.model.eval()
-    rng = random.Random(3)
-    words = "the river ran past an old house where we found small red boats and a dog".split()
-    texts = [" ".join(rng.choices(words, k=rng.randint(2, 7))) for _ in range(160)]
-    enc = loaded.encode(texts[:80], texts[80:])
-    enc["labels"] = [1.0] * 80
-    pair = torch.tensor([[START_ID, 10, 11, DOC_ID, 12, 13, END_ID]])
-    plain = model(pair)
-    assert torch.equal(model.text_whitening, torch.eye(32).repeat(2, 1, 1))  # the identity until fitted
-    glue_utils.fit_text_transform(loaded, enc, 16, "cpu", "center")
-    pooled = pooled_one_by_one(model, enc).double()
-    assert torch.allclose(model.text_center.double(), pooled.mean(0), atol=1e-5)  # every text, per layer
-    assert torch.equal(model.text_whitening, torch.eye(32).repeat(2, 1, 1))
-    mask = pair.ne(PAD_ID)
-    cosines = [torch.nn.functional.cosine_similarity(*(x - c for x in glue_utils.pool_texts(h, pair, mask, "mean")), dim=-1)
-               for h, c in ((model.encoder(pair, mask), model.text_center[0]), (model.encoder.embed(pair), model.text_center[1]))]
-    assert torch.allclose(model(pair).squeeze(-1), (cosines[0] + cosines[1]) / 2, atol=1e-5)  # scale 1, bias 0
-    assert not torch.allclose(model(pair), plain)
-    glue_utils.fit_text_transform(loaded, enc, 16, "cpu", "whiten")
-    for layer in (0, 1):
-        mapped = model.transform_text(pooled[:, layer].float(), layer).double()
-        cov = torch.cov(mapped.T)
-        assert torch.allclose(mapped.mean(0), torch.zeros(32, dtype=torch.float64), atol=1e-4)
-        assert torch.allclose(cov - torch.diag(cov.diagonal()), torch.zeros(32, 32, dtype=torch.float64), atol=1e-3)
-        assert cov.diagonal().max() <= 1.0 + 1e-4  # unit variance, less the shrinkage of small directions
-    rte = glue_utils.load_for_task(ditbert, TASKS["rte"], ft, seed=1).model.eval()
-    before = rte(pair)
-    rte.text_center.copy_(model.text_center)
-    rte.text_whitening.copy_(model.text_whitening)
-    rte.text_transform = "whiten"
-    u, v = (torch.nn.functional.normalize((x - model.text_center[0]) @ model.text_whitening[0], dim=-1) * 32**0.5
-            for x in glue_utils.pool_texts(rte.encoder(pair, mask), pair, mask, "mean"))
-    assert torch.allclose(rte(pair), rte.head(torch.cat([u, v, (u - v).abs(), u * v], dim=-1)), atol=1e-5)
-    assert not torch.allclose(rte(pair), before)
-    glue_utils.fit_text_transform(loaded, enc, 16, "cpu", "none")
-    assert torch.allclose(model(pair), plain)
-    with pytest.raises(ValueError, match="text transform must be"):
-        glue_utils.fit_text_transform(loaded, enc, 16, "cpu", "pca")
-
-
-def test_whitened_texts_fine_tuned_saved_and_reloaded(ditbert, glue_layout, tmp_path, capsys):
-    ft = similarity_ft(tmp_path, epochs=1, text_transform="whiten")
-    glue_utils.run_glue(ditbert, "stsb,sst2", ft, glue_dir=glue_layout)
-    out = capsys.readouterr().out
-    assert "stsb text transform fitted: whiten" in out and "sst2 text transform fitted: whiten" in out
-    best = tmp_path / "ditbert-test-seed1" / "best_stsb"
-    saved = load_file(str(best / "model.safetensors"))
-    assert saved["text_center"].abs().sum() > 0 and not torch.equal(saved["text_whitening"], torch.eye(32).repeat(2, 1, 1))
-    reloaded = glue_utils.load_classifier(best)
-    assert torch.equal(reloaded.text_whitening, saved["text_whitening"]) and reloaded.text_transform == "whiten"
-    for name in ("text_center", "text_whitening"):  # a model saved before texts were transformed still loads
-        del saved[name]
-    from safetensors.torch import save_file
-    save_file(saved, str(best / "model.safetensors"))
-    old = glue_utils.load_classifier(best)
-    assert torch.equal(old.text_center, torch.zeros(2, 32)) and torch.equal(old.text_whitening, torch.eye(32).repeat(2, 1, 1))
-    sst2 = glue_utils.load_classifier(tmp_path / "ditbert-test-seed1" / "best_sst2").eval()
-    ids = torch.tensor([[START_ID, 10, 11, 12, END_ID]])
-    pooled = glue_utils.masked_mean(sst2.encoder(ids, ids.ne(PAD_ID)), ids.ne(PAD_ID))
-    whitened = (pooled - sst2.text_center[0]) @ sst2.text_whitening[0]
-    assert torch.allclose(sst2(ids), sst2.head(whitened), atol=1e-5)  # a single text's head reads it whitened
-    assert not torch.allclose(sst2(ids), sst2.head(pooled), atol=1e-3)
-    with pytest.raises(ValueError, match="finetune.text_transform='pca' must be 'none', 'center' or 'whiten'"):
-        glue_utils.run_glue(ditbert, "stsb", dataclasses.replace(ft, text_transform="pca"), glue_dir=glue_layout)
 
 
 # --------------------------------------------------------------------------- Hugging Face models
@@ -538,64 +430,81 @@ def test_hf_source_spec_forms(tmp_path):
     assert glue_utils.hf_source("minilm-l6").path == str(glue_utils.packaged_model_dir())
 
 
-def test_notebook_settings_apply_seeds_and_output_dir_to_the_preset():
-    params = get_params("tiny", {"finetune.epochs": "5"})
-    ft = glue_utils.finetune_settings(params, seeds="1,2,3", output_dir="elsewhere")
-    assert ft.seeds == [1, 2, 3] and ft.output_dir == "elsewhere" and ft.epochs == 5
-    assert params.finetune.seeds == [1] and params.finetune.output_dir == "GLUE-Outputs"  # the input is untouched
-    assert glue_utils.finetune_settings(params).seeds == [1]
+def test_environment_table_maps_notebook_variables_onto_settings(monkeypatch):
+    """GLUE_SEEDS and GLUE_OUTPUT_DIR set finetune.seeds and finetune.output_dir, after $DITBERT_SET and
+    unless empty; the notebooks' own inputs are read through the table, which must name them."""
+    monkeypatch.setenv("DITBERT_SET", "finetune.epochs=5;finetune.seeds=7")
+    monkeypatch.setenv("GLUE_SEEDS", "1,2,3")
+    monkeypatch.setenv("GLUE_OUTPUT_DIR", "elsewhere")
+    settings = params.params_from_env()
+    assert settings.finetune.seeds == [1, 2, 3] and settings.finetune.output_dir == "elsewhere"
+    assert settings.finetune.epochs == 5
+    monkeypatch.setenv("GLUE_SEEDS", "")
+    assert params.params_from_env().finetune.seeds == [7]  # empty: the setting stays
+    mapped = [setting.split(".") for setting, _, _ in params.ENVIRONMENT.values() if setting]
+    assert mapped and all(hasattr(getattr(params.Params(), section), name) for section, name in mapped)
+    monkeypatch.setenv("GLUE_TASKS", "rte")
+    assert params.notebook_input("GLUE_TASKS", "all") == "rte"
+    monkeypatch.delenv("GLUE_TASKS")
+    assert params.notebook_input("GLUE_TASKS", "all") == "all"
+    for name in ("GLUE_SEEDS", "NOT_IN_THE_TABLE"):  # a setting's variable, or one the table lacks
+        with pytest.raises(KeyError, match=name):
+            params.notebook_input(name)
 
 
-def test_no_mixed_precision_on_cpu():
-    autocast, scaler = glue_utils._autocast(torch.device("cpu"))
-    assert scaler is None and not torch.is_autocast_enabled()
-    with autocast():
-        assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.float32
+def test_fine_tuning_runs_in_the_precision_it_is_given(ditbert, glue_layout, tmp_path):
+    """The loop trains and evaluates under the given autocast dtype (bf16 on the CPU here) and
+    records it; the notebooks pass runtime.Precision.choose(train.device, train.dtype)."""
+    bf16 = runtime.Precision.choose("cpu", "bf16")
+    glue_utils.run_glue(ditbert, "rte", tiny_ft(tmp_path, epochs=1, save_best=False), glue_dir=glue_layout,
+                        precision=bf16)
+    info = json.loads((tmp_path / "ditbert-test-seed1" / "run_info.json").read_text())
+    assert (info["device"], info["dtype"]) == ("cpu", "bfloat16")
+    loaded = glue_utils.load_for_task(ditbert, TASKS["rte"], tiny_ft(tmp_path), seed=1)
+    enc = loaded.encode(["a good story"] * 3, ["the river"] * 3)
+    enc["labels"] = [0, 1, 0]
+    fp32, half = (glue_utils.predict(loaded, enc, 2, False, p) for p in (glue_utils.CPU_FP32, bf16))
+    assert fp32.dtype == half.dtype == torch.float32 and not torch.equal(fp32, half)  # bf16 matmuls round
 
 
-@pytest.mark.parametrize("decay,head_scale", [(1.0, 1.0), (0.5, 1.0), (1.0, 10.0)])
-def test_layer_lr_decay_gives_each_layer_its_rate(tiny_model_dir, decay, head_scale):
-    """The head and final norm train at lr * head_lr_scale, block i of L at lr * decay**(L - i),
-    the embeddings at lr * decay**L; decay 1 is one rate for all. Biases and norms never get
-    weight decay."""
-    encoder = load_model(tiny_model_dir).encoder
-    model = glue_utils.DitBertClassifier(encoder, 2)
-    ft = FinetuneConfig(lr=1e-3, layer_lr_decay=decay, head_lr_scale=head_scale)
-    opt, _ = glue_utils.build_optimizer(model, ft, steps_per_epoch=10)
-    rate = {id(p): (g["initial_lr"], g["weight_decay"]) for g in opt.param_groups for p in g["params"]}  # before warmup
+def test_updates_train_every_weight_at_one_rate_with_warmup_then_decay(tiny_model_dir):
+    """runtime.adamw and runtime.warmup_decay, as pretraining uses them: one learning rate for the
+    whole model, weight decay on weight matrices only, linear warmup over warmup_epochs, then
+    linear decay to 0 at the end of the last epoch."""
+    model = glue_heads.DitBertClassifier(load_model(tiny_model_dir).encoder, HeadConfig(2))
+    ft = FinetuneConfig(lr=1e-3, epochs=2, warmup_epochs=0.5)
+    updates = glue_utils.Updates.build(model, ft, steps_per_epoch=10, precision=glue_utils.CPU_FP32)
+    rate = {id(p): (g["initial_lr"], g["weight_decay"]) for g in updates.optimizer.param_groups for p in g["params"]}
     named = dict(model.named_parameters())
-    L = len(encoder.blocks)
-    assert rate[id(named["head.weight"])] == (pytest.approx(1e-3 * head_scale), ft.weight_decay)
-    assert rate[id(named["encoder.ln_final.weight"])][0] == pytest.approx(1e-3 * head_scale)
-    for i in range(L):
-        assert rate[id(named[f"encoder.blocks.{i}.ffn.fc_in.weight"])][0] == pytest.approx(1e-3 * decay ** (L - i))
-        assert rate[id(named[f"encoder.blocks.{i}.ffn.fc_in.bias"])][1] == 0.0
-    assert rate[id(named["encoder.tok_emb.weight"])][0] == pytest.approx(1e-3 * decay ** (L + 1))
-    assert sum(len(g["params"]) for g in opt.param_groups) == len(named)
+    assert rate[id(named["head.weight"])] == (1e-3, ft.weight_decay)
+    assert rate[id(named["encoder.blocks.0.ffn.fc_in.weight"])] == (1e-3, ft.weight_decay)
+    assert rate[id(named["encoder.blocks.0.ffn.fc_in.bias"])] == rate[id(named["encoder.ln_final.weight"])] == (1e-3, 0.0)
+    assert len(rate) == len(named) and not updates.scaler.is_enabled()
+    lrs = []
+    for _ in range(20):
+        lrs.append(updates.optimizer.param_groups[0]["lr"])
+        updates.optimizer.step()
+        updates.schedule.step()
+    assert lrs[0] == pytest.approx(1e-3 / 5) and lrs[4] == pytest.approx(1e-3)  # 5 warmup steps
+    assert lrs[5] == pytest.approx(1e-3) and lrs[19] == pytest.approx(1e-3 / 15)  # then 15 down to 0
 
 
-def test_head_first_epochs_move_only_the_top_and_release_the_encoder(ditbert, tmp_path):
-    """LP-FT: the head-only epochs change the head and final norm, leave every encoder weight
-    as it was, and hand back an encoder that trains again; the full run then moves everything."""
-    ft = tiny_ft(tmp_path, head_epochs=2, head_lr=1e-2, dropout=0.0)
-    loaded = glue_utils.load_for_task(ditbert, TASKS["sst2"], ft, seed=1)
-    texts = [f"a {w} story about the river" for w in ("good", "bad", "fine", "dull", "great", "poor")] * 4
-    enc = loaded.encode(texts)
-    enc["labels"] = [i % 2 for i in range(len(texts))]
-    lengths = [len(x) for x in enc["input_ids"]]
-    before = {k: v.detach().clone() for k, v in loaded.model.state_dict().items()}
-    depths = glue_utils.layer_depths(loaded.model)
-    top = max(depths.values())
-    glue_utils.train_head_first(loaded, TASKS["sst2"], enc, lengths, ft, torch.device("cpu"),
-                                np.random.default_rng(1), "test")
-    after = loaded.model.state_dict()
-    moved = {n for n in depths if not torch.equal(before[n], after[n])}
-    assert moved == {n for n, d in depths.items() if d == top}  # head and final norm, nothing below
-    assert all(p.requires_grad for p in loaded.model.parameters())
-
-
-def test_head_first_epochs_run_inside_finetune_task(ditbert, glue_layout, tmp_path, capsys):
-    ft = tiny_ft(tmp_path, head_epochs=1, save_best=False)
-    glue_utils.run_glue(ditbert, "rte", ft, glue_dir=glue_layout)
-    assert "rte head only: train_accuracy" in capsys.readouterr().out
-    assert len(pd.read_csv(tmp_path / "ditbert-test-seed1" / "results_rte.csv")) == ft.epochs  # head epochs not counted
+def test_head_config_round_trips_through_save_and_load(tiny_model_dir, tiny_tokenizer, tmp_path):
+    """Every head setting is stored in the saved classifier's config.json and rebuilt from it alone."""
+    encoder = load_model(tiny_model_dir).encoder
+    pair = torch.tensor([[START_ID, 10, 11, DOC_ID, 12, 13, END_ID]])
+    for head in (HeadConfig(num_labels=1, pooling="mean", pair_features=True, similarity_head=True,
+                            pair_encoding="separate", dropout=0.3),
+                 HeadConfig(num_labels=3, pooling="cls", pair_features=False, pair_encoding="joint", dropout=0.0)):
+        model = glue_heads.DitBertClassifier(encoder, head).eval()
+        with torch.no_grad():
+            next(model.head.parameters()).add_(0.5)  # not what a fresh head holds
+        out = tmp_path / f"clf{head.num_labels}"
+        glue_heads.save_classifier(model, out, tiny_tokenizer, {"task": "x"})
+        config = json.loads((out / "config.json").read_text())
+        assert config["head"] == dataclasses.asdict(head) and config["task"] == "x"
+        again = glue_heads.load_classifier(out).eval()
+        assert again.head_config == head and again.cfg == model.cfg
+        assert torch.equal(again(pair), model(pair))
+    with pytest.raises(ValueError, match="no head settings"):  # a pretrained model, not a classifier
+        glue_heads.load_classifier(tiny_model_dir)

@@ -1,10 +1,13 @@
 """GLUE metrics against values worked out by hand."""
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from glue_utils import TASKS, compute_metrics, csv_task, main_score
+from glue_tasks import TASKS, compute_metrics, csv_task, main_score
 
 # preds vs labels: TP = 2 (items 0, 4), FP = 1 (item 1), TN = 2 (items 2, 3), FN = 1 (item 5)
 PREDS = [1, 1, 0, 0, 1, 0]
@@ -19,7 +22,7 @@ def test_cola_matthews_correlation():
 def test_matthews_correlation_of_constant_predictions_is_zero():
     assert compute_metrics(TASKS["cola"], [1] * 6, LABELS)["mcc"] == pytest.approx(0.0)
     # CoLA's dev balance (721 acceptable, 322 not): always answering "acceptable" scores 0, as in
-    # scikit-learn and the official scorer, not the small positive value torchmetrics returns
+    # scikit-learn and the official scorer, not a small positive value
     labels = [1] * 721 + [0] * 322
     assert compute_metrics(TASKS["cola"], [1] * 1043, labels)["mcc"] == 0.0
     assert compute_metrics(TASKS["cola"], [0] * 1043, labels)["mcc"] == 0.0
@@ -72,3 +75,22 @@ def test_custom_task_metric_names_are_checked(tmp_path):
     (tmp_path / "task.json").write_text('{"metrics": ["accuracy", "auc"]}')
     with pytest.raises(ValueError, match=r"unknown metrics \['auc'\]"):
         csv_task(tmp_path)
+
+
+def test_correlations_of_constant_predictions_are_undefined_and_rank_worst():
+    # as the official scorer (scipy) gives them; main_score then never picks such an epoch
+    m = compute_metrics(TASKS["stsb"], [2.0, 2.0, 2.0], [1.0, 2.0, 3.0])
+    assert math.isnan(m["pearson"]) and math.isnan(m["spearman"])
+    row = {"validation_pearson": m["pearson"], "validation_spearman": m["spearman"]}
+    assert main_score(row, TASKS["stsb"]) == -math.inf
+    # ties share the mean of their ranks: (1, 2.5, 2.5, 4) against (1, 2, 3, 4)
+    assert compute_metrics(TASKS["stsb"], [1.0, 2.0, 2.0, 3.0], [1.0, 2.0, 3.0, 4.0])["spearman"] == pytest.approx(
+        4.5 / math.sqrt(4.5 * 5))
+
+
+def test_metrics_need_no_torch():
+    code = "import sys, glue_tasks; glue_tasks.compute_metrics(glue_tasks.TASKS['cola'], [1, 0], [1, 1]); " \
+           "assert 'torch' not in sys.modules"
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
+    assert done.returncode == 0, done.stderr

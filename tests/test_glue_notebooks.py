@@ -40,6 +40,7 @@ def tiny_ft(out: Path) -> FinetuneConfig:
 def test_glue_finetune_notebook(nb_env, tmp_path, monkeypatch):
     monkeypatch.setenv("GLUE_TASKS", "mnli,cola")
     monkeypatch.setenv("GLUE_SEEDS", "1,2")
+    monkeypatch.setenv("DITBERT_SET", TINY + ";train.dtype=bf16")  # fine-tuning follows train.device and train.dtype
     nb = execute_notebook("GLUE-Finetune.py", tmp_path)
     for seed in (1, 2):
         run = nb_env / f"ditbert-nb-seed{seed}"
@@ -47,6 +48,7 @@ def test_glue_finetune_notebook(nb_env, tmp_path, monkeypatch):
         assert list(pd.read_csv(run / "results_cola.csv").columns) == ["epoch", "train_mcc", "validation_mcc"]
         info = json.loads((run / "run_info.json").read_text())
         assert info["init"] == "pretrained" and info["finetune"]["max_train_examples"] == 16
+        assert (info["device"], info["dtype"]) == ("cpu", "bfloat16")
     assert "validation_matched_accuracy" in printed(nb)  # the results cell showed the table
 
 

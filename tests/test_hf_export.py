@@ -12,8 +12,9 @@ import torch
 from safetensors.torch import load_file
 
 import hf_ditbert
-from model_defs import DitBertForMLM, embedded_corpus_file, load_tokenizer, save_model, train_tokenizer
+from model_defs import DitBertForMLM, load_tokenizer, pool_hidden, save_model, train_tokenizer
 from params import DOC_ID, END_ID, MASK_ID, PAD_ID, START_ID, ModelConfig
+from pretrain_data import embedded_corpus_file
 from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
 VOCAB = 600
@@ -249,9 +250,9 @@ def test_sequence_classification_through_the_auto_class(core, export_dir, num_la
 def test_mean_pooling_ignores_padding():
     hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
     mask = torch.tensor([[1, 1, 0]])
-    pooled = hf_ditbert.pool_hidden(hidden, mask, None, "mean")
+    pooled = pool_hidden(hidden, mask, "mean")
     assert torch.equal(pooled, torch.tensor([[2.0, 3.0]]))
-    assert torch.equal(hf_ditbert.pool_hidden(hidden, mask, None, "cls"), torch.tensor([[1.0, 2.0]]))
+    assert torch.equal(pool_hidden(hidden, mask, "cls"), torch.tensor([[1.0, 2.0]]))
     with pytest.raises(ValueError, match="pooling"):
         hf_ditbert.DitBertConfig(pooling="max")
 
@@ -337,10 +338,11 @@ def test_shipped_code_is_generated_from_the_repository_source(export_dir):
 def test_glue_hf_path_takes_an_exported_ditbert(export_dir, core, tokenizer_path):
     """The Hugging Face GLUE notebooks accept the exported folder like any model directory,
     encoding pairs as DitBERT was pretrained, without running code from the folder."""
+    import glue_tasks
     import glue_utils
     from params import DOC_ID, END_ID, START_ID, get_params
 
-    loaded = glue_utils.load_for_task(glue_utils.hf_source(str(export_dir)), glue_utils.get_task("rte"),
+    loaded = glue_utils.load_for_task(glue_utils.hf_source(str(export_dir)), glue_tasks.get_task("rte"),
                                       get_params("tiny").finetune, seed=1)
     ids = loaded.encode(["The river flows into the sea."], ["It was built in 1850."])["input_ids"][0]
     assert ids[0] == START_ID and ids[-1] == END_ID and ids.count(DOC_ID) == 1

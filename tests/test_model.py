@@ -5,9 +5,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from model_defs import (DitBertEncoder, DitBertForMLM, alibi_bias, load_model, load_tokenizer, mask_tokens, parameter_table,
-                        save_model, set_dropout, word_index, word_start_table)
+from model_defs import (DitBertEncoder, DitBertForMLM, alibi_bias, load_model, load_tokenizer, parameter_table, save_model,
+                        set_dropout)
 from params import END_ID, MASK_ID, PAD_ID, SPECIAL_TOKENS, START_ID, ModelConfig
+from pretrain_data import mask_tokens, word_index, word_start_table
 
 CFG = ModelConfig(vocab_size=300, seq_len=14, n_layers=2, d_model=32, n_heads=4, d_ff=64)
 
@@ -131,7 +132,7 @@ def test_tied_head_and_save_load_round_trip(tmp_path, tie):
 def test_positions_start_as_sinusoids_at_the_token_embeddings_scale():
     model = DitBertForMLM(CFG)
     pos = model.encoder.pos_emb.weight
-    scale = CFG.pos_init_std * 2**0.5  # sin/cos have std 1/sqrt(2)
+    scale = 0.02 * 2**0.5  # the token embeddings' std; sin/cos have std 1/sqrt(2)
     assert torch.allclose(pos[0, 1::2], torch.full((CFG.d_model // 2,), scale))  # cos(0) = 1
     assert torch.allclose(pos[:, 0], scale * torch.sin(torch.arange(CFG.max_positions, dtype=torch.float32)))
     token_std = model.encoder.tok_emb.weight[len(SPECIAL_TOKENS):].std().item()

@@ -14,9 +14,11 @@ import torch
 import torch.nn.functional as F
 
 import model_defs
-from model_defs import DitBertForMLM, kept_rows, mask_tokens
+from model_defs import DitBertForMLM, kept_rows
 from params import END_ID, PAD_ID, START_ID, get_params
-from train_model import build_optimizer, to_device
+from pretrain_data import mask_tokens
+from runtime import adamw
+from train_model import to_device
 
 SMALL = {"model.n_layers": 2, "model.seq_len": 30, "model.vocab_size": 500}
 
@@ -131,12 +133,12 @@ def test_masked_only_head_computes_less():
 @pytest.mark.parametrize("fused", [True, False])
 def test_fused_adamw_matches_loop(fused):
     """After three steps on the same batch, fused and unfused AdamW hold the same weights."""
-    p_fast, p_plain = settings(train__fused_adamw=fused), settings(train__fused_adamw=not fused)
-    plain, fast = twin(p_plain, p_fast)
-    inputs, labels = batch(p_fast)
+    p = settings()
+    plain, fast = twin(p, p)
+    inputs, labels = batch(p)
     start = plain.encoder.blocks[0].ffn.fc_in.weight.detach().clone()
-    cpu = torch.device("cpu")
-    opts = [build_optimizer(plain, p_plain.train, cpu), build_optimizer(fast, p_fast.train, cpu)]
+    tc = p.train
+    opts = [adamw(model, tc.lr, tc.weight_decay, tc.betas, tc.eps, fused=f) for model, f in ((plain, not fused), (fast, fused))]
     assert [o.defaults["fused"] for o in opts] == [not fused, fused]
     for _ in range(3):
         for model, opt in zip((plain, fast), opts):
@@ -178,8 +180,7 @@ def test_pinned_copy_keeps_the_values():
     p = settings()
     inputs, _ = batch(p)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    for pin in (True, False):
-        assert torch.equal(to_device(inputs, device, pin).cpu(), inputs)
+    assert torch.equal(to_device(inputs, device).cpu(), inputs)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="TF32 is a CUDA setting")

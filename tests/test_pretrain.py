@@ -8,8 +8,10 @@ import pytest
 import torch
 
 import train_model
-from model_defs import embedded_corpus_file, load_model, train_tokenizer
+from model_defs import load_model, train_tokenizer
 from params import get_params
+from pretrain_data import embedded_corpus_file
+from runtime import autocast_dtype
 
 SMALL = {
     "model.n_layers": 2,
@@ -65,13 +67,6 @@ def assert_same_weights(a, b, atol=0.0):
             assert torch.equal(a[k], b[k]), k
 
 
-def test_lr_warms_up_then_decays_linearly():
-    f = [train_model.lr_factor(s, 10, 110) for s in range(110)]
-    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
-    assert f[10] == pytest.approx(1.0) and f[60] == pytest.approx(0.5) and f[109] == pytest.approx(0.01)
-    assert train_model.lr_factor(109, 10, 110, min_ratio=0.1) == pytest.approx(0.109)
-
-
 def test_pretraining_learns(make_params):
     """A short run must learn the token distribution: well below the vocabulary-sized
     perplexity of the random model. (Beating the unigram model takes minutes: `make demo`.)"""
@@ -117,10 +112,6 @@ def assert_setting_resumes_exactly_and_changes_training(make_params, name, **set
 
 def test_whole_word_masking_run_resumes_exactly_and_masks_other_positions(make_params):
     assert_setting_resumes_exactly_and_changes_training(make_params, "wwm", train__whole_word_mask=True)
-
-
-def test_short_sequence_run_resumes_exactly_and_trains_on_other_inputs(make_params):
-    assert_setting_resumes_exactly_and_changes_training(make_params, "short", train__short_seq_prob=0.5)
 
 
 def test_gradient_accumulation_matches_one_big_micro_batch(make_params):
@@ -197,5 +188,5 @@ def test_mixed_precision_step_on_cuda(make_params):
     params = make_params("cuda", train__device="cuda", train__steps=3)
     summary = train_model.train(params, show_progress=False)
     assert summary["step"] == 3 and summary["val_ppl"] == summary["val_ppl"]  # finite, not NaN
-    dtype = train_model.autocast_dtype("auto", torch.device("cuda"))
+    dtype = autocast_dtype("auto", torch.device("cuda"))
     assert dtype == (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
