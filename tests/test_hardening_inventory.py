@@ -1,14 +1,20 @@
 """What the hardening tests check, counted: every fault and bad input below names the tests
 that cover it. This test keeps the list honest both ways -- each named test exists, each test
-of the hardening files is listed -- and keeps the README's list of covered faults in step."""
+of the hardening files is listed -- and keeps docs/faults.md in step with it, both ways too:
+each case listed here is an entry there under its kind, and each entry there is a case here."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
-README = TESTS.parent / "README.md"
+REPO = TESTS.parent
+FAULTS_DOC = REPO / "docs" / "faults.md"
+README = REPO / "README.md"
+# docs/faults.md: a "## <kind>s" heading per kind, then one "- **<case>**: ..." line per case
+DOC_KINDS = {"faults": "fault", "distributed": "distributed", "bad inputs": "bad input"}
 HARDENING_FILES = ("test_faults.py", "test_bad_inputs.py", "test_distributed.py")
 
 # (kind, what can go wrong, tests "file::function" that show it is handled)
@@ -17,6 +23,8 @@ COVERED = [
     ("fault", "pickle disguised as safetensors", ["test_faults.py::test_pickle_disguised_as_safetensors_model_is_refused"]),
     ("fault", "truncated, empty or garbage checkpoint", ["test_faults.py::test_truncated_or_garbage_checkpoint_names_the_file"]),
     ("fault", "checkpoint from another config", ["test_faults.py::test_checkpoint_of_another_shape_or_kind_names_the_file"]),
+    ("fault", "checkpoint with settings of another version",
+     ["test_faults.py::test_checkpoint_with_settings_of_another_version_names_the_file"]),
     ("fault", "truncated or mismatched saved model", ["test_faults.py::test_truncated_or_mismatched_saved_model_names_the_file"]),
     ("fault", "SIGTERM mid-run", ["test_faults.py::test_signal_mid_run_writes_a_new_checkpoint_and_resume_continues"]),
     ("fault", "Ctrl-C mid-run", ["test_faults.py::test_signal_mid_run_writes_a_new_checkpoint_and_resume_continues"]),
@@ -106,7 +114,32 @@ def test_the_issue_list_is_covered():
     assert all(refs for _, _, refs in COVERED)
 
 
-def test_readme_lists_every_covered_fault_and_bad_input():
-    text = " ".join(README.read_text(encoding="utf-8").lower().split())  # line breaks count as spaces
-    absent = [what for _, what, _ in COVERED if what.lower() not in text]
-    assert not absent, f"README.md does not list these covered faults / bad inputs: {absent}"
+def documented_cases(text: str) -> set[tuple[str, str]]:
+    """(kind, case) for every "- **case**" entry of docs/faults.md, the kind from the heading above it."""
+    cases, kind = set(), None
+    for line in text.splitlines():
+        heading = re.match(r"^## (.+?)\s*$", line)
+        if heading:
+            kind = DOC_KINDS.get(heading.group(1).lower())
+            continue
+        entry = re.match(r"^- \*\*(.+?)\*\*", line)
+        if entry:
+            assert kind is not None, f"docs/faults.md: {entry.group(1)!r} is under no known heading {sorted(DOC_KINDS)}"
+            cases.add((kind, entry.group(1)))
+    return cases
+
+
+def test_the_faults_page_lists_exactly_the_covered_cases():
+    documented = documented_cases(FAULTS_DOC.read_text(encoding="utf-8"))
+    covered = {(kind, what) for kind, what, _ in COVERED}
+    assert not covered - documented, f"docs/faults.md does not list these covered cases: {sorted(covered - documented)}"
+    assert not documented - covered, f"docs/faults.md lists cases no test is named for: {sorted(documented - covered)}"
+
+
+def test_documented_cases_reads_kinds_and_entries():
+    text = "## Faults\n\n- **NaN loss**: skipped.\n- plain bullet\n\n## Bad inputs\n- **empty strings**: read.\n"
+    assert documented_cases(text) == {("fault", "NaN loss"), ("bad input", "empty strings")}
+
+
+def test_the_readme_links_the_faults_page():
+    assert "docs/faults.md" in README.read_text(encoding="utf-8")
