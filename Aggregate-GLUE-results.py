@@ -34,9 +34,11 @@ from pathlib import Path
 
 from IPython.display import Image, display
 
+import cli
 import glue_results
 from params import notebook_input, params_from_env
 
+cli.notebook_arguments("Aggregate-GLUE-results.py")
 OUTPUT_DIR = Path(params_from_env().finetune.output_dir)
 AGGREGATED_CSV = Path(notebook_input("GLUE_AGGREGATED_CSV", "GLUE-aggregated-results.csv"))
 PLOTS_DIR = Path(notebook_input("GLUE_PLOTS_DIR", str(OUTPUT_DIR / "plots")))
@@ -63,13 +65,29 @@ PLOTS_DIR = Path(notebook_input("GLUE_PLOTS_DIR", str(OUTPUT_DIR / "plots")))
 # Runs initialised from the MNLI model (`init` = `mnli` in `run_info.json`) form their own row,
 # `<model>-from-mnli`; the row `<model>+mnli-init` takes RTE, MRPC, STS-B and WNLI from those
 # runs and every other task from the model's own runs, as RoBERTa reports those tasks.
+#
+# Only finished runs are aggregated: a task that `run_info.json` marks `running` or `interrupted`
+# is left out, and named under the table. The `recipe` column says which fine-tuning settings
+# each model's runs used (`preset`, or the authors' `bert` / `roberta` recipe); `collapsed` names
+# the seeds whose final score is NaN (not in the mean, still counted in `<task>_seeds`) or whose
+# final predictions are all one class or value.
 
 # %%
 results = glue_results.collect(OUTPUT_DIR)
 written = glue_results.write_report(results, AGGREGATED_CSV, PLOTS_DIR)
-print(glue_results.markdown_table(results.table))
+print(glue_results.markdown_table(results.table, results.unfinished))
 for name, path in written.items():
     print(f"wrote {name}: {path}")
+
+# %% [markdown]
+# Every score re-computed from the runs' prediction files
+# (`predictions/<task>_<split>_<final|best>.tsv`), against the results files: the largest
+# difference should be rounding only.
+
+# %%
+rescored = glue_results.rescore(OUTPUT_DIR)
+print(f"re-scored {len(rescored)} scores of {rescored['run'].nunique()} runs from their predictions; "
+      f"largest difference {rescored['difference'].max() if len(rescored) else 0:.2g}")
 
 # %% [markdown]
 # The full table as written to the CSV (rounded there to two decimals):

@@ -22,7 +22,7 @@
 # label count differs from MNLI's three. Runs are labelled `<label>-from-mnli`.
 #
 # Settings (environment; the full table is `ENVIRONMENT` in `params.py`): `DITBERT_PRESET`,
-# `DITBERT_SET`, `GLUE_DIR`, `GLUE_SEEDS`, `GLUE_OUTPUT_DIR` as in `GLUE-Finetune.py`, and
+# `DITBERT_SET`, `GLUE_DIR`, `GLUE_SEEDS`, `GLUE_OUTPUT_DIR`, `DITBERT_OVERWRITE` as in `GLUE-Finetune.py`, and
 #
 # | variable | meaning | default |
 # |---|---|---|
@@ -31,17 +31,20 @@
 # | `MNLI_MODEL_DIR` | an MNLI model folder instead (`{seed}` is replaced by the seed) | the MNLI run's `best_mnli/` |
 
 # %%
+import cli
 import glue_tasks
 import glue_utils
 import runtime
 from params import notebook_input, params_from_env
 
+cli.notebook_arguments("GLUE-Finetune-from-mnli.py", settings="finetune.*, train.device, train.dtype")
 params = params_from_env()
 finetune = params.finetune
 TASKS = notebook_input("GLUE_TASKS", ",".join(glue_tasks.MNLI_INIT_TASKS))
 GLUE_DIR = notebook_input("GLUE_DIR")
 LABEL = notebook_input("MODEL_LABEL", f"ditbert-{params.preset}")
 MNLI_MODEL_DIR = notebook_input("MNLI_MODEL_DIR")
+OVERWRITE = notebook_input("DITBERT_OVERWRITE", "0").lower() in ("1", "true", "yes")
 precision = runtime.Precision.choose(params.train.device, params.train.dtype)
 
 base = glue_utils.ModelSource("ditbert", "", LABEL)
@@ -49,7 +52,7 @@ source = glue_utils.from_mnli_source(base, finetune.output_dir, MNLI_MODEL_DIR)
 print(f"{source.label}: starting from {source.path}, tasks {TASKS}, seeds {finetune.seeds}")
 
 # %%
-runs = glue_utils.run_glue(source, TASKS, finetune, glue_dir=GLUE_DIR or None, precision=precision)
+runs = glue_utils.run_glue(source, TASKS, finetune, glue_dir=GLUE_DIR or None, precision=precision, overwrite=OVERWRITE)
 
 # %%
 print(glue_utils.summarize(runs).to_string(index=False))

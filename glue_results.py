@@ -25,6 +25,15 @@ Conventions (the README repeats them):
 * A run whose ``init`` is ``mnli`` gets its own label, ``<model>-from-mnli``. Each model that has
   such runs also gets a row ``<model>+mnli-init``: its own runs, with RTE, MRPC, STS-B and WNLI
   taken from the MNLI-initialised runs where they exist (how RoBERTa reports those tasks).
+* Only finished runs count: a task whose ``run_info.json`` status is ``running`` or
+  ``interrupted`` (or that the file does not list) is left out, with a warning and a note under
+  the table, so that an unfinished run's last epoch is never reported as its final one.
+* A seed that collapsed -- its final score is NaN, or its final validation predictions are all one
+  class or value -- is named in the ``collapsed`` column; a NaN seed cannot enter the mean, and
+  ``<task>_seeds`` still counts it. The ``recipe`` column says which fine-tuning recipe each
+  model's runs used (``preset``, ``bert``, ``roberta``: glue_utils.RECIPES).
+* `rescore` recomputes every score from the runs' prediction files
+  (``predictions/<task>_<split>_<final|best>.tsv``), to check a results file against them.
 """
 
 from __future__ import annotations
@@ -33,12 +42,13 @@ import json
 import math
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from glue_tasks import GLUE_TASKS, MNLI_INIT_TASKS, TASKS
+from glue_tasks import GLUE_TASKS, MNLI_INIT_TASKS, TASKS, Task, compute_metrics, main_score
 
 GLUE_SCORE_TASKS = tuple(t for t in GLUE_TASKS if t != "wnli")  # WNLI is left out of the average
 MNLI_SUFFIX = "-from-mnli"
@@ -51,7 +61,8 @@ GLUE_COLUMNS = tuple(column for task in GLUE_TASKS for column in TASKS[task].rep
 PRETTY = {column: TASKS[task].folder + column.removeprefix(task).replace("_", "-")
           for task in GLUE_TASKS for column in TASKS[task].report_columns()}
 
-RUN_KEYS = ["run", "model", "base_model", "init", "seed", "task"]
+RUN_KEYS = ["run", "model", "base_model", "init", "seed", "task", "recipe"]
+FINISHED = ("complete", "unrecorded")  # statuses aggregated: complete, or a run_info.json that keeps none
 RUN_DIR_NAME = re.compile(r"^(?P<model>.+)-seed(?P<seed>\d+)$")
 
 
@@ -62,6 +73,7 @@ class Aggregation:
     scores: pd.DataFrame  # one row per run, task, epoch and report column (value in %)
     selected: pd.DataFrame  # the best and the final epoch of every run and task
     table: pd.DataFrame  # models as rows, both conventions as columns
+    unfinished: list = field(default_factory=list)  # "<results file> (<status>)" of the runs left out
 
 
 # --------------------------------------------------------------------------- reading runs
@@ -97,8 +109,9 @@ def read_run_info(run_dir: str | Path) -> dict:
                 f"{path} is missing and the folder name {run_dir.name!r} is not "
                 "'<model>-seed<N>', so the results beside it cannot be given a model and seed"
             )
-        warnings.warn(f"{path} is missing; labelling the run from its folder name", stacklevel=2)
-        return {"model": match["model"], "seed": int(match["seed"]), "init": "unknown"}
+        warnings.warn(f"{path} is missing; labelling the run from its folder name (whether it finished is "
+                      "unknown)", stacklevel=2)
+        return {"model": match["model"], "seed": int(match["seed"]), "init": "unknown", "tasks": None}
     try:
         info = json.loads(path.read_text())
     except json.JSONDecodeError as err:
@@ -110,7 +123,28 @@ def read_run_info(run_dir: str | Path) -> dict:
         seed = int(info["seed"])
     except (TypeError, ValueError) as err:
         raise ValueError(f"{path}: seed {info['seed']!r} is not an integer") from err
-    return {"model": str(info["model"]), "seed": seed, "init": str(info.get("init", "unknown"))}
+    tasks = info.get("tasks") if isinstance(info.get("tasks"), dict) else None
+    return {"model": str(info["model"]), "seed": seed, "init": str(info.get("init", "unknown")), "tasks": tasks}
+
+
+def task_status(info: dict, task: str) -> str:
+    """Whether a task of a run finished: its status in run_info.json (``running``, ``interrupted``,
+    ``complete``); ``complete`` for an entry that predates statuses (written only at the end);
+    ``unfinished`` when the file lists other tasks but not this one; ``unrecorded`` when it lists none."""
+    tasks = info.get("tasks")
+    if tasks is None:
+        return "unrecorded"
+    if task not in tasks:
+        return "unfinished"
+    return str(tasks[task].get("status", "complete"))
+
+
+def task_recipe(info: dict, task: str) -> str:
+    """The fine-tuning recipe a task's run used, as run_info.json records it."""
+    recipe = (info.get("tasks") or {}).get(task, {}).get("recipe")
+    if isinstance(recipe, dict):
+        return str(recipe.get("label", recipe.get("name", "unrecorded")))
+    return str(recipe) if recipe else "unrecorded"
 
 
 def model_label(model: str, init: str) -> str:
@@ -193,28 +227,35 @@ def epoch_scores(task: str, frame: pd.DataFrame, path: str | Path = "") -> pd.Da
 
 
 def load_scores(root: str | Path = "GLUE-Outputs") -> pd.DataFrame:
-    """All per-epoch scores under ``root``: columns run, model, base_model, init, seed, task, epoch, column, value."""
+    """The per-epoch scores of every finished run under ``root``: columns run, model, base_model,
+    init, seed, task, recipe, epoch, column, value. Unfinished runs are left out with a warning."""
+    return _load_scores(root)[0]
+
+
+def _load_scores(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
+    """(the scores of finished runs, "<results file> (<status>)" of those left out)."""
     root = Path(root)
     infos: dict[Path, dict] = {}
-    parts = []
+    parts, unfinished = [], []
     for path in find_results(root):
         if path.parent not in infos:
             infos[path.parent] = read_run_info(path.parent)
         info = infos[path.parent]
         task = path.stem.removeprefix("results_")
+        status = task_status(info, task)
+        if status not in FINISHED:
+            unfinished.append(f"{path.relative_to(root).as_posix()} ({status})")
+            continue
         label = model_label(info["model"], info["init"])
         scores = epoch_scores(task, read_task_csv(path), path)
-        parts.append(
-            scores.assign(
-                run=path.parent.relative_to(root).as_posix(),
-                model=label,
-                base_model=base_model(label),
-                init=info["init"],
-                seed=info["seed"],
-                task=task,
-            )
-        )
-    return pd.concat(parts, ignore_index=True)[RUN_KEYS + ["epoch", "column", "value"]]
+        parts.append(scores.assign(run=path.parent.relative_to(root).as_posix(), model=label, base_model=base_model(label),
+                                   init=info["init"], seed=info["seed"], task=task, recipe=task_recipe(info, task)))
+    if unfinished:
+        warnings.warn(f"left out, not finished (see run_info.json): {', '.join(unfinished)}", stacklevel=3)
+    if not parts:
+        raise FileNotFoundError(f"no finished run under {root}: every results file belongs to an unfinished run "
+                                f"({', '.join(unfinished)})")
+    return pd.concat(parts, ignore_index=True)[RUN_KEYS + ["epoch", "column", "value"]], unfinished
 
 
 # --------------------------------------------------------------------------- epochs and seeds
@@ -267,9 +308,49 @@ def _glue_average(task_scores: pd.DataFrame) -> tuple[pd.Series, pd.Series, pd.S
     return partial.where(count == len(GLUE_SCORE_TASKS)), partial, count
 
 
+def constant_predictions(run_dir: Path, task: str) -> bool:
+    """Whether a run's final validation predictions of `task` are all one class or value (from its
+    prediction files; False where there are none)."""
+    for path in sorted((Path(run_dir) / "predictions").glob(f"{task}_validation*_final.tsv")):
+        frame = pd.read_csv(path, sep="\t", dtype={"prediction": str}, keep_default_na=False)
+        if len(frame) > 1 and frame["prediction"].nunique() == 1:
+            return True
+    return False
+
+
+def mark_collapsed(selected: pd.DataFrame, root: str | Path) -> pd.DataFrame:
+    """Add a ``collapsed`` column: on the final-epoch rows of a run whose final task score is NaN
+    ("NaN score") or whose final validation predictions are constant ("constant predictions"),
+    why; empty elsewhere."""
+    selected = selected.assign(collapsed="")
+    final = selected[(selected["selection"] == "final") & (selected["column"] == selected["task"])]
+    for _, row in final.iterrows():
+        why = "NaN score" if pd.isna(row["value"]) else ""
+        if not why and constant_predictions(Path(root) / row["run"], row["task"]):
+            why = "constant predictions"
+        if why:
+            at = (selected["run"] == row["run"]) & (selected["task"] == row["task"]) & (selected["selection"] == "final")
+            selected.loc[at, "collapsed"] = why
+    return selected
+
+
+def _collapsed_names(selected: pd.DataFrame) -> pd.Series:
+    """Per model, its collapsed seeds: "stsb seed 2 (NaN score); cola seed 1 (constant predictions)"."""
+    if "collapsed" not in selected.columns:
+        return pd.Series(dtype=str)
+    rows = selected[(selected["collapsed"] != "") & (selected["column"] == selected["task"])]
+    rows = rows.drop_duplicates(["model", "task", "seed"]).sort_values(["model", "task", "seed"])
+    names: dict[str, list[str]] = {}
+    for r in rows.itertuples():
+        names.setdefault(r.model, []).append(f"{r.task} seed {r.seed} ({r.collapsed})")
+    return pd.Series({model: "; ".join(found) for model, found in names.items()}, dtype=object)
+
+
 def aggregate(selected: pd.DataFrame) -> pd.DataFrame:
-    """The comparison table: a row per model; per report column ``_best``, ``_final_mean``,
-    ``_final_std`` and ``_seeds``; the GLUE task columns, then ``GLUE_*``, then custom tasks.
+    """The comparison table: a row per model with its ``init``, ``recipe`` and ``collapsed`` seeds;
+    per report column ``_best``, ``_final_mean``, ``_final_std``, ``_seeds`` (seeds run, a NaN one
+    included) and ``_collapsed`` (how many of them collapsed); the GLUE task columns, then
+    ``GLUE_*``, then custom tasks.
 
     Every GLUE column is present even when no model ran that task, so a gap stays visible.
     """
@@ -282,10 +363,16 @@ def aggregate(selected: pd.DataFrame) -> pd.DataFrame:
     final = selected[selected["selection"] == "final"].groupby(["model", "column"])["value"]
     final_mean = final.mean().unstack().reindex(index=models, columns=every)
     final_std = final.std().unstack().reindex(index=models, columns=every)
-    seeds = final.count().unstack().reindex(index=models, columns=every).fillna(0).astype(int)
+    seeds = final.size().unstack().reindex(index=models, columns=every).fillna(0).astype(int)  # NaN seeds too
+    final_rows = selected[selected["selection"] == "final"]
+    flagged = final_rows[final_rows.get("collapsed", pd.Series("", index=final_rows.index)) != ""]
+    collapsed = flagged.groupby(["model", "column"]).size().unstack().reindex(index=models, columns=every)
+    collapsed = collapsed.fillna(0).astype(int)
 
     table = pd.DataFrame(index=pd.Index(models, name="model"))
     table["init"] = selected.groupby("model")["init"].agg(lambda s: "+".join(sorted(set(s))))
+    table["recipe"] = selected.groupby("model")["recipe"].agg(lambda s: "+".join(sorted(set(s))))
+    table["collapsed"] = _collapsed_names(selected).reindex(models).fillna("")
 
     def add(columns):
         for column in columns:
@@ -293,6 +380,7 @@ def aggregate(selected: pd.DataFrame) -> pd.DataFrame:
             table[f"{column}_final_mean"] = final_mean[column]
             table[f"{column}_final_std"] = final_std[column]
             table[f"{column}_seeds"] = seeds[column]
+            table[f"{column}_collapsed"] = collapsed[column]
 
     add(GLUE_COLUMNS)
     table["GLUE_best"], table["GLUE_partial_best"], table["GLUE_tasks"] = _glue_average(best)
@@ -302,11 +390,97 @@ def aggregate(selected: pd.DataFrame) -> pd.DataFrame:
 
 
 def collect(root: str | Path = "GLUE-Outputs", mnli_init_rows: bool = True) -> Aggregation:
-    """Read every run under ``root`` and build the table (with ``+mnli-init`` rows unless disabled)."""
-    scores = load_scores(root)
-    selected = select_epochs(scores)
+    """Read every finished run under ``root`` and build the table (with ``+mnli-init`` rows unless
+    disabled); the unfinished runs left out are listed in the result."""
+    scores, unfinished = _load_scores(root)
+    selected = mark_collapsed(select_epochs(scores), root)
     table_rows = with_mnli_init_rows(selected) if mnli_init_rows else selected
-    return Aggregation(scores=scores, selected=selected, table=aggregate(table_rows))
+    return Aggregation(scores=scores, selected=selected, table=aggregate(table_rows), unfinished=unfinished)
+
+
+# --------------------------------------------------------------------------- re-scoring from predictions
+
+
+def scored_task(name: str, entry: dict | None) -> Task:
+    """The task a results file scores: a GLUE task from the task table, a custom one from what its
+    run_info.json entry recorded (labels and metrics)."""
+    if name in TASKS:
+        return TASKS[name]
+    spec = (entry or {}).get("task")
+    if not spec:
+        raise ValueError(f"custom task {name!r}: run_info.json records no labels and metrics to re-score it with")
+    return Task(name=name, num_labels=int(spec["num_labels"]), metrics=tuple(spec["metrics"]), text_columns=("text",),
+                label_column="label", label_names=tuple(spec.get("label_names", ())), source="csv")
+
+
+def read_prediction_values(task: Task, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(predictions, labels) of a validation prediction file, as the metrics take them: class
+    numbers (from the classes' names) or scores."""
+    frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    missing = {"index", "prediction", "label"} - set(frame.columns)
+    if missing:
+        raise ValueError(f"{path}: no column(s) {sorted(missing)}; expected index, prediction, label")
+
+    def values(column):
+        if task.is_regression:
+            return frame[column].astype(float).to_numpy()
+        names = {name: i for i, name in enumerate(task.label_names)}
+        try:
+            return np.array([names[v] if v in names else int(v) for v in frame[column]])
+        except ValueError:
+            raise ValueError(f"{path}: {column} values {sorted(set(frame[column]))[:5]} are not classes of "
+                             f"{task.name}") from None
+
+    return values("prediction"), values("label")
+
+
+def rescore_run(run_dir: str | Path) -> pd.DataFrame:
+    """Every validation score of a run recomputed from its prediction files, beside the score its
+    results file records: columns task, split, which (final, best), epoch, metric, recorded,
+    recomputed. A finished task whose prediction file is missing is an error naming the file."""
+    run_dir = Path(run_dir)
+    info = json.loads((run_dir / "run_info.json").read_text())
+    rows = []
+    for path in sorted(run_dir.glob("results_*.csv")):
+        name = path.stem.removeprefix("results_")
+        entry = (info.get("tasks") or {}).get(name)
+        if task_status(info, name) not in FINISHED:
+            continue
+        task, frame = scored_task(name, entry), read_task_csv(path)
+        epochs = {"final": int(frame["epoch"].iloc[-1]), "best": _best_epoch(frame, task, entry)}
+        for which, epoch in epochs.items():
+            recorded = frame.set_index("epoch").loc[epoch]
+            for split in task.eval_splits:
+                file = run_dir / "predictions" / f"{name}_{split}_{which}.tsv"
+                if not file.is_file():
+                    raise FileNotFoundError(f"{file} does not exist: {path} cannot be re-scored")
+                metrics = compute_metrics(task, *read_prediction_values(task, file))
+                rows += [{"task": name, "split": split, "which": which, "epoch": epoch, "metric": metric,
+                          "recorded": float(recorded[f"{split}_{metric}"]), "recomputed": value}
+                         for metric, value in metrics.items()]
+    return pd.DataFrame(rows, columns=["task", "split", "which", "epoch", "metric", "recorded", "recomputed"])
+
+
+def _best_epoch(frame: pd.DataFrame, task: Task, entry: dict | None) -> int:
+    """The best epoch as the run recorded it (as the loop picks it: the first with the highest mean
+    of the validation metrics)."""
+    if entry and entry.get("best_epoch"):
+        return int(entry["best_epoch"])
+    scores = [main_score(row, task) for row in frame.to_dict("records")]
+    return int(frame["epoch"].iloc[int(np.argmax(scores))])
+
+
+def rescore(root: str | Path = "GLUE-Outputs") -> pd.DataFrame:
+    """`rescore_run` over every run folder under ``root`` that has prediction files (a ``run`` column
+    added); a ``difference`` column holds |recorded - recomputed| (0 where both are NaN)."""
+    parts = [rescore_run(folder).assign(run=Path(folder).relative_to(root).as_posix())
+             for folder in sorted({p.parent for p in Path(root).rglob("results_*.csv")})
+             if (folder / "predictions").is_dir() and (folder / "run_info.json").is_file()]
+    table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        columns=["task", "split", "which", "epoch", "metric", "recorded", "recomputed", "run"])
+    both_nan = table["recorded"].isna() & table["recomputed"].isna()
+    table["difference"] = (table["recorded"] - table["recomputed"]).abs().where(~both_nan, 0.0)
+    return table
 
 
 # --------------------------------------------------------------------------- markdown
@@ -335,8 +509,9 @@ def _seed_range(row: pd.Series, columns: list[str]) -> str:
     return str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
 
 
-def markdown_table(table: pd.DataFrame) -> str:
-    """Both conventions as two markdown tables, each headed by what its numbers mean."""
+def markdown_table(table: pd.DataFrame, unfinished=()) -> str:
+    """Both conventions as two markdown tables, each headed by what its numbers mean, and the
+    unfinished runs that were left out (`Aggregation.unfinished`)."""
     columns = _task_columns(table)
     custom = [c for c in columns if c not in GLUE_COLUMNS]
     partial = bool((table["GLUE_tasks"] < len(GLUE_SCORE_TASKS)).any())
@@ -347,7 +522,7 @@ def markdown_table(table: pd.DataFrame) -> str:
     ):
         rows = []
         for _, row in table.iterrows():
-            cells = {"model": row["model"], "seeds": _seed_range(row, columns)}
+            cells = {"model": row["model"], "recipe": row.get("recipe", ""), "seeds": _seed_range(row, columns)}
             for column in columns:
                 if convention == "best":
                     cell = _fmt(row[f"{column}_best"])
@@ -361,6 +536,8 @@ def markdown_table(table: pd.DataFrame) -> str:
                         value = row[glue_key.replace("GLUE_", "GLUE_partial_")]
                         n = row["GLUE_tasks"]
                         cells["GLUE partial"] = f"{_fmt(value)} ({n}/{len(GLUE_SCORE_TASKS)})" if n else "–"
+            if convention == "final":
+                cells["collapsed"] = row.get("collapsed", "") or "–"
             rows.append(cells)
         sections.append(f"**{title}**\n\n" + pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True))
     notes = (
@@ -371,6 +548,10 @@ def markdown_table(table: pd.DataFrame) -> str:
         + (" (GLUE partial: mean over the tasks present, and how many)" if partial else "")
         + ". – = not run."
         + (f" Custom tasks ({', '.join(custom)}) are not part of GLUE." if custom else "")
+        + " recipe: the fine-tuning settings' source (preset = the preset's `finetune.*` and the user's; bert, "
+        "roberta: the authors' recipes of glue_utils.RECIPES). collapsed: seeds whose final score is NaN (left "
+        "out of the mean, counted in seeds) or whose final predictions are all one class or value."
+        + (f" Left out, not finished: {', '.join(unfinished)}." if unfinished else "")
     )
     return "\n\n".join(sections + [notes]) + "\n"
 
@@ -458,7 +639,7 @@ def write_report(
     for folder in (csv_path.parent, markdown_path.parent, plots_dir):
         folder.mkdir(parents=True, exist_ok=True)
     result.table.round(2).to_csv(csv_path, index=False)
-    markdown_path.write_text(markdown_table(result.table))
+    markdown_path.write_text(markdown_table(result.table, result.unfinished))
     paths = {"csv": csv_path, "markdown": markdown_path}
     for name, figure in (("task_scores", plot_task_scores(result.selected)), ("curves", plot_curves(result.scores))):
         paths[name] = plots_dir / f"{name.replace('_', '-')}.png"

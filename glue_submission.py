@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import math
 import re
 import sys
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from glue_results import FINISHED, task_status
 from glue_tasks import TASKS
 
 RUN_DIR_NAME = re.compile(r"^(?P<model>.+)-seed(?P<seed>\d+)$")
@@ -102,6 +104,16 @@ def model_runs(outputs: str | Path, model: str) -> dict[int, Path]:
     return runs
 
 
+def finished(run: Path, task: str) -> bool:
+    """Whether `run` fine-tuned `task` to the end (run_info.json; a folder without one is taken as it is)."""
+    path = run / "run_info.json"
+    if not path.is_file():
+        return True
+    info = json.loads(path.read_text())
+    tasks = info.get("tasks") if isinstance(info.get("tasks"), dict) else None
+    return task_status({"tasks": tasks}, task) in FINISHED
+
+
 def dev_score(run: Path, task: str, which: str) -> float:
     """The mean of the task's validation metrics at the final or the best epoch of `run` (NaN if none)."""
     path = run / f"results_{task}.csv"
@@ -117,11 +129,11 @@ def dev_score(run: Path, task: str, which: str) -> float:
 
 def pick_run(runs: dict[int, Path], task: str, which: str, seed: int | None) -> Path | None:
     """The run whose predictions go into the submission: seed `seed`, or the seed with the best dev score
-    among those that have the task (the dev task of AX is MNLI)."""
-    if seed is not None:
-        return runs.get(seed)
+    among those that fine-tuned the task to the end (the dev task of AX is MNLI)."""
     dev_task = "mnli" if task == "ax" else task
-    scored = [(dev_score(run, dev_task, which), s) for s, run in runs.items()]
+    if seed is not None:
+        return runs[seed] if seed in runs and finished(runs[seed], dev_task) else None
+    scored = [(dev_score(run, dev_task, which), s) for s, run in runs.items() if finished(run, dev_task)]
     scored = [(score, s) for score, s in scored if not math.isnan(score)]
     return runs[max(scored)[1]] if scored else None
 

@@ -6,8 +6,9 @@ Read top to bottom:
 1. the task registry (`TASKS`, `get_task`): each GLUE task in one row -- its text columns in the
    original GLUE download and on the hub, its labels and metrics -- plus custom CSV/TSV tasks and
    the offline `demo` task;
-2. reading a task's splits from a local folder or the Hugging Face hub (`load_task`), with
-   malformed rows counted and reported;
+2. reading a task's splits from a local folder or the Hugging Face hub (`load_task`; the unlabelled
+   test sets with `load_test_splits`), with malformed rows -- too few or too many fields -- counted
+   and reported, and the labels found printed;
 3. the metrics (`compute_metrics`, `main_score`).
 """
 
@@ -55,6 +56,10 @@ class Task:
     # Two-text tasks that ask how alike the texts are (paraphrase, semantic similarity), not whether
     # one follows from the other: finetune.pair_encoding=by_task encodes their texts separately.
     similarity: bool = False
+    fields: int = 0
+    test_splits: dict = field(default_factory=dict)
+    test_text_columns: tuple = ()
+    index_column: str = "index"
 
     @property
     def is_regression(self) -> bool:
@@ -63,6 +68,15 @@ class Task:
     @property
     def eval_splits(self) -> list[str]:
         return [s for s in self.splits if s != "train"]
+
+    def layout(self, split: str) -> tuple[tuple, str | int | None, bool]:
+        """(text columns, label column or None, has a header) of the file of `split`."""
+        if split in self.test_splits:
+            return self.test_text_columns or self.text_columns, None, True
+        return self.text_columns, self.label_column, self.header
+
+    def split_file(self, split: str) -> str:
+        return {**self.splits, **self.test_splits}[split]
 
     def column_names(self) -> list[str]:
         """The columns of this task's ``results_<task>.csv``, in order."""
@@ -83,31 +97,38 @@ NLI = ("entailment", "not_entailment")
 MNLI_LABELS = ("entailment", "neutral", "contradiction")
 PAIR = ("sentence1", "sentence2")
 MNLI_SPLITS = {"train": "train.tsv", "validation_matched": "dev_matched.tsv", "validation_mismatched": "dev_mismatched.tsv"}
+TEST = {"test": "test.tsv"}
+MNLI_TEST = {"test_matched": "test_matched.tsv", "test_mismatched": "test_mismatched.tsv"}
 TASKS: dict[str, Task] = {task.name: task for task in (
-    # CoLA's files have no header: source, label, original label, sentence
+    # CoLA's train and dev files have no header: source, label, original label, sentence; its test file has one
     Task(name="cola", folder="CoLA", num_labels=2, metrics=("mcc",), text_columns=(3,), label_column=1, header=False,
-         hub_text_columns=("sentence",), label_names=("unacceptable", "acceptable")),
+         fields=4, hub_text_columns=("sentence",), label_names=("unacceptable", "acceptable"), test_splits=TEST,
+         test_text_columns=("sentence",)),
     Task(name="sst2", folder="SST-2", num_labels=2, metrics=("accuracy",), text_columns=("sentence",),
-         label_column="label", hub_text_columns=("sentence",), label_names=("negative", "positive")),
+         label_column="label", hub_text_columns=("sentence",), label_names=("negative", "positive"), test_splits=TEST),
     Task(name="mrpc", folder="MRPC", num_labels=2, metrics=("accuracy", "f1"), text_columns=("#1 String", "#2 String"),
-         label_column="Quality", hub_text_columns=PAIR, label_names=("not_equivalent", "equivalent"), similarity=True),
+         label_column="Quality", hub_text_columns=PAIR, label_names=("not_equivalent", "equivalent"), similarity=True,
+         test_splits=TEST),
     Task(name="stsb", folder="STS-B", num_labels=1, metrics=("pearson", "spearman"), text_columns=PAIR,
-         label_column="score", hub_text_columns=PAIR, similarity=True),
+         label_column="score", hub_text_columns=PAIR, similarity=True, test_splits=TEST),
     Task(name="qqp", folder="QQP", num_labels=2, metrics=("accuracy", "f1"), text_columns=("question1", "question2"),
          label_column="is_duplicate", hub_text_columns=("question1", "question2"),
-         label_names=("not_duplicate", "duplicate"), similarity=True),
+         label_names=("not_duplicate", "duplicate"), similarity=True, test_splits=TEST, index_column="id"),
     Task(name="mnli", folder="MNLI", num_labels=3, metrics=("accuracy",), text_columns=PAIR, label_column="gold_label",
-         hub_text_columns=("premise", "hypothesis"), label_names=MNLI_LABELS, splits=MNLI_SPLITS),
+         hub_text_columns=("premise", "hypothesis"), label_names=MNLI_LABELS, splits=MNLI_SPLITS, test_splits=MNLI_TEST),
     Task(name="qnli", folder="QNLI", num_labels=2, metrics=("accuracy",), text_columns=("question", "sentence"),
-         label_column="label", hub_text_columns=("question", "sentence"), label_names=NLI),
+         label_column="label", hub_text_columns=("question", "sentence"), label_names=NLI, test_splits=TEST),
     Task(name="rte", folder="RTE", num_labels=2, metrics=("accuracy",), text_columns=PAIR, label_column="label",
-         hub_text_columns=PAIR, label_names=NLI),
+         hub_text_columns=PAIR, label_names=NLI, test_splits=TEST),
     Task(name="wnli", folder="WNLI", num_labels=2, metrics=("accuracy",), text_columns=PAIR, label_column="label",
-         hub_text_columns=PAIR, label_names=("not_entailment", "entailment")),
-    # the diagnostic set: unlabelled, predicted by the MNLI model (glue_utils.predict_ax)
+         hub_text_columns=PAIR, label_names=("not_entailment", "entailment"), test_splits=TEST),
+    # the diagnostic set: a test set only, predicted by the MNLI model (glue_utils writes predictions/ax_test_*.tsv)
     Task(name="ax", folder="diagnostic", num_labels=3, metrics=("accuracy",), text_columns=PAIR, label_column=None,
-         hub_text_columns=("premise", "hypothesis"), label_names=MNLI_LABELS, splits={"test": "diagnostic.tsv"}),
+         hub_text_columns=("premise", "hypothesis"), label_names=MNLI_LABELS, splits={},
+         test_splits={"test": "diagnostic.tsv"}),
 )}
+# Test sets predicted by the model of another task: the diagnostic set by MNLI's.
+EXTRA_TEST_TASKS = {"mnli": ("ax",)}
 GLUE_TASKS = tuple(t for t in TASKS if t != "ax")  # the nine trainable tasks
 # The small tasks RoBERTa reports starting from the model fine-tuned on MNLI (the from-mnli notebooks).
 MNLI_INIT_TASKS = ("rte", "mrpc", "stsb", "wnli")
@@ -156,7 +177,10 @@ def csv_task(folder: str | Path, name: str | None = None) -> Task:
     ``label_column`` (default ``label``), ``num_labels`` (1 = regression), ``label_names``,
     ``metrics``. Without it: the text columns are the header's other columns (ignoring
     ``idx``/``index``/``id``); integer labels 0..K-1 give K classes, other numbers a
-    regression, strings classes in sorted order.
+    regression, strings classes in sorted order. A row with more or fewer fields than the header
+    (an unquoted comma in a text) is malformed: counted and left out, never a label of its own.
+    An optional ``test`` file (same text columns, ids in an ``index``/``idx``/``id`` column or
+    numbered by row) gets test predictions.
     """
     folder = Path(folder)
     train = _find_file(folder, ("train",))
@@ -189,13 +213,22 @@ def csv_task(folder: str | Path, name: str | None = None) -> Task:
     unknown = set(metrics) - set(METRICS)
     if unknown:
         raise ValueError(f"{folder / 'task.json'}: unknown metrics {sorted(unknown)}; choose from {sorted(METRICS)}")
+    test = _find_file(folder, ("test",))
     return Task(name=name or spec.get("name") or folder.name, num_labels=int(num_labels), metrics=metrics,
                 text_columns=text_columns, label_column=label_column, splits={"train": train.name, "validation": dev.name},
-                label_names=label_names, folder=str(folder), source="csv")
+                label_names=label_names, folder=str(folder), source="csv",
+                test_splits={"test": test.name} if test else {}, index_column=_index_column(test) if test else "")
+
+
+def _index_column(path: Path) -> str:
+    """The id column of a custom task's test file (``index``, ``idx`` or ``id``); "" = the row number."""
+    header = _read_header(path)
+    return next((c for c in ("index", "idx", "id") if c in header), "")
 
 
 def _infer_labels(path: Path, label_column: str, label_names: tuple) -> tuple[int, tuple]:
-    """(number of labels, label names) from the training file's label column (see `csv_task`)."""
+    """(number of labels, label names) from the training file's label column (see `csv_task`);
+    rows with too many or too few fields are left out (`read_split` counts them)."""
     if label_names:
         return len(label_names), tuple(label_names)
     values = {row[label_column].strip() for row in _dict_rows(path) if (row.get(label_column) or "").strip()}
@@ -205,6 +238,7 @@ def _infer_labels(path: Path, label_column: str, label_names: tuple) -> tuple[in
         return max(2, max(int(v) for v in values) + 1), ()
     if all(_is_number(v, float) for v in values):
         return 1, ()
+    print(f"{path}: labels found in column {label_column!r}: {sorted(values)}")
     return len(values), tuple(sorted(values))
 
 
@@ -230,8 +264,12 @@ def _read_header(path: Path) -> list[str]:
 
 
 def _dict_rows(path: Path):
+    """The rows of a file with a header as dicts, leaving out rows with more or fewer fields than
+    the header (csv.DictReader files their surplus under None, or fills their gaps with None)."""
     with open(path, encoding="utf-8-sig", newline="") as fh:
-        yield from csv.DictReader(fh, **_dialect(path))
+        for row in csv.DictReader(fh, **_dialect(path)):
+            if None not in row and None not in row.values():
+                yield row
 
 
 DEMO_ARCHIVE = "vaderSentiment-3.3.2.tar.gz"
@@ -315,12 +353,14 @@ def _read_demo_member(archive: Path) -> bytes:
 
 @dataclass
 class SplitReport:
-    """How a split was read: from where, how many rows were kept and which were malformed."""
+    """How a split was read: from where, how many rows were kept and which were malformed, and the
+    labels found (class -> count; a score's range as ``min`` and ``max``)."""
 
     source: str
     rows: int = 0
     bad_rows: int = 0
     bad_examples: list = field(default_factory=list)  # (line number, why), the first few
+    labels: dict = field(default_factory=dict)
 
 
 def _parse_label(task: Task, value: str, where: str):
@@ -344,13 +384,23 @@ def _parse_label(task: Task, value: str, where: str):
     return label
 
 
-def read_split(task: Task, split: str, path: str | Path, max_bad_fraction: float = 0.01):
-    """Read one split file -> ({'text_a', ['text_b'], 'label'} column lists, SplitReport).
+def label_name(task: Task, label) -> str | float | int:
+    """How a label or prediction is written out: the class's name, its number where the task names
+    none, or the score of a regression."""
+    if task.is_regression:
+        return float(label)
+    return task.label_names[int(label)] if task.label_names else int(label)
 
-    A row with too few fields or an empty text is malformed: it is left out, counted,
-    and reported (first few line numbers) in a printed note. If more than
-    `max_bad_fraction` of the rows are malformed, the file is not in the expected
-    layout and this raises instead.
+
+def read_split(task: Task, split: str, path: str | Path, max_bad_fraction: float = 0.01):
+    """Read one split file -> ({'idx', 'text_a', ['text_b'], ['label']} column lists, SplitReport).
+
+    ``idx`` is the example's id: the test files' index column, else the row's number among the
+    file's data rows (from 0). A row with more or fewer fields than the header (or than
+    `Task.fields`, in a file without one), or with an empty text, is malformed: it is left out,
+    counted, and reported (first few line numbers) in a printed note. If more than
+    `max_bad_fraction` of the rows are malformed, the file is not in the expected layout and this
+    raises instead.
     """
     path = Path(path)
     if not path.is_file():
@@ -376,9 +426,8 @@ def _naming_file(task_name: str, path: Path):
         raise ValueError(f"task {task_name}: {path} cannot be parsed ({err}; an unbalanced quote character?)") from None
 
 
-def _column_positions(task: Task, header: list[str] | None, path: Path) -> list:
-    """Where the text columns, then the label column, are in each row."""
-    wanted = list(task.text_columns) + ([task.label_column] if task.label_column is not None else [])
+def _column_positions(task: Task, wanted: list, header: list[str] | None, path: Path) -> list:
+    """Where the `wanted` columns are in each row."""
     if header is None:
         return wanted
     missing = [c for c in wanted if c not in header]
@@ -387,35 +436,63 @@ def _column_positions(task: Task, header: list[str] | None, path: Path) -> list:
     return [header.index(c) for c in wanted]
 
 
+def _row_problem(row: list[str], expected: int, positions: list, n_text: int) -> str | None:
+    """Why a row is malformed (None if it is not): a field count other than the header's, a missing
+    column, an empty text."""
+    if expected and len(row) != expected:
+        return f"{len(row)} fields, expected {expected}"
+    if len(row) <= max(positions):
+        return f"{len(row)} fields, expected at least {max(positions) + 1}"
+    if any(not row[p].strip() for p in positions[:n_text]):
+        return "empty text"
+    return None
+
+
+def _example_id(row: list[str], position: int | None, number: int) -> int:
+    """The row's id: its index column where the file has one, else its number."""
+    if position is None:
+        return number
+    try:
+        return int(row[position])
+    except ValueError:
+        raise ValueError(f"index {row[position]!r} is not a whole number") from None
+
+
 def _read_rows(task: Task, split: str, path: Path, max_bad_fraction: float):
-    n_text, labelled = len(task.text_columns), task.label_column is not None
-    cols = {"text_a": []} | ({"text_b": []} if n_text == 2 else {}) | ({"label": []} if labelled else {})
+    text_columns, label_column, has_header = task.layout(split)
+    n_text, labelled = len(text_columns), label_column is not None
+    cols = {"idx": [], "text_a": []} | ({"text_b": []} if n_text == 2 else {}) | ({"label": []} if labelled else {})
     report = SplitReport(source=str(path))
     with open(path, encoding="utf-8-sig", newline="") as fh:
         reader = csv.reader(fh, **_dialect(path))
-        header = next(reader, None) if task.header else None
-        if task.header and header is None:
+        header = next(reader, None) if has_header else None
+        if has_header and header is None:
             raise ValueError(f"task {task.name}: {split} file {path} is empty")
-        positions = _column_positions(task, header, path)
-        for row in reader:
-            problem = None
-            if len(row) <= max(positions):
-                problem = f"{len(row)} fields, expected at least {max(positions) + 1}"
-            elif any(not row[p].strip() for p in positions[:n_text]):
-                problem = "empty text"
+        positions = _column_positions(task, list(text_columns) + ([label_column] if labelled else []), header, path)
+        id_column = task.index_column if split in task.test_splits and task.index_column else None
+        id_position = _column_positions(task, [id_column], header, path)[0] if id_column else None
+        expected = len(header) if header is not None else task.fields
+        for number, row in enumerate(reader):
+            problem = _row_problem(row, expected, positions + ([id_position] if id_column else []), n_text)
             if problem:
                 report.bad_rows += 1
                 if len(report.bad_examples) < 5:
                     report.bad_examples.append((reader.line_num, problem))
                 continue
+            where = f"{path}:{reader.line_num}"
+            try:
+                cols["idx"].append(_example_id(row, id_position, number))
+            except ValueError as err:
+                raise ValueError(f"{where}: {err}") from None
             for key, p in zip(("text_a", "text_b")[:n_text], positions):
                 cols[key].append(row[p])
             if labelled:
-                cols["label"].append(_parse_label(task, row[positions[-1]], f"{path}:{reader.line_num}"))
+                cols["label"].append(_parse_label(task, row[positions[-1]], where))
     report.rows = len(cols["text_a"])
     if report.rows + report.bad_rows == 0:
         raise ValueError(f"task {task.name}: {split} file {path} holds no rows")
     _check_bad_rows(task, split, report, max_bad_fraction)
+    report.labels = label_counts(task, cols.get("label", []))
     return cols, report
 
 
@@ -432,15 +509,41 @@ def _check_bad_rows(task: Task, split: str, report: SplitReport, max_bad_fractio
     print(f"note: {message}")
 
 
+def label_counts(task: Task, labels) -> dict:
+    """The labels of a split: {class name: count}, or a score's {"min", "max"}; {} when unlabelled."""
+    labels = list(labels)
+    if not labels:
+        return {}
+    if task.is_regression:
+        return {"min": float(min(labels)), "max": float(max(labels))}
+    names, counts = np.unique(np.asarray(labels, dtype=np.int64), return_counts=True)
+    return {str(label_name(task, n)): int(c) for n, c in zip(names, counts)}
+
+
+def _print_labels(task: Task, reports: dict) -> None:
+    """One line per labelled split: its rows and the labels found in it, so that a class that should
+    not be there (or one missing) shows before any training."""
+    for split, report in reports.items():
+        if report.labels:
+            found = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in report.labels.items())
+            print(f"task {task.name} {split}: {report.rows} rows; labels: {found}")
+
+
+def _task_folder(task: Task, glue_dir) -> Path:
+    return Path(task.folder) if task.source == "csv" else Path(glue_dir) / task.folder
+
+
 def load_task(task: Task, glue_dir: str | Path | None = None, max_bad_fraction: float = 0.01):
-    """All splits of `task` as {split: datasets.Dataset} (columns text_a, [text_b], label), and
-    {split: SplitReport}. GLUE tasks come from `glue_dir` (original GLUE layout) when given,
-    else from the Hugging Face hub; custom tasks from their own folder."""
+    """The labelled splits of `task` as {split: datasets.Dataset} (columns idx, text_a, [text_b],
+    label), and {split: SplitReport}. GLUE tasks come from `glue_dir` (original GLUE layout) when
+    given, else from the Hugging Face hub; custom tasks from their own folder."""
     import datasets
 
     if task.source == "glue" and not glue_dir:
-        return _load_from_hub(task)
-    folder = Path(task.folder) if task.source == "csv" else Path(glue_dir) / task.folder
+        data, reports = _load_from_hub(task, list(task.splits))
+        _print_labels(task, reports)
+        return data, reports
+    folder = _task_folder(task, glue_dir)
     if task.source == "glue" and not folder.is_dir():
         raise FileNotFoundError(
             f"task {task.name}: GLUE_DIR {glue_dir} has no folder {task.folder}/ "
@@ -450,11 +553,37 @@ def load_task(task: Task, glue_dir: str | Path | None = None, max_bad_fraction: 
     for split, filename in task.splits.items():
         cols, reports[split] = read_split(task, split, folder / filename, max_bad_fraction)
         data[split] = datasets.Dataset.from_dict(cols)
+    _print_labels(task, reports)
     return data, reports
 
 
-def _load_from_hub(task: Task):
-    """The task from ``datasets.load_dataset("nyu-mll/glue", task)``, renamed to our columns."""
+def load_test_splits(task: Task, glue_dir: str | Path | None = None, max_bad_fraction: float = 0.01) -> dict:
+    """The unlabelled test splits of `task` that are present, as {split: datasets.Dataset} (columns
+    idx, text_a, [text_b]): files beside the task's others, or the hub's test splits. A test set
+    that is absent is left out with a note (a custom task without a test file, silently)."""
+    import datasets
+
+    if not task.test_splits:
+        return {}
+    if task.source == "glue" and not glue_dir:
+        try:
+            return _load_from_hub(task, list(task.test_splits))[0]
+        except ConnectionError as err:
+            print(f"note: no test predictions for {task.name}: {err}")
+            return {}
+    folder, data = _task_folder(task, glue_dir), {}
+    for split, filename in task.test_splits.items():
+        if not (folder / filename).is_file():
+            if task.source == "glue":
+                print(f"note: no {split} predictions for {task.name}: {folder / filename} does not exist")
+            continue
+        cols, _ = read_split(task, split, folder / filename, max_bad_fraction)
+        data[split] = datasets.Dataset.from_dict(cols)
+    return data
+
+
+def _load_from_hub(task: Task, splits: list[str]):
+    """The task's `splits` from ``datasets.load_dataset("nyu-mll/glue", task)``, renamed to our columns."""
     import datasets
 
     try:
@@ -465,16 +594,19 @@ def _load_from_hub(task: Task):
             f"Offline, set GLUE_DIR to a folder in the original GLUE layout, or use the demo task"
         ) from None
     data, reports = {}, {}
-    for split in task.splits:
+    for split in splits:
         ds = hub[split]
         names = ["text_a", "text_b"][: len(task.hub_text_columns)]
-        ds = ds.rename_columns(dict(zip(task.hub_text_columns, names))).select_columns(names + ["label"])
-        if task.label_column is not None and not task.is_regression:
+        labelled = split not in task.test_splits
+        ds = ds.rename_columns(dict(zip(task.hub_text_columns, names))).select_columns(
+            ["idx"] + names + (["label"] if labelled else []))
+        if labelled and not task.is_regression:
             labels = np.asarray(ds["label"])
             if labels.size and (labels.min() < 0 or labels.max() >= task.num_labels):
                 raise ValueError(f"hub {HUB_DATASET}/{task.name} {split}: labels outside 0..{task.num_labels - 1}")
         data[split] = ds
-        reports[split] = SplitReport(source=f"hub:{HUB_DATASET}/{task.name}/{split}", rows=len(ds))
+        reports[split] = SplitReport(source=f"hub:{HUB_DATASET}/{task.name}/{split}", rows=len(ds),
+                                     labels=label_counts(task, ds["label"]) if labelled else {})
     return data, reports
 
 
@@ -536,6 +668,9 @@ def _ranks(x: np.ndarray) -> np.ndarray:
 
 
 def _spearman(preds, target, k):
+    """Pearson of the ranks; NaN where a side holds a NaN (it has no rank), as scipy gives it."""
+    if np.isnan(preds).any() or np.isnan(target).any():
+        return math.nan
     return _pearson(_ranks(preds), _ranks(target), k)
 
 

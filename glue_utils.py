@@ -2,10 +2,13 @@
 
 Read top to bottom:
 
-1. the models: where they come from (`ModelSource`), loading one with a fresh head for a task
-   (`load_for_task`), encoding text for DitBERT or a Hugging Face tokenizer;
-2. batching: sort-by-length buckets, shuffled with a seed, padded per batch;
-3. the fine-tuning loop (`finetune_task`), run over tasks x seeds by `run_glue`.
+1. the models: where they come from (`ModelSource`), checking one before any work (`check_source`),
+   loading one with a fresh head for a task (`load_for_task`), encoding text for DitBERT or a
+   Hugging Face tokenizer;
+2. the fine-tuning recipes of the baselines (`RECIPES`, `apply_recipe`);
+3. batching: sort-by-length buckets, shuffled with a seed, padded per batch;
+4. the fine-tuning loop (`finetune_task`), run over tasks x seeds by `run_glue`, and what it
+   writes in a run folder.
 
 Tasks, their files and metrics are in glue_tasks; DitBERT's heads and their saving in glue_heads;
 the device, mixed precision, optimizer and schedule in runtime (as pretraining uses them).
@@ -17,14 +20,22 @@ What a run writes, under ``<finetune.output_dir>/<model label>-seed<seed>/``:
   ``validation_mismatched_<metric>``). Metric names: ``accuracy``, ``f1``, ``mcc``,
   ``pearson``, ``spearman``, as fractions (not percent). Train metrics come from
   the predictions made while training that epoch (dropout on).
-* ``run_info.json`` -- the run's parameters (model label, seed, init, source,
-  fine-tuning settings, device and dtype, pretraining tokens seen) and, per task, data sizes,
-  bad rows and the best epoch.
+* ``run_info.json`` -- the run's model (label, seed, init, source, tokenizer, pretraining tokens
+  seen) and, per task: its status (``running``, ``interrupted``, ``complete``: only a complete
+  task is aggregated), the fine-tuning settings and the recipe they came from, device and dtype,
+  data sizes, bad rows, the best epoch and the prediction files.
 * ``best_<task>/`` -- the fine-tuned model of the best epoch (mean of the task's
   validation metrics), as safetensors: DitBERT as ``model.safetensors`` +
   ``config.json`` + ``tokenizer.json``, Hugging Face models via ``save_pretrained``.
-* ``predictions_ax.tsv`` -- the MNLI model's predictions on the diagnostic set, when
-  that set is available.
+* ``predictions/<task>_<split>_<final|best>.tsv`` -- columns ``index``, ``prediction`` (the
+  class's name, or the score for a regression), ``label`` (empty on a test split): the
+  validation splits at the final and at the best epoch, and every test split whose file is
+  present, predicted by the final model and by the best epoch's (the diagnostic set, ``ax_test``,
+  by the MNLI model). glue_results re-scores runs from them; glue_submission turns the test
+  files into a GLUE server submission.
+
+A folder that already holds a task's results is not fine-tuned into again unless asked
+(``overwrite=True``; the notebooks' ``DITBERT_OVERWRITE=1``), which replaces that task's files.
 """
 
 from __future__ import annotations
@@ -32,8 +43,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
+import shutil
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -45,8 +59,10 @@ from tqdm import tqdm
 
 import model_defs
 import runtime
-from glue_heads import PAIR_ENCODINGS, DitBertClassifier, HeadConfig, fit_similarity_head, load_classifier, save_classifier
-from glue_tasks import TASKS, Task, compute_metrics, get_task, load_task, main_score, parse_tasks, subsample
+from glue_heads import (PAIR_ENCODINGS, DitBertClassifier, HeadConfig, classifier_config, fit_similarity_head,
+                        load_classifier, save_classifier)
+from glue_tasks import (EXTRA_TEST_TASKS, TASKS, Task, compute_metrics, get_task, label_name, load_task, load_test_splits,
+                        main_score, parse_tasks, subsample)
 from params import DOC_ID, END_ID, PAD_ID, START_ID, FinetuneConfig
 
 # --------------------------------------------------------------------------- models
@@ -107,12 +123,87 @@ def from_mnli_source(base: ModelSource, output_dir: str, mnli_dir: str = "") -> 
     return ModelSource(base.kind, path, f"{base.label}-from-mnli", init="mnli")
 
 
-def _tokens_seen(model_dir: str | Path):
+def _model_config(model_dir: str | Path) -> dict:
+    """A DitBERT model folder's config.json ({} where there is none)."""
     path = Path(model_dir) / "config.json"
-    if path.is_file():
-        config = json.loads(path.read_text())
-        return config.get("tokens_seen", config.get("pretrain_tokens_seen"))
-    return None
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+
+
+def _tokens_seen(model_dir: str | Path):
+    config = _model_config(model_dir)
+    return config.get("tokens_seen", config.get("pretrain_tokens_seen"))
+
+
+def _tokenizer_path(source: ModelSource) -> Path:
+    """DitBERT's tokenizer: the one given, else the model folder's own (an MNLI model holds it)."""
+    return Path(source.tokenizer) if source.tokenizer else Path(source.path) / "tokenizer.json"
+
+
+def check_ditbert_source(source: ModelSource) -> None:
+    """Refuse a DitBERT source that is no model folder, or whose tokenizer is not the one the model
+    was trained with (the fingerprint its config.json records; a model that recorded none is
+    accepted): each error names the folder and files."""
+    path = Path(source.path)
+    if source.init == "mnli":
+        config = classifier_config(path)
+    else:
+        for name in ("config.json", "model.safetensors"):
+            if not (path / name).is_file():
+                raise FileNotFoundError(f"{path / name} does not exist: {path} is not a saved DitBERT model")
+        config = _model_config(path)
+    tokenizer = _tokenizer_path(source)
+    if not tokenizer.is_file():
+        raise FileNotFoundError(f"tokenizer file {tokenizer} does not exist (the tokenizer of {path})")
+    model_defs.check_tokenizer(config.get("tokenizer_fingerprint"), tokenizer, path)
+
+
+HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # name or namespace/name
+
+
+def check_hf_source(source: ModelSource) -> None:
+    """Refuse a Hugging Face source that names a folder which is not a model (no config.json), a
+    file, or a path that does not exist, before transformers answers with a message about
+    something else. A hub name is left to the hub."""
+    path = Path(source.path).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            held = sorted(p.name for p in path.iterdir())[:8]
+            raise FileNotFoundError(f"{path} is a folder but not a Hugging Face model: it has no config.json "
+                                    f"(it holds {held or 'nothing'})")
+        return
+    if path.exists():
+        raise FileNotFoundError(f"{path} is a file, not a Hugging Face model folder")
+    if source.init == "mnli":
+        raise FileNotFoundError(f"no fine-tuned MNLI model at {source.path}: fine-tune the base model on mnli first")
+    if not HUB_NAME.fullmatch(source.path) or ".." in source.path:
+        raise FileNotFoundError(f"model folder {source.path} does not exist (and it is not a Hugging Face hub name)")
+
+
+def check_source(source: ModelSource, seeds) -> None:
+    """Check, before any data is read or model trained, that `source` can be fine-tuned with each seed."""
+    for seed in seeds:
+        resolved = source.resolved(seed)
+        if resolved.kind == "ditbert":
+            check_ditbert_source(resolved)
+        elif resolved.kind == "hf":
+            check_hf_source(resolved)
+        else:
+            raise ValueError(f"unknown model kind {resolved.kind!r}: expected 'ditbert' or 'hf'")
+
+
+def _from_hf(loader, path: str, **kwargs):
+    """``loader.from_pretrained(path)``, with a hub failure named by the model asked for."""
+    try:
+        return loader.from_pretrained(path, **kwargs)
+    except OSError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise OSError(f"could not load model {path!r}: it is no folder here, and the Hugging Face hub did not give "
+                      f"it ({first})") from None
 
 
 @dataclass
@@ -160,9 +251,10 @@ def _ditbert_classifier(source: ModelSource, head: HeadConfig, seed: int) -> tup
 def _load_ditbert(source: ModelSource, task: Task, ft: FinetuneConfig, seed: int) -> Loaded:
     """A DitBERT classifier for `task` and the encoder of its texts."""
     path = Path(source.path)
+    check_ditbert_source(source)
     model, tokens = _ditbert_classifier(source, HeadConfig.for_task(task, ft), seed)
     model_defs.set_dropout(model, ft.dropout)
-    tokenizer_path = Path(source.tokenizer) if source.tokenizer else path / "tokenizer.json"  # an MNLI model holds its own
+    tokenizer_path = _tokenizer_path(source)
     tok = model_defs.load_tokenizer(tokenizer_path)
     if tok.get_vocab_size() > model.cfg.vocab_size:
         raise ValueError(f"tokenizer {tokenizer_path} has {tok.get_vocab_size()} tokens, model {path} only {model.cfg.vocab_size}")
@@ -203,14 +295,12 @@ def _load_hf(source: ModelSource, task: Task, ft: FinetuneConfig) -> Loaded:
 
     import hf_ditbert  # noqa: F401  registers DitBERT with the Auto classes: an exported DitBERT loads with no remote code
 
-    local = Path(source.path).is_dir()
-    if source.init == "mnli" and not local:
-        raise FileNotFoundError(f"no fine-tuned MNLI model at {source.path}: fine-tune {task.name}'s base model on mnli first")
-    kwargs = {"local_files_only": True} if local else {}
-    tokenizer = AutoTokenizer.from_pretrained(source.path, **kwargs)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        source.path, num_labels=task.num_labels, ignore_mismatched_sizes=True, **kwargs
-    )  # a head of another size (e.g. MNLI's 3 labels) is replaced by a fresh one
+    check_hf_source(source)
+    folder = Path(source.path).expanduser()
+    target, kwargs = (str(folder), {"local_files_only": True}) if folder.is_dir() else (source.path, {})
+    tokenizer = _from_hf(AutoTokenizer, target, **kwargs)
+    model = _from_hf(AutoModelForSequenceClassification, target, num_labels=task.num_labels,
+                     ignore_mismatched_sizes=True, **kwargs)  # a head of another size (e.g. MNLI's 3 labels) is replaced
     model.config.problem_type = None  # the loop computes the loss; nothing to infer from labels
     max_len = min(ft.max_len, tokenizer.model_max_length)
 
@@ -232,14 +322,82 @@ def logits_of(out):
     return out.logits if hasattr(out, "logits") else out
 
 
+# --------------------------------------------------------------------------- recipes
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A model family's fine-tuning recipe as its authors publish it: the `finetune.*` values its
+    baselines are fine-tuned with (`apply_recipe`), so that each is compared at its own settings."""
+
+    lr: float
+    weight_decay: float
+    epochs: int
+    warmup_fraction: float  # of all steps
+    reference: str
+
+
+RECIPES = {
+    "bert": Recipe(5e-5, 0.01, 3, 0.10, "BERT (Devlin et al., 2019): 3 epochs at batch 32, the top of its learning-rate "
+                   "grid {2, 3, 4, 5}e-5; weight decay 0.01 and 10 % warmup as in its pretraining"),
+    "roberta": Recipe(2e-5, 0.1, 10, 0.06, "RoBERTa (Liu et al., 2019), Table 10: learning rate from {1, 2, 3}e-5, "
+                      "weight decay 0.1, 10 epochs, 6 % warmup"),
+}
+PRESET = "preset"  # finetune.* as the preset and the user's settings give them: DitBERT's own recipe
+ROBERTA_TYPES = ("roberta", "xlm-roberta", "camembert")  # transformers model types fine-tuned as RoBERTa
+RECIPE_SETTINGS = ("lr", "weight_decay", "epochs", "warmup_epochs")
+
+
+def _hf_model_type(path: str) -> str:
+    from transformers import AutoConfig
+
+    import hf_ditbert  # noqa: F401  an exported DitBERT's config type
+
+    folder = Path(path).expanduser()
+    if folder.is_dir():
+        return _from_hf(AutoConfig, str(folder), local_files_only=True).model_type
+    return _from_hf(AutoConfig, path).model_type
+
+
+def recipe_for(source: ModelSource) -> str:
+    """The recipe `source` is fine-tuned with under ``recipe="auto"``: DitBERT (also exported) its
+    preset's; RoBERTa-style models RoBERTa's; every other Hugging Face model BERT's."""
+    if source.kind == "ditbert":
+        return PRESET
+    model_type = _hf_model_type(source.path)
+    if model_type == "ditbert":
+        return PRESET
+    return "roberta" if model_type in ROBERTA_TYPES else "bert"
+
+
+def apply_recipe(ft: FinetuneConfig, name: str, explicit=()) -> tuple[FinetuneConfig, dict]:
+    """(the settings to fine-tune with, the record run_info.json keeps). Recipe `name` sets the
+    learning rate, weight decay, epochs and warmup, except those in `explicit` (the `finetune.*`
+    names the user set, e.g. from $DITBERT_SET), which keep the user's values; `preset` changes nothing."""
+    if name == PRESET:
+        return ft, {"name": PRESET, "label": PRESET}
+    if name not in RECIPES:
+        raise ValueError(f"unknown fine-tuning recipe {name!r}: choose 'auto', {PRESET!r} or one of {sorted(RECIPES)}")
+    recipe, explicit = RECIPES[name], {str(k).removeprefix("finetune.") for k in explicit}
+    epochs = ft.epochs if "epochs" in explicit else recipe.epochs
+    values = {"lr": recipe.lr, "weight_decay": recipe.weight_decay, "epochs": recipe.epochs,
+              "warmup_epochs": round(recipe.warmup_fraction * epochs, 6)}
+    kept = [f"finetune.{k}" for k in RECIPE_SETTINGS if k in explicit]
+    ft = dataclasses.replace(ft, **{k: v for k, v in values.items() if k not in explicit})
+    label = name + (f" ({', '.join(kept)} set)" if kept else "")
+    return ft, {"name": name, "label": label, "reference": recipe.reference, "set_explicitly": kept}
+
+
 # --------------------------------------------------------------------------- batching
 
 
 def encode_split(loaded: Loaded, ds) -> dict:
-    """Token ids (and token types) per example, plus labels, as Python lists."""
+    """Token ids (and token types) per example, plus labels (0 where the split has none) and the
+    examples' ids, as Python lists."""
     cols = ds.to_dict()
     enc = loaded.encode(cols["text_a"], cols.get("text_b"))
     enc["labels"] = cols.get("label", [0] * len(cols["text_a"]))
+    enc["idx"] = cols.get("idx", list(range(len(cols["text_a"]))))
     return enc
 
 
@@ -368,14 +526,15 @@ def train_epoch(loaded: Loaded, task: Task, enc: dict, batches, updates: Updates
     return compute_metrics(task, torch.cat(preds), torch.cat(labels))
 
 
-def evaluate(loaded: Loaded, task: Task, encoded: dict, ft: FinetuneConfig, precision: runtime.Precision) -> dict:
-    """``{<split>_<metric>: value}`` over every evaluation split of the task."""
-    row = {}
+def evaluate(loaded: Loaded, task: Task, encoded: dict, ft: FinetuneConfig, precision: runtime.Precision):
+    """(``{<split>_<metric>: value}`` over every evaluation split of the task, {split: predictions})."""
+    row, outputs = {}, {}
     for split in task.eval_splits:
         out = predict(loaded, encoded[split], ft.batch_size * 2, task.is_regression, precision)
-        metrics = compute_metrics(task, _predictions(task, out), encoded[split]["labels"])
+        outputs[split] = _predictions(task, out)
+        metrics = compute_metrics(task, outputs[split], encoded[split]["labels"])
         row.update({f"{split}_{k}": v for k, v in metrics.items()})
-    return row
+    return row, outputs
 
 
 def check_finetune_settings(ft: FinetuneConfig) -> None:
@@ -385,6 +544,7 @@ def check_finetune_settings(ft: FinetuneConfig) -> None:
         ("epochs", ft.epochs >= 1, "at least 1"),
         ("batch_size", ft.batch_size >= 1, "at least 1"),
         ("lr", ft.lr > 0, "positive"),
+        ("seeds", len(ft.seeds) >= 1, "at least one seed"),
         ("pair_encoding", ft.pair_encoding in PAIR_ENCODINGS, " or ".join(map(repr, PAIR_ENCODINGS))),
     ] if not ok]  # pooling is checked where the head is described (glue_heads.HeadConfig)
     if problems:
@@ -396,109 +556,279 @@ def uses_similarity_head(model: nn.Module) -> bool:
     return isinstance(model, DitBertClassifier) and model.head_config.similarity_head
 
 
-def finetune_task(task: Task, source: ModelSource, ft: FinetuneConfig, seed: int, glue_dir=None, data=None,
-                  precision: runtime.Precision | None = None) -> pd.DataFrame:
-    """Fine-tune `source` on `task` with one seed; write results, run info and the best model.
+# --------------------------------------------------------------------------- run folders
 
-    Returns the per-epoch results table (also written as ``results_<task>.csv`` after every
-    epoch). `data` may hold the output of `load_task`, to read the files once for many seeds.
-    `precision` is the device and autocast dtype (default: runtime.Precision.choose(), "auto").
-    """
-    if task.label_column is None:
-        raise ValueError(f"task {task.name} has no labels to train on; it is predicted by the MNLI model (run mnli)")
-    check_finetune_settings(ft)
-    precision = precision or runtime.Precision.choose()
-    source = source.resolved(seed)
-    run_dir = Path(ft.output_dir) / f"{source.label}-seed{seed}"
-    splits, reports = data or load_task(task, glue_dir, ft.max_bad_fraction)
-    splits = {s: subsample(ds, ft.max_train_examples if s == "train" else ft.max_eval_examples) for s, ds in splits.items()}
-    loaded = load_for_task(source, task, ft, seed)
-    loaded.model.to(precision.device)
-    encoded = {s: encode_split(loaded, ds) for s, ds in splits.items()}
+WHICH = ("final", "best")  # the final epoch's model and the best epoch's
+
+
+def run_folder(ft: FinetuneConfig, label: str, seed: int) -> Path:
+    return Path(ft.output_dir) / f"{label}-seed{seed}"
+
+
+def prediction_splits(task: Task) -> list[tuple[Task, str]]:
+    """(task, split) of every prediction file a fine-tuning of `task` writes: its evaluation and test
+    splits, and the test sets its model predicts for another task (the diagnostic set, after MNLI)."""
+    own = [(task, split) for split in [*task.eval_splits, *task.test_splits]]
+    return own + [(TASKS[name], split) for name in EXTRA_TEST_TASKS.get(task.name, ()) for split in TASKS[name].test_splits]
+
+
+def prediction_path(run_dir: Path, task: Task, split: str, which: str) -> Path:
+    return run_dir / "predictions" / f"{task.name}_{split}_{which}.tsv"
+
+
+def task_outputs(run_dir: Path, task: Task) -> list[Path]:
+    """The files and folders an earlier fine-tuning of `task` left in `run_dir`."""
+    paths = [run_dir / f"results_{task.name}.csv", run_dir / f"best_{task.name}"]
+    paths += [prediction_path(run_dir, t, split, which) for t, split in prediction_splits(task) for which in WHICH]
+    return [p for p in paths if p.exists()]
+
+
+def check_no_results(pairs) -> None:
+    """Refuse to fine-tune into run folders that hold results of the same task: `pairs` are (run
+    folder, task); every one is checked before any work, and the error names what is there."""
+    found = [(run_dir, task, task_outputs(run_dir, task)) for run_dir, task in pairs]
+    found = [(run_dir, task, paths) for run_dir, task, paths in found if paths]
+    if found:
+        listed = "; ".join(f"{paths[0]} ({task.name})" for _, task, paths in found[:5])
+        more = f" and {len(found) - 5} more" if len(found) > 5 else ""
+        raise FileExistsError(
+            f"fine-tuning would replace earlier results: {listed}{more}. Set DITBERT_OVERWRITE=1 "
+            "(run_glue(..., overwrite=True)) to replace them, or choose another GLUE_OUTPUT_DIR or MODEL_LABEL")
+
+
+def clear_task_outputs(run_dir: Path, task: Task) -> None:
+    """Remove what an earlier fine-tuning of `task` wrote in `run_dir` (asked for with overwrite)."""
+    for path in task_outputs(run_dir, task):
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def _read_run_info(run_dir: Path) -> dict:
+    path = run_dir / "run_info.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _record_task(run_dir: Path, facts: dict, task: str, entry: dict) -> None:
+    """Write this task's entry into ``run_info.json`` (one file per run folder, shared by its tasks:
+    the model's facts at the top, each task's settings, status and outcome under ``tasks``)."""
+    run = _read_run_info(run_dir)
+    run.update(facts)
+    run.setdefault("tasks", {})[task] = entry
+    model_defs.atomic_write_bytes(run_dir / "run_info.json", json.dumps(run, indent=2, default=str).encode())
+
+
+def _run_facts(source: ModelSource, seed: int, info: dict, precision: runtime.Precision) -> dict:
+    facts = {"model": source.label, "seed": seed, "init": source.init, "kind": source.kind,
+             "model_source": info["source"], "tokenizer": info["tokenizer"],
+             "pretrain_tokens_seen": info.get("pretrain_tokens_seen"), "max_len": info["max_len"],
+             "device": precision.device.type, "dtype": str(precision.dtype).removeprefix("torch."),
+             "torch": torch.__version__}
+    return facts | ({"model_config": info["model_config"]} if "model_config" in info else {})
+
+
+def _task_entry(task: Task, ft: FinetuneConfig, recipe: dict | None, facts: dict, encoded: dict, reports: dict) -> dict:
+    """A task's entry in run_info.json as its fine-tuning starts (status ``running``)."""
+    return {"status": "running", "epochs_done": 0, "finetune": dataclasses.asdict(ft),
+            "recipe": recipe or {"name": PRESET, "label": PRESET},
+            "task": {"num_labels": task.num_labels, "label_names": list(task.label_names), "metrics": list(task.metrics)},
+            **{k: facts[k] for k in ("max_len", "device", "dtype")},
+            "train_examples": len(encoded["train"]["input_ids"]),
+            **{f"{s}_examples": len(encoded[s]["input_ids"]) for s in task.eval_splits},
+            "data": {s: dataclasses.asdict(r) for s, r in reports.items()}}
+
+
+# --------------------------------------------------------------------------- predictions
+
+
+def prediction_frame(task: Task, idx, predictions, labels=None) -> pd.DataFrame:
+    """``index``, ``prediction`` and ``label`` (empty when unlabelled), written as `label_name` writes them."""
+    values = predictions.tolist() if hasattr(predictions, "tolist") else list(predictions)
+    frame = pd.DataFrame({"index": list(idx), "prediction": [label_name(task, v) for v in values]})
+    frame["label"] = [label_name(task, v) for v in labels] if labels is not None else ""
+    return frame
+
+
+def write_predictions(path: Path, frame: pd.DataFrame) -> Path:
+    model_defs.atomic_write_bytes(path, frame.to_csv(sep="\t", index=False).encode())
+    return path
+
+
+def load_test_sets(task: Task, glue_dir, max_bad_fraction: float) -> list[tuple[Task, str, object]]:
+    """(task, split, dataset) of every test set present that `task`'s model predicts."""
+    tasks = [task, *(TASKS[name] for name in EXTRA_TEST_TASKS.get(task.name, ()))]
+    return [(t, split, ds) for t in tasks for split, ds in load_test_splits(t, glue_dir, max_bad_fraction).items()]
+
+
+def predict_test_sets(loaded: Loaded, tests, ft: FinetuneConfig, precision: runtime.Precision) -> dict:
+    """{(task name, split): (task, prediction table)} of the model as it is now, on each test set."""
+    tables = {}
+    for task, split, ds in tests:
+        enc = encode_split(loaded, ds)
+        out = predict(loaded, enc, ft.batch_size * 2, task.is_regression, precision)
+        tables[(task.name, split)] = (task, prediction_frame(task, enc["idx"], _predictions(task, out)))
+    return tables
+
+
+# --------------------------------------------------------------------------- fine-tuning a task
+
+
+class FinetuneInterrupted(KeyboardInterrupt):
+    """Ctrl-C while fine-tuning, after the run folder recorded the task as interrupted."""
+
+
+@dataclass
+class Progress:
+    """What the loop keeps across epochs: the results rows, and the best epoch's number, score,
+    weights and validation predictions, and the last epoch's."""
+
+    rows: list = field(default_factory=list)
+    best_epoch: int = 0
+    best_score: float = -math.inf
+    best_state: dict | None = None
+    best_outputs: dict | None = None
+    last_outputs: dict | None = None
+
+
+def _train_epochs(task: Task, loaded: Loaded, encoded: dict, ft: FinetuneConfig, seed: int,
+                  precision: runtime.Precision, run_dir: Path, run_name: str, progress: Progress) -> pd.DataFrame:
+    """Every epoch: train, evaluate, write the results so far, keep (and save) the best epoch's model."""
     lengths = [len(x) for x in encoded["train"]["input_ids"]]
     rng = np.random.default_rng(seed)  # batch order of every epoch
-    run_name = f"{source.label} seed {seed} {task.name}"
     if uses_similarity_head(loaded.model):
         scale, bias = fit_similarity(loaded, encoded["train"], ft.batch_size * 2, precision)
         print(f"{run_name} similarity head fitted: score = {scale:.3f} * cosine + {bias:.3f}")
     updates = Updates.build(loaded.model, ft, math.ceil(len(lengths) / ft.batch_size), precision)
-    rows, best, best_state, started = [], -math.inf, None, time.time()
     for epoch in range(1, ft.epochs + 1):
         desc = f"{run_name} epoch {epoch}/{ft.epochs}"
-        train = train_epoch(loaded, task, encoded["train"], train_batches(lengths, ft.batch_size, rng), updates, precision,
-                            desc)
-        row = {"epoch": epoch, **{f"train_{k}": v for k, v in train.items()}, **evaluate(loaded, task, encoded, ft, precision)}
-        rows.append(row)
+        train = train_epoch(loaded, task, encoded["train"], train_batches(lengths, ft.batch_size, rng), updates,
+                            precision, desc)
+        scores, outputs = evaluate(loaded, task, encoded, ft, precision)
+        row = {"epoch": epoch, **{f"train_{k}": v for k, v in train.items()}, **scores}
+        progress.rows.append(row)
+        progress.last_outputs = outputs
         print(f"{desc}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch"))
-        frame = pd.DataFrame(rows, columns=task.column_names())
+        frame = pd.DataFrame(progress.rows, columns=task.column_names())
         model_defs.atomic_write_bytes(run_dir / f"results_{task.name}.csv", frame.to_csv(index=False).encode())
-        if best_state is None or main_score(row, task) > best:
-            best, best_epoch = main_score(row, task), epoch
-            best_state = {k: v.detach().cpu().clone() for k, v in loaded.model.state_dict().items()}
+        if progress.best_state is None or main_score(row, task) > progress.best_score:
+            progress.best_epoch, progress.best_score, progress.best_outputs = epoch, main_score(row, task), outputs
+            progress.best_state = {k: v.detach().cpu().clone() for k, v in loaded.model.state_dict().items()}
             if ft.save_best:
                 loaded.save(run_dir / f"best_{task.name}")
-    loaded.model.load_state_dict(best_state)
-    task_info = {"best_epoch": best_epoch, "seconds": round(time.time() - started, 1), "train_examples": len(lengths),
-                 **{f"{s}_examples": len(encoded[s]["input_ids"]) for s in task.eval_splits},
-                 "data": {s: dataclasses.asdict(r) for s, r in reports.items()}}
-    _update_run_info(run_dir, source, seed, ft, loaded.info, precision, task.name, task_info)
-    if task.name == "mnli":
-        predict_ax(loaded, run_dir, glue_dir, ft, precision)
     return frame
 
 
-def _update_run_info(run_dir: Path, source: ModelSource, seed: int, ft: FinetuneConfig, info: dict,
-                     precision: runtime.Precision, task: str, task_info: dict):
-    """Merge this task's facts into ``run_info.json`` (one file per run folder, shared by its tasks)."""
-    path = run_dir / "run_info.json"
-    run = json.loads(path.read_text()) if path.is_file() else {}
-    run.update({"model": source.label, "seed": seed, "init": source.init, "kind": source.kind,
-                "model_source": info["source"], "tokenizer": info["tokenizer"],
-                "pretrain_tokens_seen": info.get("pretrain_tokens_seen"), "finetune": dataclasses.asdict(ft),
-                "max_len": info["max_len"], "device": precision.device.type,
-                "dtype": str(precision.dtype).removeprefix("torch."), "torch": torch.__version__})
-    if "model_config" in info:
-        run["model_config"] = info["model_config"]
-    run.setdefault("tasks", {})[task] = task_info
-    model_defs.atomic_write_bytes(path, json.dumps(run, indent=2, default=str).encode())
+def _write_all_predictions(task: Task, loaded: Loaded, encoded: dict, tests, ft: FinetuneConfig,
+                           precision: runtime.Precision, run_dir: Path, progress: Progress) -> list[str]:
+    """The validation predictions of the final and the best epoch, and the test predictions of the
+    final model and of the best epoch's (loaded back into `loaded`); returns the files written."""
+    written = []
+    for which, outputs in (("final", progress.last_outputs), ("best", progress.best_outputs)):
+        for split, predictions in outputs.items():
+            frame = prediction_frame(task, encoded[split]["idx"], predictions, encoded[split]["labels"])
+            written.append(write_predictions(prediction_path(run_dir, task, split, which), frame))
+    final = predict_test_sets(loaded, tests, ft, precision)
+    loaded.model.load_state_dict(progress.best_state)
+    best = final if progress.best_epoch == len(progress.rows) else predict_test_sets(loaded, tests, ft, precision)
+    for which, tables in (("final", final), ("best", best)):
+        for (_, split), (test_task, frame) in tables.items():
+            written.append(write_predictions(prediction_path(run_dir, test_task, split, which), frame))
+    return [p.relative_to(run_dir).as_posix() for p in written]
 
 
-def predict_ax(loaded: Loaded, run_dir: Path, glue_dir, ft: FinetuneConfig, precision: runtime.Precision) -> Path | None:
-    """Write the MNLI model's predictions on the diagnostic set (``predictions_ax.tsv``: index,
-    prediction), if that set is available (``<GLUE_DIR>/diagnostic/diagnostic.tsv`` or the hub)."""
-    task = TASKS["ax"]
+def _check_trainable(task: Task) -> None:
+    if task.label_column is None or "train" not in task.splits:
+        raise ValueError(f"task {task.name} has no labels to train on; it is predicted by the MNLI model (run mnli)")
+
+
+def finetune_task(task: Task, source: ModelSource, ft: FinetuneConfig, seed: int, glue_dir=None, data=None,
+                  precision: runtime.Precision | None = None, overwrite: bool = False, recipe: dict | None = None,
+                  tests=None) -> pd.DataFrame:
+    """Fine-tune `source` on `task` with one seed; write results, predictions, run info and the best model.
+
+    Returns the per-epoch results table (also written as ``results_<task>.csv`` after every
+    epoch). `data` may hold the output of `load_task`, and `tests` that of `load_test_sets`, to
+    read the files once for many seeds. `precision` is the device and autocast dtype (default:
+    runtime.Precision.choose(), "auto"). A run folder holding this task's results is an error
+    unless `overwrite`, which replaces them. `recipe` is the record of `apply_recipe`, kept in
+    run_info.json. Ctrl-C records the task as interrupted and raises `FinetuneInterrupted`.
+    """
+    _check_trainable(task)
+    check_finetune_settings(ft)
+    precision = precision or runtime.Precision.choose()
+    source = source.resolved(seed)
+    run_dir = run_folder(ft, source.label, seed)
+    if not overwrite:
+        check_no_results([(run_dir, task)])
+    splits, reports = data or load_task(task, glue_dir, ft.max_bad_fraction)
+    tests = load_test_sets(task, glue_dir, ft.max_bad_fraction) if tests is None else tests
+    splits = {s: subsample(ds, ft.max_train_examples if s == "train" else ft.max_eval_examples) for s, ds in splits.items()}
+    loaded = load_for_task(source, task, ft, seed)
+    loaded.model.to(precision.device)
+    encoded = {s: encode_split(loaded, ds) for s, ds in splits.items()}
+    clear_task_outputs(run_dir, task)
+    facts = _run_facts(source, seed, loaded.info, precision)
+    entry = _task_entry(task, ft, recipe, facts, encoded, reports)
+    _record_task(run_dir, facts, task.name, entry)
+    progress, started = Progress(), time.time()
     try:
-        splits, _ = load_task(task, glue_dir, ft.max_bad_fraction)
-    except (FileNotFoundError, ConnectionError) as err:
-        print(f"note: no diagnostic (ax) predictions: {err}")
-        return None
-    enc = encode_split(loaded, splits["test"])
-    classes = predict(loaded, enc, ft.batch_size * 2, False, precision).argmax(-1).tolist()
-    frame = pd.DataFrame({"index": range(len(classes)), "prediction": [task.label_names[c] for c in classes]})
-    out = run_dir / "predictions_ax.tsv"
-    model_defs.atomic_write_bytes(out, frame.to_csv(sep="\t", index=False).encode())
-    return out
+        frame = _train_epochs(task, loaded, encoded, ft, seed, precision, run_dir,
+                              f"{source.label} seed {seed} {task.name}", progress)
+        predictions = _write_all_predictions(task, loaded, encoded, tests, ft, precision, run_dir, progress)
+    except KeyboardInterrupt:
+        entry.update(status="interrupted", epochs_done=len(progress.rows), seconds=round(time.time() - started, 1))
+        _record_task(run_dir, facts, task.name, entry)
+        raise FinetuneInterrupted(
+            f"fine-tuning interrupted: {source.label} seed {seed} on {task.name} stopped after {len(progress.rows)} of "
+            f"{ft.epochs} epochs. {run_dir / 'run_info.json'} marks {task.name} 'interrupted', and aggregation leaves "
+            f"it out; fine-tune it again with DITBERT_OVERWRITE=1 (run_glue(..., overwrite=True))") from None
+    entry.update(status="complete", epochs_done=len(progress.rows), best_epoch=progress.best_epoch,
+                 seconds=round(time.time() - started, 1), predictions=predictions)
+    _record_task(run_dir, facts, task.name, entry)
+    return frame
 
 
 def run_glue(source: ModelSource, tasks, ft: FinetuneConfig, glue_dir=None, data_dir="data",
-             precision: runtime.Precision | None = None) -> list[Path]:
+             precision: runtime.Precision | None = None, overwrite: bool = False, recipe: str = PRESET,
+             explicit=()) -> list[Path]:
     """Fine-tune `source` on each task with each seed of ``ft.seeds``; return the run folders.
 
     Every (task, seed) starts from the same source model; each seed is its own run folder.
     `precision`: the device and autocast dtype, as pretraining picks them from ``train.device`` and
     ``train.dtype`` (``runtime.Precision.choose(params.train.device, params.train.dtype)``); default "auto".
+    Before any work: the task names, the settings and the model are checked, and every run folder
+    that already holds one of the tasks' results is an error unless `overwrite` (which replaces
+    them). `recipe`: ``preset`` (`ft` as given), ``auto`` (the model's own: `recipe_for`) or a name
+    of `RECIPES`, whose values yield to the `explicit` settings. Ctrl-C stops with a message and
+    exit status 130 (SystemExit), the task marked interrupted in its run_info.json.
     """
-    names = parse_tasks(tasks)
+    names = list(dict.fromkeys(parse_tasks(tasks)))
     if not names:
         raise ValueError("no tasks given")
     resolved = [get_task(n, data_dir) for n in names]  # every name checked before any training
-    check_finetune_settings(ft)
-    runs = []
     for task in resolved:
+        _check_trainable(task)
+    check_finetune_settings(ft)
+    check_source(source, ft.seeds)
+    ft, record = apply_recipe(ft, recipe_for(source.resolved(ft.seeds[0])) if recipe == "auto" else recipe, explicit)
+    if not overwrite:
+        check_no_results([(run_folder(ft, source.resolved(seed).label, seed), task) for task in resolved for seed in ft.seeds])
+    try:
+        return _run_tasks(source, resolved, ft, glue_dir, precision, overwrite, record)
+    except KeyboardInterrupt as stop:
+        message = str(stop) if isinstance(stop, FinetuneInterrupted) else "fine-tuning interrupted before a task began training"
+        print(f"\n{message}", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def _run_tasks(source: ModelSource, tasks: list[Task], ft: FinetuneConfig, glue_dir, precision, overwrite: bool,
+               record: dict) -> list[Path]:
+    runs = []
+    for task in tasks:
         data = load_task(task, glue_dir, ft.max_bad_fraction)
+        tests = load_test_sets(task, glue_dir, ft.max_bad_fraction)
         for seed in ft.seeds:
-            finetune_task(task, source, ft, seed, glue_dir, data=data, precision=precision)
-            run = Path(ft.output_dir) / f"{source.label}-seed{seed}"
+            finetune_task(task, source, ft, seed, glue_dir, data=data, precision=precision, overwrite=overwrite,
+                          recipe=record, tests=tests)
+            run = run_folder(ft, source.resolved(seed).label, seed)
             runs += [run] if run not in runs else []
     return runs
 

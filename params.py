@@ -20,12 +20,64 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import math
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 SPECIAL_TOKENS = ["[PAD]", "[START]", "[END]", "[MASK]", "[DOC]"]  # ids 0..4, in this order
 PAD_ID, START_ID, END_ID, MASK_ID, DOC_ID = range(len(SPECIAL_TOKENS))
+MIN_VOCAB = 256 + len(SPECIAL_TOKENS)  # a byte-level BPE holds every byte and the special tokens
+
+# The choices of the settings that name one (runtime.py, model_defs.py and glue_heads.py act on them;
+# tests/test_run_safety.py checks the lists agree).
+POSITIONS = ("learned", "alibi")
+ATTENTIONS = ("sdpa", "math")
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "fp32", "bf16", "fp16")
+POOLINGS = ("cls", "mean")
+PAIR_ENCODINGS = ("joint", "separate", "by_task")
+
+
+def require(ok: bool, key: str, value, what: str) -> None:
+    """One setting's check: a ValueError naming the setting, its value and what it must be."""
+    if not ok:
+        raise ValueError(f"setting {key}={value!r}: {what}")
+
+
+def check_types(section: str, config) -> None:
+    """Every field of a settings section holds a value of its declared type (an int where an int is
+    declared, a finite number where a float is), so a mistyped override fails here, by name."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        require(has_type(value, hints[f.name]), f"{section}.{f.name}", value, f"must be {type_name(hints[f.name])}")
+
+
+def has_type(value, hint) -> bool:
+    """Whether `value` is of the type `hint` declares (bools are not numbers here)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is list:
+        return isinstance(value, list) and all(has_type(v, args[0]) for v in value)
+    if origin is tuple:
+        return isinstance(value, tuple) and len(value) == len(args) and all(map(has_type, value, args))
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def type_name(hint) -> str:
+    """The type `hint` declares, in words for an error message."""
+    names = {int: "an integer", float: "a finite number", str: "a string", bool: "true or false"}
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is list:
+        return f"a list of {type_name(args[0]).split(' ', 1)[1]}s"
+    if origin is tuple:
+        return f"{len(args)} numbers"
+    return names.get(hint, str(hint))
 
 
 @dataclass
@@ -33,6 +85,13 @@ class TokenizerConfig:
     vocab_size: int = 32768  # byte-level BPE vocabulary, special tokens included
     min_frequency: int = 2  # a merge must be seen this often to be learned
     max_train_lines: int = 0  # 0 = learn merges from every line of the corpus
+
+    def check(self, s: str = "tokenizer") -> None:
+        check_types(s, self)
+        require(self.vocab_size >= MIN_VOCAB, f"{s}.vocab_size", self.vocab_size,
+                f"must be at least {MIN_VOCAB}: the 256 bytes and the {len(SPECIAL_TOKENS)} special tokens")
+        require(self.min_frequency >= 1, f"{s}.min_frequency", self.min_frequency, "must be at least 1")
+        require(self.max_train_lines >= 0, f"{s}.max_train_lines", self.max_train_lines, "must be 0 (all) or more")
 
 
 @dataclass
@@ -59,6 +118,19 @@ class ModelConfig:
         """Positions the embedding table holds: the text plus [START] and [END]."""
         return self.seq_len + 2
 
+    def check(self, s: str = "model") -> None:
+        check_types(s, self)
+        require(self.vocab_size >= MIN_VOCAB, f"{s}.vocab_size", self.vocab_size,
+                f"must be at least {MIN_VOCAB}, the smallest DitBERT tokenizer")
+        for name in ("seq_len", "n_layers", "d_model", "n_heads", "d_ff"):
+            require(getattr(self, name) >= 1, f"{s}.{name}", getattr(self, name), "must be at least 1")
+        require(self.d_model % self.n_heads == 0, f"{s}.n_heads", self.n_heads,
+                f"must divide {s}.d_model={self.d_model} (each head takes an equal share)")
+        require(0 <= self.dropout < 1, f"{s}.dropout", self.dropout, "must be in [0, 1)")
+        require(self.layer_norm_eps > 0, f"{s}.layer_norm_eps", self.layer_norm_eps, "must be above 0")
+        require(self.position in POSITIONS, f"{s}.position", self.position, f"must be one of {POSITIONS}")
+        require(self.attention in ATTENTIONS, f"{s}.attention", self.attention, f"must be one of {ATTENTIONS}")
+
 
 @dataclass
 class DataConfig:
@@ -69,6 +141,14 @@ class DataConfig:
     val_fraction: float = 0.01  # tail of the token stream held out for validation perplexity
     val_sequences: int = 256  # at most this many held-out sequences per evaluation
     cache_dir: str = ""  # where the token file goes; empty = beside the first corpus file
+
+    def check(self, s: str = "data") -> None:
+        check_types(s, self)
+        require(all(self.corpus), f"{s}.corpus", self.corpus, "must not name an empty path")
+        require(bool(self.corpus or self.embedded), f"{s}.embedded", self.embedded,
+                f"must name an embedded corpus when {s}.corpus is empty")
+        require(0 < self.val_fraction < 1, f"{s}.val_fraction", self.val_fraction, "must be between 0 and 1")
+        require(self.val_sequences >= 1, f"{s}.val_sequences", self.val_sequences, "must be at least 1")
 
 
 @dataclass
@@ -101,14 +181,53 @@ class TrainConfig:
     threads: int = 0  # CPU threads for torch; 0 = torch's default
 
     def accumulation_steps(self, world_size: int = 1) -> int:
-        """Micro-batches per optimizer step on each rank, so the global batch stays `batch_size`."""
+        """Micro-batches per optimizer step on each rank, so the global batch stays `batch_size`;
+        when it does not split, the error names a micro-batch (or a batch size) that does."""
         per_step = self.micro_batch * world_size
         if self.batch_size % per_step:
             raise ValueError(
-                f"train.batch_size={self.batch_size} is not a multiple of "
-                f"train.micro_batch x ranks = {self.micro_batch} x {world_size}"
+                f"train.batch_size={self.batch_size} is not a multiple of train.micro_batch x ranks = "
+                f"{self.micro_batch} x {world_size}: {self.batch_advice(world_size)}"
             )
         return self.batch_size // per_step
+
+    def batch_advice(self, world_size: int) -> str:
+        """The largest micro-batch up to train.micro_batch that splits train.batch_size over
+        `world_size` ranks; or, when the ranks cannot share the batch equally, the nearest batch sizes."""
+        ranks = f"{world_size} rank" + ("s" if world_size > 1 else "")
+        if self.batch_size % world_size == 0:
+            per_rank = self.batch_size // world_size
+            micro = max(m for m in range(1, min(self.micro_batch, per_rank) + 1) if per_rank % m == 0)
+            return (f"set train.micro_batch={micro} ({micro} x {per_rank // micro} accumulation x {ranks} "
+                    f"= {self.batch_size} sequences)")
+        per_step = self.micro_batch * world_size
+        lower, upper = self.batch_size // per_step * per_step, (self.batch_size // per_step + 1) * per_step
+        sizes = f"{lower} or {upper}" if lower else f"{upper}"
+        return (f"{self.batch_size} sequences do not split over {ranks}; set train.batch_size={sizes} "
+                f"(multiples of {self.micro_batch} x {world_size})")
+
+    def check(self, s: str = "train") -> None:
+        check_types(s, self)
+        for name in ("out_dir", "tokenizer"):
+            require(bool(getattr(self, name)), f"{s}.{name}", getattr(self, name), "must name a path")
+        require(self.steps >= 1, f"{s}.steps", self.steps, "must be at least 1 (the optimizer steps of the run)")
+        require(0 <= self.warmup_steps < self.steps, f"{s}.warmup_steps", self.warmup_steps,
+                f"must be at least 0 and below {s}.steps={self.steps}, or the learning rate never reaches "
+                f"its peak {s}.lr; lower {s}.warmup_steps or raise {s}.steps")
+        require(self.lr > 0, f"{s}.lr", self.lr, "must be above 0")
+        require(0 <= self.min_lr_ratio <= 1, f"{s}.min_lr_ratio", self.min_lr_ratio, "must be in [0, 1]")
+        require(all(0 <= b < 1 for b in self.betas), f"{s}.betas", self.betas, "must both be in [0, 1)")
+        require(self.eps > 0, f"{s}.eps", self.eps, "must be above 0")
+        require(self.weight_decay >= 0, f"{s}.weight_decay", self.weight_decay, "must be 0 or more")
+        for name in ("batch_size", "micro_batch", "checkpoint_every", "eval_every", "log_every", "max_nonfinite_steps"):
+            require(getattr(self, name) >= 1, f"{s}.{name}", getattr(self, name), "must be at least 1")
+        self.accumulation_steps(1)
+        require(self.grad_clip > 0, f"{s}.grad_clip", self.grad_clip, "must be above 0")
+        require(0 < self.mask_prob < 1, f"{s}.mask_prob", self.mask_prob, "must be between 0 and 1")
+        require(self.seed >= 0, f"{s}.seed", self.seed, "must be 0 or more")
+        require(self.device in DEVICES, f"{s}.device", self.device, f"must be one of {DEVICES}")
+        require(self.dtype in DTYPES, f"{s}.dtype", self.dtype, f"must be one of {DTYPES}")
+        require(self.threads >= 0, f"{s}.threads", self.threads, "must be 0 (torch's default) or more")
 
 
 @dataclass
@@ -141,6 +260,26 @@ class FinetuneConfig:
     save_best: bool = True  # keep the best epoch's model per task as safetensors (best_<task>/)
     max_bad_fraction: float = 0.01  # more malformed rows than this in a data file is an error
 
+    def check(self, s: str = "finetune") -> None:
+        check_types(s, self)
+        require(self.lr > 0, f"{s}.lr", self.lr, "must be above 0")
+        require(self.epochs >= 1, f"{s}.epochs", self.epochs, "must be at least 1")
+        require(0 <= self.warmup_epochs <= self.epochs, f"{s}.warmup_epochs", self.warmup_epochs,
+                f"must be at least 0 and at most {s}.epochs={self.epochs}")
+        require(self.batch_size >= 1, f"{s}.batch_size", self.batch_size, "must be at least 1")
+        require(self.weight_decay >= 0, f"{s}.weight_decay", self.weight_decay, "must be 0 or more")
+        require(0 <= self.dropout < 1, f"{s}.dropout", self.dropout, "must be in [0, 1)")
+        require(self.max_len >= 4, f"{s}.max_len", self.max_len, "must be at least 4 (the special tokens and a text)")
+        require(bool(self.seeds), f"{s}.seeds", self.seeds, "must name at least one seed")
+        for name in ("max_train_examples", "max_eval_examples"):
+            require(getattr(self, name) >= 0, f"{s}.{name}", getattr(self, name), "must be 0 (all) or more")
+        require(self.grad_clip > 0, f"{s}.grad_clip", self.grad_clip, "must be above 0")
+        require(self.pooling in POOLINGS, f"{s}.pooling", self.pooling, f"must be one of {POOLINGS}")
+        require(self.pair_encoding in PAIR_ENCODINGS, f"{s}.pair_encoding", self.pair_encoding,
+                f"must be one of {PAIR_ENCODINGS}")
+        require(bool(self.output_dir), f"{s}.output_dir", self.output_dir, "must name a folder")
+        require(0 <= self.max_bad_fraction <= 1, f"{s}.max_bad_fraction", self.max_bad_fraction, "must be in [0, 1]")
+
 
 @dataclass
 class Params:
@@ -157,6 +296,16 @@ class Params:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def check(self) -> "Params":
+        """Validate every section before any work: the first bad value raises a ValueError naming
+        the setting (``train.steps``), its value and what it must be. Returns the settings."""
+        require(self.preset in PRESETS, "preset", self.preset, f"must be one of {sorted(PRESETS)}")
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            if dataclasses.is_dataclass(section):
+                section.check(f.name)
+        return self
 
 
 def _base() -> Params:
@@ -253,16 +402,21 @@ def get_params(preset: str | None = None, overrides: dict | None = None) -> Para
     if preset not in PRESETS:
         raise KeyError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     params = PRESETS[preset]()
-    overrides = dict(overrides or {})
+    apply_overrides(params, overrides or {})
+    return params.check()
+
+
+def apply_overrides(params: Params, overrides: dict) -> None:
+    """Set each ``section.name`` of `overrides` on `params` (unchecked: call `Params.check` after)."""
     for key, value in overrides.items():
         apply_override(params, key, value)
     if "tokenizer.vocab_size" in overrides and "model.vocab_size" not in overrides:
         params.model.vocab_size = params.tokenizer.vocab_size
-    return params
 
 
-def params_from_dict(d: dict) -> Params:
-    """Rebuild Params from `to_dict()` output (as stored in checkpoints and configs)."""
+def params_from_dict(d: dict, check: bool = True) -> Params:
+    """Rebuild Params from `to_dict()` output (as stored in checkpoints and configs), validated
+    unless `check` is False (settings that overrides will change before they are checked)."""
     p = Params(preset=d.get("preset", "base"))
     for f in dataclasses.fields(Params):
         if f.name == "preset" or f.name not in d:
@@ -272,7 +426,7 @@ def params_from_dict(d: dict) -> Params:
         if "betas" in values:
             values["betas"] = tuple(values["betas"])
         setattr(p, f.name, section_type(**values))
-    return p
+    return p.check() if check else p
 
 
 # --------------------------------------------------------------------------- the environment
@@ -315,8 +469,9 @@ ENVIRONMENT: dict[str, tuple[str, str, str]] = {
                    "`notebook`", "Pretraining-Value.py"),
     "VALUE_GLUE": ("", "`1` = also RTE, MRPC, STS-B, CoLA and SST-2 from `GLUE_DIR`", "Pretraining-Value.py"),
     "VALUE_FINETUNE": ("", "`0` = probes and diagnostics only", "Pretraining-Value.py"),
-    "DITBERT_OVERWRITE": ("", "`1` = replace what an earlier run wrote (a tokenizer, fine-tuning results); by default "
-                          "an existing one is an error before any work", "Train-Tokenizer.py, " + GLUE_NOTEBOOKS),
+    "DITBERT_OVERWRITE": ("", "`1` = replace what an earlier run wrote (a tokenizer, a pretraining run, fine-tuning "
+                          "results); by default an existing one is an error before any work",
+                          "Train-Tokenizer.py, train_model.py, " + GLUE_NOTEBOOKS),
     "DEMO_SEEDS": ("", "seeds of the demo task; default `1,2,3`", "scripts/demo.sh"),
     "GLUE_SMALL_TASKS": ("", "the GLUE tasks fine-tuned when `GLUE_DIR` is set; default "
                          "`rte,mrpc,stsb,cola,sst2,wnli`", "scripts/demo.sh"),

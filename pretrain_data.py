@@ -135,13 +135,48 @@ def corpus_files(corpus: list[str], embedded: list[str], data_dir: str | Path = 
 
 def fingerprint(files: list[str | Path], tokenizer_path: str | Path) -> str:
     """A hash of the corpus files' names and bytes and of the tokenizer: the token file's identity."""
-    h = hashlib.sha256()
-    for f in list(files) + [tokenizer_path]:
-        h.update(str(Path(f).name).encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()[:16]
+    named, _ = corpus_hashes(files)
+    hash_file(named, tokenizer_path)
+    return named.hexdigest()[:16]
+
+
+def corpus_fingerprint(files: list[str | Path]) -> str:
+    """A hash of the corpus files' contents, in order: what a checkpoint records of its data, which
+    stays the same when the files move or are renamed."""
+    return corpus_hashes(files)[1].hexdigest()[:16]
+
+
+_CORPUS_HASHES: dict = {}  # (path, size, mtime) of each file -> its hashes, so a run reads its corpus once
+
+
+def corpus_hashes(files: list[str | Path]) -> tuple:
+    """Two sha256 over the files, in one pass: of their names and bytes, and of their contents alone
+    (each file's length, then its bytes). Copies: a caller may add to them."""
+    key = tuple((str(Path(f).resolve()), Path(f).stat().st_size, Path(f).stat().st_mtime_ns) for f in files)
+    if key not in _CORPUS_HASHES:
+        named, contents = hashlib.sha256(), hashlib.sha256()
+        for f in files:
+            contents.update(Path(f).stat().st_size.to_bytes(8, "little"))
+            hash_file(named, f, also=contents)
+        _CORPUS_HASHES[key] = named, contents
+    return tuple(h.copy() for h in _CORPUS_HASHES[key])
+
+
+def hash_file(h, path: str | Path, also=None) -> None:
+    """Add a file's name and bytes to `h` (and its bytes alone to `also`)."""
+    h.update(str(Path(path).name).encode())
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+            if also is not None:
+                also.update(chunk)
+
+
+def corpus_record(params: Params) -> dict:
+    """The corpus a run trains on, as its checkpoint records it: the files (absolute paths) and
+    their fingerprint, which a resumed run must match."""
+    files = corpus_files(params.data.corpus, params.data.embedded)
+    return {"files": [str(Path(f).resolve()) for f in files], "fingerprint": corpus_fingerprint(files)}
 
 
 def token_dtype(vocab_size: int):

@@ -102,7 +102,8 @@ def pretrain_snapshots(params: Params, steps: list[int], out_dir: str | Path, sh
             else:
                 model, elapsed = pretrained_model(params, step, show_progress)
             extra = {"preset": params.preset, "steps": step, "tokens_seen": step * seq_tokens,
-                     "pretrain_s": elapsed, "params": params.to_dict()}
+                     "pretrain_s": elapsed, "params": params.to_dict(),
+                     "tokenizer_fingerprint": model_defs.tokenizer_fingerprint(params.tokenizer_path)}
             model_defs.save_model(model, folder, extra)
         snapshots.append(snapshot_info(folder, step))
     return snapshots
@@ -118,7 +119,8 @@ def pretrained_model(params: Params, step: int, show_progress: bool = False) -> 
     ckpt = Path(params.train.out_dir) / "checkpoint.pt"
     state = train_model.load_checkpoint(ckpt, params) if ckpt.is_file() else {}
     if state.get("step") != step:
-        summary = train_model.train(params, resume=state.get("step", step) < step, stop_at=step,
+        resume = state.get("step", step) < step  # otherwise start over: no checkpoint, or one past `step`
+        summary = train_model.train(params, resume=resume, overwrite=not resume, stop_at=step,
                                     show_progress=show_progress)
         if summary["step"] != step:
             raise RuntimeError(f"pretraining stopped at step {summary['step']}, not {step}: {summary}")
@@ -460,7 +462,8 @@ def finetune_snapshot(snapshot: dict, experiment: str, tokenizer: str, tasks: li
         task_ft = task_settings(ft, task, subsample_size)
         todo = [seed for seed in task_ft.seeds if not finished_run(source, task, task_ft, seed)]
         if todo:
-            glue_utils.run_glue(source, [task], dataclasses.replace(task_ft, seeds=todo), glue_dir, data_dir, precision)
+            glue_utils.run_glue(source, [task], dataclasses.replace(task_ft, seeds=todo), glue_dir, data_dir, precision,
+                                overwrite=True)  # an unfinished run, or one of other settings, is done again
         runs = [Path(task_ft.output_dir) / f"{source.label}-seed{seed}" for seed in task_ft.seeds]
         for seed, score in sorted(final_scores(runs, task).items()):
             rows.append({"task": task, "method": "finetune", "init": "random" if control else "pretrained",
@@ -469,19 +472,22 @@ def finetune_snapshot(snapshot: dict, experiment: str, tokenizer: str, tasks: li
 
 
 def finished_run(source: glue_utils.ModelSource, task: str, ft, seed: int) -> bool:
-    """Whether this run folder already holds every epoch of `task`, fine-tuned with the same
-    settings: then it is reused, not repeated. Seeds, output folder, model saving and the
-    training subsample are left out of the comparison (the folder's run_info.json keeps the
-    settings of the last task written, and only CoLA and SST-2 are subsampled)."""
+    """Whether this run folder already holds every epoch of `task`, fine-tuned to the end with the
+    same settings: then it is reused, not repeated. Seeds, output folder, model saving and the
+    training subsample are left out of the comparison (only CoLA and SST-2 are subsampled)."""
     run = Path(ft.output_dir) / f"{source.label}-seed{seed}"
     info_path, results = run / "run_info.json", run / f"results_{task}.csv"
     if not info_path.is_file() or not results.is_file():
         return False
     ignore = ("seeds", "output_dir", "save_best", "max_train_examples")
     info = json.loads(info_path.read_text())
-    done = {k: v for k, v in info.get("finetune", {}).items() if k not in ignore}
+    entry = info.get("tasks", {}).get(task)
+    if entry is None or entry.get("status", "complete") != "complete":
+        return False
+    settings = entry.get("finetune", info.get("finetune", {}))  # per task; one block per folder before
+    done = {k: v for k, v in settings.items() if k not in ignore}
     wanted = {k: v for k, v in dataclasses.asdict(ft).items() if k not in ignore}
-    return task in info.get("tasks", {}) and done == wanted and len(pd.read_csv(results)) >= ft.epochs
+    return done == wanted and len(pd.read_csv(results)) >= ft.epochs
 
 
 # --------------------------------------------------------------------------- the experiment

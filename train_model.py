@@ -2,7 +2,9 @@
 
     python train_model.py                                  # tiny preset, embedded Wikipedia + IMDB corpus
     python train_model.py --preset base --corpus a.txt b.txt --out runs/mine
-    python train_model.py --resume                         # continue from <out>/checkpoint.pt
+    python train_model.py --resume                         # continue from <out>/checkpoint.pt, with its settings
+    python train_model.py --resume --steps 5600            # continue a finished run further
+    python train_model.py --overwrite                      # start over in a folder that holds a run
     torchrun --nproc_per_node=4 train_model.py --preset base ...
 
 Writes into the output folder:
@@ -10,6 +12,11 @@ Writes into the output folder:
     log.csv           step, loss, perplexity, lr, tokens_seen, elapsed_s, val_perplexity
     final/            model.safetensors + config.json of the finished model
     summary.json      the headline figures, also printed as RESULT lines
+
+A folder that holds a run is never started over silently: --resume continues it with the settings
+its checkpoint holds (the corpus, the tokenizer and every setting; of those given again, only the
+ones in RESUMABLE_SETTINGS may differ), --overwrite replaces it, anything else is an error before
+any work. Resuming a finished run says so and leaves its files alone.
 
 Read top to bottom: the ranks and the output folder, checkpoints, validation, then the loop:
 `optimizer_step` (one step over the micro-batches), `Recorder.after_step` (validation, the log,
@@ -38,12 +45,26 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from model_defs import DitBertForMLM, load_tokenizer, parameter_table, save_model
-from params import Params, env_overrides, get_params, params_from_dict, parse_overrides
-from pretrain_data import SequenceLoader, next_step_batches, prepare_data, word_start_table
+from model_defs import (DitBertForMLM, check_tokenizer, load_tokenizer, parameter_table, save_model,
+                        tokenizer_fingerprint)
+from params import (DEFAULT_PRESET, PRESETS, Params, apply_overrides, env_overrides, get_params, notebook_input,
+                    params_from_dict, parse_overrides)
+from pretrain_data import (SequenceLoader, corpus_files, corpus_fingerprint, corpus_record, next_step_batches,
+                           prepare_data, word_start_table)
 from runtime import Precision, adamw, autocast_dtype, pick_device, warmup_decay
 
 LOG_COLUMNS = ["step", "loss", "perplexity", "lr", "tokens_seen", "elapsed_s", "val_perplexity"]
+RUN_FILES = ("checkpoint.pt", "log.csv", "summary.json", "final")  # what makes a folder hold a run
+# The settings a resumed run may take other values of than its checkpoint's: how far it goes
+# (train.steps, not below the checkpoint's step; the decay then ends at the new count), how often it
+# records, how and where its steps run (the global batch, the masks and the order of the data do not
+# change with the micro-batch or the device), and where its files are (train.out_dir; the tokenizer and
+# the corpus must match the fingerprints the checkpoint holds). Any other change is refused.
+RESUMABLE_SETTINGS = (
+    "train.steps", "train.checkpoint_every", "train.eval_every", "train.log_every", "train.max_nonfinite_steps",
+    "train.threads", "train.compile", "train.device", "train.dtype", "train.micro_batch", "model.attention",
+    "model.mlm_masked_only", "train.out_dir", "train.tokenizer", "data.corpus", "data.cache_dir",
+)
 
 
 # --------------------------------------------------------------------------- set-up
@@ -149,12 +170,12 @@ def save_checkpoint(path: Path, state: dict) -> None:
         raise
 
 
-def load_checkpoint(path: Path, params: Params) -> dict:
-    """Read a checkpoint without unpickling code and check it belongs to this model."""
+def read_checkpoint(path: Path, mmap: bool = False) -> dict:
+    """A training checkpoint's contents, without unpickling code (`mmap`: tensors stay on disk until used)."""
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint to resume from: {path} does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:
         import pickle
 
@@ -167,17 +188,129 @@ def load_checkpoint(path: Path, params: Params) -> dict:
         raise ValueError(f"checkpoint {path} is corrupt or truncated and cannot be read ({type(err).__name__}: {err})") from None
     if not isinstance(state, dict) or "model" not in state or "params" not in state:
         raise ValueError(f"checkpoint {path} is not a DitBERT training checkpoint")
+    return state
+
+
+def saved_params(path: Path, state: dict) -> Params:
+    """The settings a checkpoint holds (not yet checked: a resumed run may change some first)."""
     try:
-        saved = params_from_dict(state["params"]).model
+        return params_from_dict(state["params"], check=False)
     except TypeError as err:  # a setting this version does not have
         raise ValueError(f"checkpoint {path} holds settings this version of DitBERT does not know ({err}); "
                          f"resume it with the version that wrote it") from None
+
+
+def load_checkpoint(path: Path, params: Params) -> dict:
+    """Read a checkpoint without unpickling code and check it belongs to this model."""
+    state = read_checkpoint(path)
+    saved = saved_params(path, state).model
     speed_switches = ("attention", "mlm_masked_only")  # change how, not what, the model computes
     diff = {k: (getattr(saved, k), getattr(params.model, k)) for k in vars(saved)
             if k not in speed_switches and getattr(saved, k) != getattr(params.model, k)}
     if diff:
         raise ValueError(f"checkpoint {path} was made for another model config (saved, now): {diff}")
     return state
+
+
+# --------------------------------------------------------------------------- a run's folder and resuming
+
+
+def run_files(out_dir: Path) -> list[str]:
+    """The files of a pretraining run that `out_dir` holds."""
+    return [name for name in RUN_FILES if (out_dir / name).exists()]
+
+
+def check_run_folder(out_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Before any work: a folder that holds a run is continued (`resume`) or replaced (`overwrite`),
+    never started over by accident."""
+    if resume and overwrite:
+        raise ValueError("--resume continues the run in the output folder and --overwrite replaces it: give one of them")
+    found = run_files(out_dir)
+    if found and not (resume or overwrite):
+        raise FileExistsError(f"output folder {out_dir} holds a run ({', '.join(found)}): continue it with --resume, "
+                              f"replace it with --overwrite, or choose another folder with --out")
+
+
+def remove_run(out_dir: Path) -> list[str]:
+    """--overwrite: delete the earlier run's files; anything else in the folder stays."""
+    found = run_files(out_dir)
+    for name in found:
+        path = out_dir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    (out_dir / "checkpoint.pt.tmp").unlink(missing_ok=True)
+    return found
+
+
+def pretraining_settings(params: Params) -> dict:
+    """The settings that shape a pretraining run, as ``section.name -> value``."""
+    d = params.to_dict()
+    flat = {"preset": d["preset"]}
+    for section in ("model", "data", "train"):
+        flat.update({f"{section}.{name}": value for name, value in d[section].items()})
+    return flat
+
+
+def resume_changes(path: Path, state: dict, params: Params) -> dict:
+    """The settings `params` gives other values than the checkpoint holds, {key: (saved, now)}. Changes
+    outside RESUMABLE_SETTINGS are refused, all of them named: a resumed run that trained on under other
+    settings would be neither the run it continues nor a new one."""
+    saved, now = pretraining_settings(saved_params(path, state)), pretraining_settings(params)
+    changes = {key: (saved.get(key), value) for key, value in now.items() if saved.get(key) != value}
+    refused = [f"{key}: {a!r} in the checkpoint, {b!r} now" for key, (a, b) in changes.items()
+               if key not in RESUMABLE_SETTINGS]
+    if refused:
+        raise ValueError(f"checkpoint {path} was made with other settings ({'; '.join(refused)}); a resumed run keeps "
+                         f"its checkpoint's settings (leave these out of --set, the flags and DITBERT_SET, or start "
+                         f"a new run with --out or --overwrite); it may change only {', '.join(RESUMABLE_SETTINGS)}")
+    if changes and is_main_process():
+        print(f"resuming {path} at step {state['step']} with changed settings: "
+              + ", ".join(f"{key} {a!r} -> {b!r}" for key, (a, b) in changes.items()))
+    return changes
+
+
+def check_resume_inputs(path: Path, state: dict, params: Params) -> None:
+    """Before any tokenising: the tokenizer and the corpus are the ones the checkpoint was made with,
+    and a missing file is named with the run's own list of them."""
+    tok = params.tokenizer_path
+    if not tok.is_file():
+        raise FileNotFoundError(f"tokenizer file {tok} does not exist; the run in {path.parent} was trained with it "
+                                f"(give its place with --tokenizer)")
+    check_tokenizer(state.get("tokenizer_fingerprint"), tok, path)
+    recorded = state.get("corpus") or {}
+    expected = ", ".join(recorded.get("files") or params.data.corpus)
+    for f in params.data.corpus:
+        if not Path(f).is_file():
+            raise FileNotFoundError(f"corpus file {f} does not exist: the run in {path.parent} was trained on "
+                                    f"{expected}; put it back or give its place with --corpus")
+    if recorded:
+        files = corpus_files(params.data.corpus, params.data.embedded)
+        if corpus_fingerprint(files) != recorded["fingerprint"]:
+            raise ValueError(f"the corpus {', '.join(files)} is not the one the run in {path.parent} was trained on "
+                             f"({expected}): the contents differ (fingerprint {corpus_fingerprint(files)}, the "
+                             f"checkpoint recorded {recorded['fingerprint']}); give the run's corpus with --corpus")
+
+
+def nothing_left(path: Path, state: dict, params: Params, last_step: int) -> dict:
+    """A resumed run already at `last_step`: say so and leave its files (the summary, the final model,
+    the log) as they are. Returns the summary it wrote when it finished, marked `already_done`."""
+    step, steps = state["step"], params.train.steps
+    if step > steps:
+        raise ValueError(f"train.steps={steps} is below step {step}, where checkpoint {path} stands: a run cannot "
+                         f"go back; give train.steps (--steps) of {step} or more")
+    if step == steps:
+        message = (f"the run in {path.parent} is finished: step {step} of {steps}; its files are left as they are. "
+                   f"Raise train.steps (--steps) to continue it")
+    else:
+        message = f"the run in {path.parent} is at step {step} of {steps} already: nothing to do before a stop at step {last_step}"
+    if is_main_process():
+        print(message)
+    summary_path = path.parent / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    return {**summary, "step": step, "already_done": message}
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def rng_state() -> dict:
@@ -235,6 +368,9 @@ class Run:
     elapsed_before: float = 0.0  # seconds the run took before this process resumed it
     started: float = field(default_factory=time.time)
     nonfinite_in_a_row: int = 0
+    val_ppl: float = float("nan")  # the last validation perplexity
+    tokenizer_fingerprint: str = ""  # model_defs.tokenizer_fingerprint of train.tokenizer
+    corpus: dict = field(default_factory=dict)  # pretrain_data.corpus_record: the files and their fingerprint
 
     @classmethod
     def start(cls, model: DitBertForMLM, loader: SequenceLoader, params: Params, precision: Precision) -> "Run":
@@ -259,16 +395,30 @@ class Run:
             "step": self.step,
             "tokens_seen": self.tokens_seen,
             "elapsed_s": self.elapsed(),
+            "val_ppl": self.val_ppl,
+            "tokenizer_fingerprint": self.tokenizer_fingerprint,
+            "corpus": self.corpus,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"]:  # empty when saved without fp16; a run moved to fp16 starts its scale afresh
+            self.scaler.load_state_dict(state["scaler"])
         self.loader.load_state_dict(state["loader"])
         set_rng_state(state["rng"])
         self.step, self.tokens_seen, self.elapsed_before = state["step"], state["tokens_seen"], state["elapsed_s"]
+        self.val_ppl = state.get("val_ppl", float("nan"))
+        self.follow_schedule()
+
+    def follow_schedule(self) -> None:
+        """Set the rate of the next step from the schedule as built now (the rate saved with the
+        optimizer is the old schedule's): a resumed run that raised train.steps decays towards its
+        new end from its first step on. Unchanged settings give the saved rate exactly."""
+        epoch = self.scheduler.last_epoch
+        for group, base, factor in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
+            group["lr"] = base * factor(epoch)
 
 
 def optimizer_step(run: Run, batches: list, params: Params, ddp: Distributed, precision: Precision) -> float | None:
@@ -341,7 +491,6 @@ class Recorder:
         log_path = Path(params.train.out_dir) / "log.csv"
         self.log = CsvLog(log_path, resume_from_step=run.step if resume else None) if self.is_main else None
         self.bar = tqdm(total=last_step, initial=run.step, disable=not (self.is_main and show_progress), desc="pretrain")
-        self.val_ppl = float("nan")
         self.t_last, self.tokens_last = time.time(), run.tokens_seen
 
     def after_step(self, run: Run, step_loss: float, stopping: bool) -> None:
@@ -351,7 +500,7 @@ class Recorder:
         tc = self.params.train
         evaluate_now = run.step % tc.eval_every == 0 or run.step == tc.steps
         if evaluate_now:
-            self.val_ppl = validate(run.model, self.val_batch, self.params, self.precision)
+            run.val_ppl = validate(run.model, self.val_batch, self.params, self.precision)
         if evaluate_now or run.step % tc.log_every == 0:
             self.log_row(run, step_loss, evaluate_now)
         if run.step % tc.checkpoint_every == 0 or run.step == self.last_step or stopping:
@@ -364,7 +513,7 @@ class Recorder:
         lr = run.scheduler.get_last_lr()[0]
         ppl = math.exp(min(step_loss, 50))
         self.log.append([run.step, step_loss, ppl, lr, run.tokens_seen, round(run.elapsed(), 2),
-                         self.val_ppl if evaluated else ""])
+                         run.val_ppl if evaluated else ""])
         self.bar.set_postfix(loss=f"{step_loss:.3f}", ppl=f"{ppl:.1f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
 
 
@@ -387,13 +536,28 @@ class StopSignal:
             signal.signal(s, handler)
 
 
-def train(params: Params, resume: bool = False, stop_at: int | None = None, show_progress: bool = True) -> dict:
+def train(params: Params, resume: bool = False, overwrite: bool = False, stop_at: int | None = None,
+          show_progress: bool = True) -> dict:
     """Pretrain with masked-LM until `params.train.steps` (or `stop_at`) optimizer steps.
 
-    Returns a summary dict; the final model is written to ``<out_dir>/final``.
+    A folder that holds a run is continued with `resume` (whose checkpoint's settings `params` must
+    match but for RESUMABLE_SETTINGS) or replaced with `overwrite`; otherwise it is an error before
+    any work. Returns a summary dict; the final model is written to ``<out_dir>/final``.
     """
     tc = params.train
+    check_run_folder(Path(tc.out_dir), resume, overwrite)
+    if stop_at is not None and stop_at < 1:
+        raise ValueError(f"--stop-at {stop_at}: stop after step 1 or later")
+    last_step = min(tc.steps, stop_at) if stop_at is not None else tc.steps
+    state = None
+    if resume:
+        state = load_checkpoint(checkpoint_path(params), params)
+        resume_changes(checkpoint_path(params), state, params)
+        if state["step"] >= last_step:
+            return nothing_left(checkpoint_path(params), state, params, last_step)
+        check_resume_inputs(checkpoint_path(params), state, params)
     ddp = Distributed(tc.device)
+    accum = tc.accumulation_steps(ddp.world_size)  # before any work: the batch must split over these ranks
     precision = Precision(ddp.device, autocast_dtype(tc.dtype, ddp.device))
     torch.manual_seed(tc.seed + ddp.rank)
     if tc.threads:
@@ -407,12 +571,13 @@ def train(params: Params, resume: bool = False, stop_at: int | None = None, show
     loader, val_batch, unigram_counts = prepare_data(params)
     word_starts = word_start_table(load_tokenizer(params.tokenizer_path)) if tc.whole_word_mask else None
     run = Run.start(model, loader, params, precision)
+    run.tokenizer_fingerprint, run.corpus = tokenizer_fingerprint(params.tokenizer_path), corpus_record(params)
     if resume:
-        run.load_state_dict(load_checkpoint(checkpoint_path(params), params))
+        run.load_state_dict(state)
+        state = None  # the weights now live in the model; let the loaded copy go
         if ddp.world_size > 1:  # the saved RNG state is rank 0's; give each rank its own dropout stream
             torch.manual_seed(tc.seed + 7919 * run.step + ddp.rank)
     run.runner = ddp.wrap(torch.compile(model) if tc.compile else model)
-    accum = tc.accumulation_steps(ddp.world_size)
     unigram_ppl = unigram_perplexity(unigram_counts, val_batch[1])
     if ddp.is_main and show_progress:
         print(parameter_table(model))
@@ -420,7 +585,8 @@ def train(params: Params, resume: bool = False, stop_at: int | None = None, show
               f"{tc.micro_batch} x {accum} accumulation x {ddp.world_size} = {tc.batch_size} sequences per step; "
               f"unigram ppl {unigram_ppl:.1f}")
 
-    last_step = min(tc.steps, stop_at) if stop_at is not None else tc.steps
+    if overwrite and ddp.is_main and run_files(Path(tc.out_dir)):
+        print(f"replacing the run in {tc.out_dir} (--overwrite): removed {', '.join(remove_run(Path(tc.out_dir)))}")
     recorder = Recorder(run, params, val_batch, precision, ddp, last_step, resume, show_progress)
     interrupted, run.started = None, time.time()
     with StopSignal() as stop:
@@ -435,14 +601,15 @@ def train(params: Params, resume: bool = False, stop_at: int | None = None, show
                 interrupted = stop.received or "signal"
                 break
     recorder.bar.close()
-    summary = finish(run, params, ddp, recorder.val_ppl, unigram_ppl, interrupted)
+    summary = finish(run, params, ddp, unigram_ppl, interrupted)
     ddp.close()
     return summary
 
 
-def finish(run: Run, params: Params, ddp: Distributed, val_ppl: float, unigram_ppl: float, interrupted) -> dict:
-    """The run's summary, written to summary.json; a run that reached train.steps also saves its final model."""
-    out_dir = Path(params.train.out_dir)
+def finish(run: Run, params: Params, ddp: Distributed, unigram_ppl: float, interrupted) -> dict:
+    """The run's summary, written to summary.json; a run that reached train.steps also saves its final
+    model, with the fingerprint of its tokenizer (which fine-tuning and the export check)."""
+    out_dir, val_ppl = Path(params.train.out_dir), run.val_ppl
     summary = {
         "step": run.step,
         "tokens_seen": run.tokens_seen,
@@ -454,7 +621,8 @@ def finish(run: Run, params: Params, ddp: Distributed, val_ppl: float, unigram_p
     }
     if ddp.is_main and interrupted is None and run.step == params.train.steps:
         extra = {"preset": params.preset, "steps": run.step, "tokens_seen": run.tokens_seen, "val_ppl": val_ppl,
-                 "unigram_ppl": unigram_ppl, "params": params.to_dict()}
+                 "unigram_ppl": unigram_ppl, "params": params.to_dict(),
+                 "tokenizer_fingerprint": run.tokenizer_fingerprint}
         summary["final_model"] = str(save_model(run.model, out_dir / "final", extra))
     if ddp.is_main:
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -490,8 +658,13 @@ def parse_args(argv=None) -> tuple[Params, argparse.Namespace]:
     ap.add_argument("--corpus", nargs="+", help="UTF-8 text files; default: data.embedded (Wikipedia leads + IMDB reviews)")
     ap.add_argument("--tokenizer", help="tokenizer.json (default: runs/<preset>/tokenizer.json)")
     ap.add_argument("--out", help="output folder (default: runs/<preset>/pretrain)")
-    ap.add_argument("--steps", type=int, help="total optimizer steps")
-    ap.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    ap.add_argument("--steps", type=int, help="total optimizer steps (with --resume: default the checkpoint's)")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue from <out>/checkpoint.pt with the settings it holds; of the flags and --set values "
+                         "given again, only these may differ: " + ", ".join(RESUMABLE_SETTINGS))
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace the run the output folder holds (its checkpoint, log, summary and final model); "
+                         "also DITBERT_OVERWRITE=1")
     ap.add_argument("--stop-at", type=int, help="stop after this step with a checkpoint (resume later)")
     ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.NAME=VALUE", help="any other setting of params.py")
     args = ap.parse_args(argv)
@@ -499,17 +672,44 @@ def parse_args(argv=None) -> tuple[Params, argparse.Namespace]:
     for flag, key in (("corpus", "data.corpus"), ("tokenizer", "train.tokenizer"), ("out", "train.out_dir"), ("steps", "train.steps")):
         if getattr(args, flag) is not None:
             overrides[key] = getattr(args, flag)
+    if args.resume:
+        return resume_settings(args.preset, overrides), args
     return get_params(args.preset, overrides), args
 
 
+def resume_settings(preset: str | None, overrides: dict) -> Params:
+    """--resume: the settings the checkpoint holds, with only the values given now put over them
+    (`train` refuses those outside RESUMABLE_SETTINGS). The checkpoint is in --out, else in the
+    preset's output folder."""
+    name = preset or os.environ.get("DITBERT_PRESET") or DEFAULT_PRESET
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    out_dir = str(overrides.get("train.out_dir") or PRESETS[name]().train.out_dir)
+    path = Path(out_dir) / "checkpoint.pt"
+    params = saved_params(path, read_checkpoint(path, mmap=True))
+    if preset and preset != params.preset:
+        raise ValueError(f"--preset {preset}: the run in {out_dir} was made with preset {params.preset}; "
+                         f"resume it without --preset")
+    apply_overrides(params, overrides)
+    params.train.out_dir = out_dir
+    return params.check()
+
+
+def overwrite_asked(args: argparse.Namespace) -> bool:
+    """--overwrite, or DITBERT_OVERWRITE=1 as the notebooks take it (a flag --resume always wins over)."""
+    if args.overwrite:
+        return True
+    return not args.resume and notebook_input("DITBERT_OVERWRITE", "0").strip().lower() in ("1", "true", "yes")
+
+
 def main(argv=None) -> int:
-    params, args = parse_args(argv)
     try:
-        summary = train(params, resume=args.resume, stop_at=args.stop_at)
-    except (FileNotFoundError, ValueError, OSError, FloatingPointError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        params, args = parse_args(argv)
+        summary = train(params, resume=args.resume, overwrite=overwrite_asked(args), stop_at=args.stop_at)
+    except (FileNotFoundError, ValueError, OSError, FloatingPointError, KeyError) as err:
+        print(f"error: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
         return 2
-    if int(os.environ.get("RANK", "0")) != 0:
+    if int(os.environ.get("RANK", "0")) != 0 or "already_done" in summary:
         return 0
     if summary["interrupted"]:
         print(f"stopped by {summary['interrupted']} at step {summary['step']}; checkpoint {summary['checkpoint']}; "

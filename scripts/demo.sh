@@ -3,15 +3,17 @@
 # tokenizer -> pretraining -> fine-tuning on the demo task (DitBERT, its random-init twin and
 # the packaged MiniLM baseline; also the real small GLUE tasks when GLUE_DIR is set) ->
 # aggregation. Ends with the headline figures as RESULT lines.
+# The demo rebuilds its own outputs (runs/<preset>/, the demo's run folders in GLUE-Outputs/ and the
+# aggregated tables), so it replaces what an earlier demo wrote: DITBERT_OVERWRITE=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
-export DITBERT_PRESET=${DITBERT_PRESET:-tiny} HF_HUB_OFFLINE=1
+export DITBERT_PRESET=${DITBERT_PRESET:-tiny} HF_HUB_OFFLINE=1 DITBERT_OVERWRITE=${DITBERT_OVERWRITE:-1}
 # Fine-tuning on 2000 labelled examples per task keeps the demo within 30 minutes on 2 cores.
 export DITBERT_SET=${DITBERT_SET:-finetune.max_train_examples=2000}
 DEMO_SEEDS=${DEMO_SEEDS:-1,2,3}
 GLUE_SMALL_TASKS=${GLUE_SMALL_TASKS:-rte,mrpc,stsb,cola,sst2,wnli}
-GLUE_SMALL_SEEDS=${GLUE_SMALL_SEEDS:-1,2}
+GLUE_SMALL_SEEDS=${GLUE_SMALL_SEEDS:-1,2,3}
 LABEL=ditbert-$DITBERT_PRESET
 
 step() { echo; echo "=== $* ($(date +%H:%M:%S))"; }

@@ -34,12 +34,14 @@ METRICS = {
 }
 
 
-def write_run(root, folder, results, model=None, seed=1, init="pretrained", info=True):
-    """One run folder: ``results`` maps task -> {column: per-epoch values}; epochs count from 1."""
+def write_run(root, folder, results, model=None, seed=1, init="pretrained", info=True, tasks=None):
+    """One run folder: ``results`` maps task -> {column: per-epoch values}; epochs count from 1.
+    `tasks`: the run_info.json entries per task, as the fine-tuning loop writes them (none by default)."""
     run = Path(root) / folder
     run.mkdir(parents=True, exist_ok=True)
     if info:
-        (run / "run_info.json").write_text(json.dumps({"model": model, "seed": seed, "init": init, "lr": 2e-5}))
+        facts = {"model": model, "seed": seed, "init": init, "lr": 2e-5} | ({"tasks": tasks} if tasks is not None else {})
+        (run / "run_info.json").write_text(json.dumps(facts))
     for task, columns in results.items():
         n = len(next(iter(columns.values())))
         frame = pd.DataFrame({"epoch": range(1, n + 1), "train_loss": [1.0 / e for e in range(1, n + 1)], **columns})
@@ -208,6 +210,107 @@ def test_mnli_initialised_runs_get_their_own_row_and_a_combined_row(tmp_path):
     assert set(gr.collect(tmp_path, mnli_init_rows=False).table["model"]) == {"bert", "bert-from-mnli"}
 
 
+# --------------------------------------------------------------------------- collapsed seeds, recipes, re-scoring
+
+
+def write_predictions(run, task, split, which, predictions, labels):
+    (run / "predictions").mkdir(exist_ok=True)
+    frame = pd.DataFrame({"index": range(len(predictions)), "prediction": predictions, "label": labels})
+    frame.to_csv(run / "predictions" / f"{task}_{split}_{which}.tsv", sep="\t", index=False)
+
+
+def test_collapsed_seeds_are_counted_named_and_shown(tmp_path):
+    """A seed whose final score is NaN cannot enter the mean: it is still counted in the seeds and
+    named in the collapsed column, as is one whose final predictions are all one class."""
+    stsb = {1: [0.6, 0.8], 2: [0.5, float("nan")], 3: [0.7, 0.9]}
+    for seed, values in stsb.items():
+        write_run(tmp_path, f"m-seed{seed}", {"stsb": same_metrics("stsb", values)}, model="m", seed=seed)
+    run = write_run(tmp_path, "m-seed1", {"cola": {"validation_mcc": [0.2, 0.0]}}, model="m", seed=1)
+    write_predictions(run, "cola", "validation", "final", ["acceptable"] * 4, ["acceptable", "unacceptable"] * 2)
+    table = gr.collect(tmp_path).table
+    assert cell(table, "m", "stsb_seeds") == 3 and cell(table, "m", "stsb_collapsed") == 1
+    assert cell(table, "m", "cola_collapsed") == 1 and cell(table, "m", "rte_collapsed") == 0
+    assert cell(table, "m", "stsb_final_mean") == pytest.approx(85.0)  # seeds 1 and 3
+    assert cell(table, "m", "collapsed") == "cola seed 1 (constant predictions); stsb seed 2 (NaN score)"
+    final_rows = markdown_rows(gr.markdown_table(table).split("**Final epoch")[1])
+    assert final_rows["m"]["collapsed"] == "cola seed 1 (constant predictions); stsb seed 2 (NaN score)"
+
+
+def test_the_table_says_which_recipe_each_model_used(tmp_path):
+    recipe = {"name": "bert", "label": "bert"}
+    write_run(tmp_path, "b-seed1", {"rte": same_metrics("rte", [0.6])}, model="b",
+              tasks={"rte": {"status": "complete", "recipe": recipe}})
+    write_run(tmp_path, "d-seed1", {"rte": same_metrics("rte", [0.6])}, model="d",
+              tasks={"rte": {"status": "complete", "recipe": {"name": "preset", "label": "preset"}}})
+    write_run(tmp_path, "old-seed1", {"rte": same_metrics("rte", [0.6])}, model="old")
+    table = gr.collect(tmp_path).table
+    assert [cell(table, m, "recipe") for m in ("b", "d", "old")] == ["bert", "preset", "unrecorded"]
+    assert markdown_rows(gr.markdown_table(table).split("**Final epoch")[0])["b"]["recipe"] == "bert"
+
+
+def test_rescore_recomputes_the_results_from_the_prediction_files(tmp_path):
+    run = write_run(tmp_path, "m-seed1", {"mrpc": {"validation_accuracy": [0.75, 0.5], "validation_f1": [0.8, 0.5]}},
+                    model="m", tasks={"mrpc": {"status": "complete", "best_epoch": 1}})
+    names = ["not_equivalent", "equivalent"]
+    write_predictions(run, "mrpc", "validation", "best", [names[i] for i in (1, 1, 0, 1)], [names[i] for i in (1, 1, 0, 0)])
+    write_predictions(run, "mrpc", "validation", "final", [names[i] for i in (1, 0, 1, 0)], [names[i] for i in (1, 1, 0, 0)])
+    table = gr.rescore(tmp_path).set_index(["which", "metric"])
+    assert table.loc[("best", "f1"), "recomputed"] == pytest.approx(0.8) and table["difference"].max() < 1e-12
+    (run / "predictions" / "mrpc_validation_final.tsv").unlink()
+    with pytest.raises(FileNotFoundError, match="mrpc_validation_final.tsv does not exist"):
+        gr.rescore(tmp_path)
+
+
+def sklearn_scipy_scores(task, predictions: pd.DataFrame) -> dict:
+    """A prediction file's metrics as scikit-learn and scipy compute them (the reference)."""
+    from scipy.stats import pearsonr, spearmanr
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+    if task.is_regression:
+        p, y = predictions["prediction"].astype(float), predictions["label"].astype(float)
+        return {"pearson": pearsonr(p, y)[0], "spearman": spearmanr(p, y)[0]}
+    p, y = (predictions[c].map(lambda v: task.label_names.index(v) if task.label_names else int(v))
+            for c in ("prediction", "label"))
+    reference = {"accuracy": accuracy_score, "mcc": matthews_corrcoef, "f1": lambda y, p: f1_score(y, p, zero_division=0.0)}
+    return {m: reference[m](y, p) for m in task.metrics}
+
+
+def assert_every_run_rescores(outputs: Path) -> None:
+    """Every score of every finished run under `outputs`, at the final and the best epoch, is what
+    scikit-learn and scipy compute from the run's prediction files, to 1e-6."""
+    import warnings
+
+    runs = sorted({p.parent for p in outputs.rglob("results_*.csv")})
+    assert runs, f"no runs under {outputs}"
+    checked = 0
+    for run in runs:
+        info = json.loads((run / "run_info.json").read_text())
+        for path in sorted(run.glob("results_*.csv")):
+            name = path.stem.removeprefix("results_")
+            if gr.task_status(info, name) not in gr.FINISHED:
+                continue
+            entry = (info.get("tasks") or {}).get(name, {})
+            task, results = gr.scored_task(name, entry), pd.read_csv(path).set_index("epoch")
+            for which, epoch in (("final", results.index[-1]), ("best", entry.get("best_epoch"))):
+                for split in task.eval_splits:
+                    file = run / "predictions" / f"{name}_{split}_{which}.tsv"
+                    assert file.is_file(), f"{file} is missing: {path} cannot be re-scored"
+                    frame = pd.read_csv(file, sep="\t", keep_default_na=False)
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")  # scipy warns on a constant side (then NaN)
+                        reference = sklearn_scipy_scores(task, frame)
+                    for metric, value in reference.items():
+                        recorded = results.loc[epoch, f"{split}_{metric}"]
+                        assert recorded == pytest.approx(value, abs=1e-6, nan_ok=True), (file, metric)
+                        checked += 1
+    assert checked > 0
+
+
+def test_every_committed_run_rescores_from_its_predictions_to_1e_6():
+    """The committed GLUE-Outputs hold the predictions behind every committed score."""
+    assert_every_run_rescores(REPO / "GLUE-Outputs")
+
+
 # --------------------------------------------------------------------------- written files
 
 
@@ -220,7 +323,7 @@ def test_write_report_writes_csv_markdown_and_plots(tmp_path):
     paths = gr.write_report(result, tmp_path / "out" / "table.csv", root / "plots")
     csv = pd.read_csv(paths["csv"])
     assert list(csv["model"]) == ["a", "full", "partial"]
-    assert list(csv.columns[:4]) == ["model", "init", "cola_best", "cola_final_mean"]
+    assert list(csv.columns[:6]) == ["model", "init", "recipe", "collapsed", "cola_best", "cola_final_mean"]
     assert pd.isna(csv.set_index("model").loc["partial", "qqp_best"])
     assert paths["markdown"] == tmp_path / "out" / "table.md"
     assert paths["markdown"].read_text() == gr.markdown_table(result.table)

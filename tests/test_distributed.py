@@ -115,7 +115,7 @@ def test_weights_moved_far_beyond_the_tolerance(runs, data):
     from model_defs import DitBertForMLM
     from params import get_params, parse_overrides
 
-    params = get_params("tiny", parse_overrides(TINY))
+    params = get_params("tiny", parse_overrides([*TINY, "train.micro_batch=4"]))
     init = DitBertForMLM(params.model).state_dict()
     change = max((one["model"][k] - init[k]).abs().max().item() for k in init)
     assert change > 100 * 2e-6, f"the weights changed by only {change} in {STEPS} steps"

@@ -34,7 +34,7 @@ from params import get_params, parse_overrides  # noqa: E402
 BATCH = 4
 TINY = [
     "model.n_layers=2", "model.d_model=32", "model.n_heads=2", "model.d_ff=64", "model.seq_len=16",
-    "model.vocab_size=512", f"train.batch_size={BATCH}", f"train.micro_batch={BATCH}", "train.warmup_steps=2",
+    "model.vocab_size=512", f"train.batch_size={BATCH}", f"train.micro_batch={BATCH}", "train.warmup_steps=1",
     "train.lr=3e-3", "train.eval_every=1000", "train.log_every=1", "train.threads=1", "train.device=cpu",
     "data.val_sequences=8",
 ]
@@ -126,7 +126,7 @@ def test_malicious_pickle_checkpoint_is_refused_and_never_runs(data, tmp_path, c
 
 def test_pickle_disguised_as_safetensors_model_is_refused(data, tmp_path):
     model_dir = tmp_path / "final"
-    save_model(DitBertForMLM(params_for(data, tmp_path, 1).model), model_dir)
+    save_model(DitBertForMLM(params_for(data, tmp_path, 2).model), model_dir)
     marker = tmp_path / "code-ran"
     weights = model_dir / "model.safetensors"
     torch.save({"encoder.tok_emb.weight": Payload(marker)}, weights)
@@ -186,7 +186,7 @@ def test_checkpoint_with_settings_of_another_version_names_the_file(data, tmp_pa
 
 
 def test_truncated_or_mismatched_saved_model_names_the_file(data, tmp_path):
-    params = params_for(data, tmp_path, 1)
+    params = params_for(data, tmp_path, 2)
     model_dir = save_model(DitBertForMLM(params.model), tmp_path / "final")
     weights, config = model_dir / "model.safetensors", model_dir / "config.json"
     good_weights, good_config = weights.read_bytes(), config.read_text()

@@ -98,8 +98,26 @@ def test_mnli_reads_both_dev_files_and_maps_label_names(glue_layout):
 
 
 def test_diagnostic_set_loads_without_labels(glue_layout):
-    data, _ = load_task(TASKS["ax"], glue_layout)
+    data = glue_tasks.load_test_splits(TASKS["ax"], glue_layout)
     assert "label" not in data["test"].column_names and len(data["test"]) == 12
+    assert data["test"]["idx"] == list(range(12))  # the file's index column
+
+
+def test_test_splits_load_their_own_layout_with_the_files_index(glue_layout, tmp_path):
+    """Test files have a header (CoLA's too), an index column (QQP's is `id`) and no labels; a
+    missing one is left out with a note."""
+    (tmp_path / "CoLA").mkdir()
+    (tmp_path / "CoLA" / "test.tsv").write_text("index\tsentence\n7\tBill whistled.\n3\tThe car honked.\n")
+    data = glue_tasks.load_test_splits(TASKS["cola"], tmp_path)
+    assert data["test"]["idx"] == [7, 3] and data["test"]["text_a"] == ["Bill whistled.", "The car honked."]
+    (tmp_path / "QQP").mkdir()
+    (tmp_path / "QQP" / "test.tsv").write_text("id\tquestion1\tquestion2\n0\ta?\tb?\n1\tc?\td?\n")
+    qqp = glue_tasks.load_test_splits(TASKS["qqp"], tmp_path)["test"]
+    assert qqp["idx"] == [0, 1] and qqp["text_b"] == ["b?", "d?"] and "label" not in qqp.column_names
+    assert glue_tasks.load_test_splits(TASKS["rte"], tmp_path) == {}  # no RTE folder: nothing to predict
+    assert set(TASKS["mnli"].test_splits) == {"test_matched", "test_mismatched"}
+    data, _ = load_task(TASKS["rte"], glue_layout)
+    assert data["validation"]["idx"] == list(range(12))  # dev rows are numbered from 0
 
 
 def _copy_task(glue_layout: Path, tmp_path: Path, folder: str) -> Path:
@@ -297,3 +315,15 @@ def test_every_real_glue_file_loads_with_the_official_row_count():
             assert len(cols["text_a"]) == len(cols["label"]) == OFFICIAL_ROWS[(name, split)], path
             checked += 1
     assert checked > 0, f"GLUE_DIR={root} holds no GLUE task files"
+
+
+def test_a_custom_task_with_a_test_file_gets_its_ids(tmp_path):
+    (tmp_path / "train.csv").write_text("sentence,label\ngood,pos\nbad,neg\n")
+    (tmp_path / "dev.csv").write_text("sentence,label\nfine,pos\n")
+    (tmp_path / "test.csv").write_text('id,sentence\n40,"nice, really"\n41,awful\n')
+    task = get_task(str(tmp_path))
+    assert task.test_splits == {"test": "test.csv"} and task.index_column == "id"
+    test = glue_tasks.load_test_splits(task)["test"]
+    assert test["idx"] == [40, 41] and test["text_a"] == ["nice, really", "awful"]
+    (tmp_path / "test.csv").write_text("sentence\nnice\nawful\n")  # no id column: numbered by row
+    assert glue_tasks.load_test_splits(get_task(str(tmp_path)))["test"]["idx"] == [0, 1]

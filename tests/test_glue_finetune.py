@@ -4,6 +4,7 @@ precision, MNLI-init head swaps, the environment table, and the Hugging Face pat
 import dataclasses
 import json
 import random
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -12,9 +13,11 @@ import torch
 from safetensors.torch import load_file
 
 import glue_heads
+import glue_submission
 import glue_utils
 import params
 import runtime
+from test_aggregate import assert_every_run_rescores, sklearn_scipy_scores
 from glue_heads import HeadConfig
 from glue_tasks import GLUE_TASKS, TASKS
 from model_defs import load_model, load_tokenizer, pool_hidden
@@ -29,6 +32,43 @@ def tiny_ft(out_dir, **kw) -> FinetuneConfig:
 @pytest.fixture(scope="module")
 def ditbert(tiny_model_dir, tiny_tokenizer):
     return glue_utils.ditbert_source(str(tiny_model_dir), str(tiny_tokenizer), label="ditbert-test")
+
+
+# The test files of the original GLUE download: a header (CoLA's too), the example's index, its texts.
+TEST_HEADERS = {
+    "CoLA": "index\tsentence", "SST-2": "index\tsentence", "MRPC": "index\t#1 ID\t#2 ID\t#1 String\t#2 String",
+    "STS-B": "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2",
+    "QQP": "id\tquestion1\tquestion2", "QNLI": "index\tquestion\tsentence", "RTE": "index\tsentence1\tsentence2",
+    "WNLI": "index\tsentence1\tsentence2",
+    "MNLI": "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\t"
+            "sentence2_parse\tsentence1\tsentence2",
+}
+
+
+def write_test_files(root, rows=None, seed=0):
+    """Add test files in the original layout to a GLUE folder: `rows` maps folder -> row count
+    (default 9 for each task); MNLI gets test_matched.tsv and test_mismatched.tsv."""
+    rng = random.Random(seed)
+    words = "the cat ran past an old house where we saw small red boats".split()
+    for folder, n in (rows or {name: 9 for name in TEST_HEADERS}).items():
+        header = TEST_HEADERS[folder].split("\t")
+        lines = [TEST_HEADERS[folder]]
+        for i in range(n):
+            fields = [str(i)] + [" ".join(rng.choices(words, k=rng.randint(3, 8))) for _ in header[1:]]
+            lines.append("\t".join(fields))
+        names = ("test_matched.tsv", "test_mismatched.tsv") if folder == "MNLI" else ("test.tsv",)
+        for name in names:
+            (root / folder).mkdir(parents=True, exist_ok=True)
+            (root / folder / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="module")
+def glue_with_tests(glue_layout, tmp_path_factory):
+    """The GLUE folder with a test file for every task."""
+    root = tmp_path_factory.mktemp("glue_with_tests")
+    shutil.copytree(glue_layout, root, dirs_exist_ok=True)
+    return write_test_files(root)
 
 
 # --------------------------------------------------------------------------- encoding and batching
@@ -98,9 +138,9 @@ def test_collate_pads_per_batch_and_masks_the_padding():
 # --------------------------------------------------------------------------- the loop
 
 
-def test_run_writes_the_results_schema_run_info_and_a_safetensors_model(ditbert, glue_layout, tmp_path):
+def test_run_writes_the_results_schema_run_info_and_a_safetensors_model(ditbert, glue_with_tests, tmp_path):
     ft = tiny_ft(tmp_path, seeds=[1, 2])
-    runs = glue_utils.run_glue(ditbert, "cola,mnli,stsb", ft, glue_dir=glue_layout)
+    runs = glue_utils.run_glue(ditbert, "cola,mnli,stsb", ft, glue_dir=glue_with_tests)
     assert [r.name for r in runs] == ["ditbert-test-seed1", "ditbert-test-seed2"]
     run = runs[0]
     assert list(pd.read_csv(run / "results_cola.csv").columns) == ["epoch", "train_mcc", "validation_mcc"]
@@ -113,14 +153,23 @@ def test_run_writes_the_results_schema_run_info_and_a_safetensors_model(ditbert,
     info = json.loads((run / "run_info.json").read_text())
     assert info["model"] == "ditbert-test" and info["seed"] == 1 and info["init"] == "pretrained"
     assert info["pretrain_tokens_seen"] == 12345 and info["model_source"] == ditbert.path
-    assert info["finetune"]["epochs"] == 2 and info["finetune"]["lr"] == 1e-3
+    assert info["tasks"]["cola"]["finetune"]["epochs"] == 2 and info["tasks"]["cola"]["finetune"]["lr"] == 1e-3
     assert (info["device"], info["dtype"]) == ("cpu", "float32")  # "auto" on a CPU
     assert set(info["tasks"]) == {"cola", "mnli", "stsb"} and info["tasks"]["mnli"]["validation_matched_examples"] == 12
+    assert {entry["status"] for entry in info["tasks"].values()} == {"complete"}
+    assert info["tasks"]["stsb"]["recipe"]["name"] == "preset" and info["tasks"]["mnli"]["epochs_done"] == 2
     best = run / "best_cola"
     assert sorted(p.name for p in best.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
     assert not list(tmp_path.rglob("*.bin")) and not list(tmp_path.rglob("*.pt"))
-    assert (run / "predictions_ax.tsv").read_text().splitlines()[0] == "index\tprediction"
-    assert len((run / "predictions_ax.tsv").read_text().splitlines()) == 13
+    predictions = sorted(p.name for p in (run / "predictions").iterdir())
+    expected = [f"{name}_{which}.tsv" for name in ("ax_test", "cola_test", "cola_validation", "mnli_test_matched",
+                "mnli_test_mismatched", "mnli_validation_matched", "mnli_validation_mismatched", "stsb_test",
+                "stsb_validation") for which in ("best", "final")]
+    assert predictions == expected
+    assert sorted(info["tasks"]["mnli"]["predictions"]) == [f"predictions/{n}" for n in expected if n.startswith(("mnli", "ax"))]
+    ax = pd.read_csv(run / "predictions" / "ax_test_final.tsv", sep="\t", keep_default_na=False)
+    assert list(ax.columns) == ["index", "prediction", "label"] and len(ax) == 12 and set(ax["label"]) == {""}
+    assert set(ax["prediction"]) <= set(TASKS["mnli"].label_names)
     summary = glue_utils.summarize(runs)
     assert set(summary["metric"]) == {"validation_mcc", "validation_matched_accuracy",
                                       "validation_mismatched_accuracy", "validation_pearson", "validation_spearman"}
@@ -508,3 +557,107 @@ def test_head_config_round_trips_through_save_and_load(tiny_model_dir, tiny_toke
         assert torch.equal(again(pair), model(pair))
     with pytest.raises(ValueError, match="no head settings"):  # a pretrained model, not a classifier
         glue_heads.load_classifier(tiny_model_dir)
+
+
+# --------------------------------------------------------------------------- predictions, run info, recipes
+
+
+def test_dev_and_test_predictions_of_the_final_and_best_epochs_rescore_to_the_results(ditbert, glue_with_tests,
+                                                                                     tmp_path):
+    """Every validation score in results_<task>.csv, at the final and at the best epoch, is what
+    scikit-learn and scipy compute from the prediction files; the test predictions carry the test
+    file's index and come from the final model and from the best epoch's saved model."""
+    ft = tiny_ft(tmp_path / "out", epochs=3, lr=3e-3)
+    (run,) = glue_utils.run_glue(ditbert, "cola,mrpc,stsb,mnli", ft, glue_dir=glue_with_tests)
+    info = json.loads((run / "run_info.json").read_text())
+    compared = 0
+    for name in ("cola", "mrpc", "stsb", "mnli"):
+        task, results = TASKS[name], pd.read_csv(run / f"results_{name}.csv").set_index("epoch")
+        for which, epoch in (("final", 3), ("best", info["tasks"][name]["best_epoch"])):
+            for split in task.eval_splits:
+                frame = pd.read_csv(run / "predictions" / f"{name}_{split}_{which}.tsv", sep="\t", keep_default_na=False)
+                assert list(frame.columns) == ["index", "prediction", "label"] and frame["index"].tolist() == list(range(12))
+                for metric, value in sklearn_scipy_scores(task, frame).items():
+                    assert results.loc[epoch, f"{split}_{metric}"] == pytest.approx(value, abs=1e-6, nan_ok=True)
+                    compared += 1
+    assert compared == 2 * (1 + 2 + 2 + 2)
+    import glue_results
+
+    rescored = glue_results.rescore_run(run)
+    assert len(rescored) == compared and (rescored["recorded"] - rescored["recomputed"]).abs().max() < 1e-6
+    reviews = tmp_path / "reviews"  # a custom task, rescored from what run_info.json records of it
+    reviews.mkdir()
+    rows = [(f"a {('dull', 'fine', 'great')[i % 3]} film number {i}", ("bad", "good", "great")[i % 3]) for i in range(60)]
+    pd.DataFrame(rows[:45], columns=["sentence", "label"]).to_csv(reviews / "train.csv", index=False)
+    pd.DataFrame(rows[45:], columns=["sentence", "label"]).to_csv(reviews / "dev.csv", index=False)
+    glue_utils.run_glue(ditbert, str(reviews), ft)
+    glue_utils.run_glue(dataclasses.replace(ditbert, init="random", label="ditbert-test-random-init"), "stsb", ft,
+                        glue_dir=glue_with_tests)
+    assert_every_run_rescores(tmp_path / "out")  # what the test of the committed GLUE-Outputs checks
+
+    test = pd.read_csv(glue_with_tests / "RTE" / "test.tsv", sep="\t")
+    for name, split in (("stsb", "test"), ("mnli", "test_mismatched"), ("ax", "test")):
+        final = pd.read_csv(run / "predictions" / f"{name}_{split}_final.tsv", sep="\t", keep_default_na=False)
+        assert final["index"].tolist() == list(range(len(final))) and set(final["label"]) == {""}
+    assert len(test) == 9
+    best_dir = run / "best_mrpc"
+    best_model = glue_utils.from_mnli_source(ditbert, ft.output_dir, mnli_dir=str(best_dir)).resolved(1)
+    loaded = glue_utils.load_for_task(best_model, TASKS["mrpc"], ft, seed=1)
+    tests = glue_utils.load_test_sets(TASKS["mrpc"], glue_with_tests, 0.01)
+    again = glue_utils.predict_test_sets(loaded, tests, ft, glue_utils.CPU_FP32)[("mrpc", "test")][1]
+    best = pd.read_csv(run / "predictions" / "mrpc_test_best.tsv", sep="\t", keep_default_na=False)
+    assert best["prediction"].tolist() == again["prediction"].tolist()  # the best epoch's model
+
+
+def test_run_info_keeps_each_tasks_settings(ditbert, glue_layout, tmp_path):
+    """Tasks fine-tuned one by one into one run folder each keep their own settings."""
+    glue_utils.run_glue(ditbert, "rte", tiny_ft(tmp_path, epochs=1, lr=1e-3, save_best=False), glue_dir=glue_layout)
+    glue_utils.run_glue(ditbert, "wnli", tiny_ft(tmp_path, epochs=1, lr=2e-3, save_best=False), glue_dir=glue_layout)
+    info = json.loads((tmp_path / "ditbert-test-seed1" / "run_info.json").read_text())
+    assert info["tasks"]["rte"]["finetune"]["lr"] == 1e-3 and info["tasks"]["wnli"]["finetune"]["lr"] == 2e-3
+    assert "finetune" not in info  # no folder-wide block that the last task overwrites
+
+
+def test_recipes_apply_the_authors_settings_unless_set_explicitly(tmp_path):
+    ft = FinetuneConfig(lr=3e-4, weight_decay=0.1, epochs=3, warmup_epochs=0.2, batch_size=16)
+    bert, record = glue_utils.apply_recipe(ft, "bert")
+    assert (bert.lr, bert.weight_decay, bert.epochs, bert.warmup_epochs, bert.batch_size) == (5e-5, 0.01, 3, 0.3, 16)
+    assert record["name"] == record["label"] == "bert" and record["set_explicitly"] == []
+    roberta, record = glue_utils.apply_recipe(ft, "roberta", explicit=["finetune.lr", "finetune.epochs"])
+    assert (roberta.lr, roberta.weight_decay, roberta.epochs, roberta.warmup_epochs) == (3e-4, 0.1, 3, 0.18)
+    assert record["label"] == "roberta (finetune.lr, finetune.epochs set)"
+    assert glue_utils.apply_recipe(ft, "preset") == (ft, {"name": "preset", "label": "preset"})
+    with pytest.raises(ValueError, match="unknown fine-tuning recipe 'xlnet'"):
+        glue_utils.apply_recipe(ft, "xlnet")
+    for model_type, recipe in (("roberta", "roberta"), ("bert", "bert"), ("electra", "bert"), ("ditbert", "preset")):
+        folder = tmp_path / model_type
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"model_type": model_type}))
+        assert glue_utils.recipe_for(glue_utils.hf_source(str(folder))) == recipe
+    assert glue_utils.recipe_for(glue_utils.ModelSource("ditbert", "x", "x")) == "preset"
+
+
+@pytest.mark.slow
+def test_a_baseline_is_fine_tuned_at_its_recipe_and_records_it(glue_layout, tmp_path):
+    minilm = glue_utils.hf_source("minilm-l6")
+    ft = tiny_ft(tmp_path, epochs=1, lr=1e-3, weight_decay=0.3, max_train_examples=16, max_eval_examples=8,
+                 save_best=False)
+    glue_utils.run_glue(minilm, "rte", ft, glue_dir=glue_layout, recipe="auto", explicit=["finetune.epochs"])
+    entry = json.loads((tmp_path / "minilm-l6-seed1" / "run_info.json").read_text())["tasks"]["rte"]
+    assert entry["recipe"]["label"] == "bert (finetune.epochs set)"
+    assert (entry["finetune"]["lr"], entry["finetune"]["weight_decay"], entry["finetune"]["epochs"]) == (5e-5, 0.01, 1)
+    assert entry["finetune"]["warmup_epochs"] == pytest.approx(0.1)
+
+
+def test_fine_tuning_writes_the_files_a_glue_submission_needs(ditbert, glue_layout, tmp_path):
+    """WNLI with a test file of the official size: the run's test predictions become WNLI.tsv of
+    the submission zip, with the official row count and the server's labels."""
+    root = tmp_path / "glue"
+    shutil.copytree(glue_layout / "WNLI", root / "WNLI")
+    write_test_files(root, {"WNLI": glue_submission.BY_NAME["WNLI.tsv"].rows})
+    glue_utils.run_glue(ditbert, "wnli", tiny_ft(tmp_path / "out", epochs=1, save_best=False), glue_dir=root)
+    out = tmp_path / "submission.zip"
+    assert glue_submission.main(["--model", "ditbert-test", "--outputs", str(tmp_path / "out"), "--out", str(out)]) == 0
+    tables = glue_submission.read_zip(out)
+    assert list(tables) == ["WNLI.tsv"] and len(tables["WNLI.tsv"]) == 146
+    assert set(tables["WNLI.tsv"]["prediction"]) <= {0, 1} and glue_submission.check_tables(tables) == []

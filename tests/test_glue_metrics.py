@@ -1,5 +1,6 @@
 """GLUE metrics against values worked out by hand."""
 
+import dataclasses
 import math
 import subprocess
 import sys
@@ -94,3 +95,66 @@ def test_metrics_need_no_torch():
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
     assert done.returncode == 0, done.stderr
+
+
+# --------------------------------------------------------------------------- against scikit-learn and scipy
+
+REGRESSION_EDGES = [
+    ([1.0, 2.0], [2.0, 1.0]),  # two examples
+    ([1.0, 2.0], [1.0, 2.0]),
+    ([1.0, 2.0, 3.0], [3.0, 1.0, 2.0]),  # three
+    ([0.1, 0.2, 0.30000001], [1.0, 2.0, 3.0]),
+    ([2.0, 2.0, 2.0], [1.0, 2.0, 3.0]),  # constant predictions
+    ([1.0, 2.0, 3.0], [2.5, 2.5, 2.5]),  # constant labels
+    ([1.0, 2.0, float("nan")], [1.0, 2.0, 3.0]),  # a diverged model
+    ([1e10, 1e10 + 1, 1e10 + 3], [1.0, 2.0, 3.0]),  # far from 0
+    ([1.0, 2.0, 2.0, 3.0], [3.0, 3.0, 1.0, 2.0]),  # ties on both sides
+    ([0.5, 0.5, 1.5, 1.5, 2.5], [0.0, 5.0, 0.0, 5.0, 2.0]),
+]
+
+
+@pytest.mark.parametrize("preds, labels", REGRESSION_EDGES)
+def test_pearson_and_spearman_follow_scipy_on_edge_cases(preds, labels):
+    """NaN where scipy gives NaN (a constant or NaN side), scipy's value to 1e-12 elsewhere."""
+    import warnings
+
+    from scipy.stats import pearsonr, spearmanr
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy warns on constant input
+        expected = {"pearson": float(pearsonr(preds, labels)[0]), "spearman": float(spearmanr(preds, labels)[0])}
+    ours = compute_metrics(TASKS["stsb"], preds, labels)
+    for metric, value in expected.items():
+        assert ours[metric] == pytest.approx(value, abs=1e-12, nan_ok=True), (metric, ours, expected)
+
+
+CLASS_EDGES = [
+    ([1, 1, 1, 1], [1, 0, 1, 0]),  # constant predictions
+    ([0, 0, 0, 0], [0, 0, 0, 0]),  # one class everywhere: no positive at all
+    ([1, 1], [1, 1]),
+    ([0, 1], [1, 0]),  # all wrong
+    ([1, 0, 1, 1, 0, 0, 1], [1, 0, 0, 1, 1, 0, 1]),
+    ([1], [0]),  # one example
+]
+
+
+@pytest.mark.parametrize("preds, labels", CLASS_EDGES)
+def test_accuracy_f1_and_mcc_follow_scikit_learn_on_edge_cases(preds, labels):
+    import warnings
+
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert compute_metrics(TASKS["cola"], preds, labels)["mcc"] == pytest.approx(matthews_corrcoef(labels, preds))
+        expected = {"accuracy": accuracy_score(labels, preds), "f1": f1_score(labels, preds, zero_division=0.0)}
+    assert compute_metrics(TASKS["mrpc"], preds, labels) == pytest.approx(expected)
+
+
+def test_three_class_mcc_and_macro_f1_follow_scikit_learn():
+    from sklearn.metrics import f1_score, matthews_corrcoef
+
+    preds, labels = [0, 1, 2, 2, 1, 0, 0], [0, 1, 1, 2, 2, 0, 2]
+    three = dataclasses.replace(TASKS["mnli"], metrics=("mcc", "f1"))
+    assert compute_metrics(three, preds, labels) == pytest.approx(
+        {"mcc": matthews_corrcoef(labels, preds), "f1": f1_score(labels, preds, average="macro")})

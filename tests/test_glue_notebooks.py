@@ -47,7 +47,7 @@ def test_glue_finetune_notebook(nb_env, tmp_path, monkeypatch):
         assert len(pd.read_csv(run / "results_mnli.csv")) == 1
         assert list(pd.read_csv(run / "results_cola.csv").columns) == ["epoch", "train_mcc", "validation_mcc"]
         info = json.loads((run / "run_info.json").read_text())
-        assert info["init"] == "pretrained" and info["finetune"]["max_train_examples"] == 16
+        assert info["init"] == "pretrained" and info["tasks"]["cola"]["finetune"]["max_train_examples"] == 16
         assert (info["device"], info["dtype"]) == ("cpu", "bfloat16")
     assert "validation_matched_accuracy" in printed(nb)  # the results cell showed the table
 
@@ -71,7 +71,9 @@ def test_glue_finetune_huggingface_notebook(nb_env, tmp_path, monkeypatch):
     run = nb_env / "minilm-l6-seed1"
     assert not (run / "best_rte").exists()  # the setting reached the loop
     assert list(pd.read_csv(run / "results_rte.csv").columns) == ["epoch", "train_accuracy", "validation_accuracy"]
-    assert json.loads((run / "run_info.json").read_text())["kind"] == "hf"
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["kind"] == "hf" and info["tasks"]["rte"]["recipe"]["label"] == "bert (finetune.epochs set)"
+    assert info["tasks"]["rte"]["finetune"]["lr"] == 5e-5  # MiniLM at BERT's recipe; epochs as DITBERT_SET says
 
 
 def test_glue_finetune_huggingface_from_mnli_notebook(nb_env, tmp_path, glue_layout, monkeypatch):

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import zipfile
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -70,3 +74,50 @@ def test_missing_runs_and_seeds_name_what_was_looked_for(tmp_path):
         gs.collect(tmp_path, "m", seed=7)
     with pytest.raises(ValueError, match="which='last'"):
         gs.collect(tmp_path, "m", which="last")
+
+
+# --------------------------------------------------------------------------- make submission
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ("CoLA", "SST-2", "MRPC", "STS-B", "RTE", "WNLI")
+
+
+def submission_sh(env: dict) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if k not in ("GLUE_DIR", "DITBERT_MODEL", "DITBERT_OVERWRITE")}
+    return subprocess.run(["bash", "scripts/submission.sh"], cwd=ROOT, env={**clean, **env}, capture_output=True,
+                          text=True, timeout=900)
+
+
+def test_make_submission_says_what_it_needs(tmp_path):
+    done = submission_sh({})
+    assert done.returncode == 1 and "set GLUE_DIR" in done.stderr
+    (tmp_path / "CoLA").mkdir()
+    done = submission_sh({"GLUE_DIR": str(tmp_path)})
+    assert done.returncode == 1 and f"{tmp_path}/CoLA/test.tsv does not exist" in done.stderr
+    for folder in SMALL:
+        (tmp_path / folder).mkdir(exist_ok=True)
+        (tmp_path / folder / "test.tsv").write_text("index\tsentence\n")
+    done = submission_sh({"GLUE_DIR": str(tmp_path), "DITBERT_SET": f"train.out_dir={tmp_path / 'nothing'}"})
+    assert done.returncode == 1 and f"no pretrained model at {tmp_path / 'nothing' / 'final'}" in done.stderr
+
+
+@pytest.mark.slow
+def test_make_submission_fine_tunes_the_six_small_tasks_and_zips_their_official_rows(glue_layout, tiny_model_dir,
+                                                                                     tiny_tokenizer, tmp_path):
+    from test_glue_finetune import write_test_files
+
+    glue = tmp_path / "glue"
+    for folder in SMALL:
+        shutil.copytree(glue_layout / folder, glue / folder)
+    official = {f.task: f.rows for f in gs.SERVER_FILES}
+    folders = dict(zip(SMALL, ("cola", "sst2", "mrpc", "stsb", "rte", "wnli")))
+    write_test_files(glue, {folder: official[task] for folder, task in folders.items()})
+    settings = (f"train.out_dir={tiny_model_dir.parent};train.tokenizer={tiny_tokenizer};finetune.epochs=1;"
+                "finetune.batch_size=8;finetune.save_best=false")
+    done = submission_sh({"GLUE_DIR": str(glue), "DITBERT_PRESET": "tiny", "DITBERT_SET": settings,
+                          "GLUE_OUTPUT_DIR": str(tmp_path / "out"), "MODEL_LABEL": "ditbert-sub", "GLUE_SEEDS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    tables = gs.read_zip(tmp_path / "out" / "glue_submission.zip")
+    assert sorted(tables) == sorted(["CoLA.tsv", "SST-2.tsv", "MRPC.tsv", "STS-B.tsv", "RTE.tsv", "WNLI.tsv"])
+    assert gs.check_tables(tables) == []  # the official row counts, indices 0 .. n-1
+    assert gs.main(["--check", str(tmp_path / "out" / "glue_submission.zip")]) == 0

@@ -14,8 +14,10 @@ REPO = TESTS.parent
 FAULTS_DOC = REPO / "docs" / "faults.md"
 README = REPO / "README.md"
 # docs/faults.md: a "## <kind>s" heading per kind, then one "- **<case>**: ..." line per case
-DOC_KINDS = {"faults": "fault", "distributed": "distributed", "bad inputs": "bad input"}
-HARDENING_FILES = ("test_faults.py", "test_bad_inputs.py", "test_distributed.py")
+DOC_KINDS = {"faults": "fault", "distributed": "distributed", "bad inputs": "bad input",
+             "runs never lost or silently changed": "run"}
+HARDENING_FILES = ("test_faults.py", "test_bad_inputs.py", "test_distributed.py", "test_run_safety.py",
+                   "test_glue_safety.py", "test_cli.py")
 
 # (kind, what can go wrong, tests "file::function" that show it is handled)
 COVERED = [
@@ -78,6 +80,62 @@ COVERED = [
         "test_bad_inputs.py::test_loader_serves_any_stream_or_refuses_it",
         "test_bad_inputs.py::test_too_short_stream_and_foreign_loader_state_are_refused",
     ]),
+    ("run", "--help or an unknown argument to an entry point", [
+        "test_cli.py::test_help_and_unknown_arguments_do_no_work",
+        "test_cli.py::test_a_kernel_arguments_are_not_the_notebook_arguments",
+        "test_cli.py::test_every_notebook_is_covered",
+        "test_cli.py::test_the_settings_page_holds_the_environment_table",
+    ]),
+    ("run", "retraining over an existing tokenizer", ["test_cli.py::test_train_tokenizer_keeps_an_existing_tokenizer_unless_asked"]),
+    ("run", "a second pretraining run into a folder that holds one", [
+        "test_run_safety.py::test_a_folder_holding_a_run_is_refused_without_resume_or_overwrite",
+        "test_run_safety.py::test_overwrite_replaces_the_run_and_keeps_other_files",
+    ]),
+    ("run", "fine-tuning into a folder that holds results", [
+        "test_glue_safety.py::test_fine_tuning_into_a_folder_with_results_is_refused_before_any_work",
+        "test_glue_safety.py::test_the_notebook_refuses_to_overwrite_unless_DITBERT_OVERWRITE_is_set",
+    ]),
+    ("run", "changed settings on resume", [
+        "test_run_safety.py::test_resume_takes_every_setting_and_the_corpus_from_the_checkpoint",
+        "test_run_safety.py::test_resume_refuses_changed_settings_listing_them",
+        "test_run_safety.py::test_resume_accepts_a_listed_change_and_prints_it",
+        "test_run_safety.py::test_steps_raised_on_resume_decay_to_the_new_end_from_the_next_step",
+    ]),
+    ("run", "resume without the corpus, or with another", [
+        "test_run_safety.py::test_resume_names_the_missing_corpus_before_any_tokenising",
+        "test_run_safety.py::test_resume_refuses_a_changed_corpus_by_its_fingerprint",
+    ]),
+    ("run", "resume of a finished run", [
+        "test_run_safety.py::test_resume_of_a_finished_run_says_so_and_leaves_its_files_alone",
+        "test_run_safety.py::test_a_resumed_run_keeps_the_last_validation_perplexity",
+    ]),
+    ("run", "a tokenizer other than the model's", [
+        "test_run_safety.py::test_every_trained_model_records_its_tokenizer",
+        "test_run_safety.py::test_resume_refuses_another_tokenizer_naming_both_files",
+        "test_glue_safety.py::test_fine_tuning_with_another_tokenizer_is_refused_naming_both_files",
+        "test_glue_safety.py::test_a_model_that_recorded_no_tokenizer_is_accepted",
+    ]),
+    ("run", "rows with too many or too few fields", [
+        "test_glue_safety.py::test_an_unquoted_comma_in_a_csv_row_is_a_bad_row_not_a_third_class",
+        "test_glue_safety.py::test_rows_with_too_many_or_too_few_fields_in_a_glue_tsv_are_malformed",
+    ]),
+    ("run", "Ctrl-C while fine-tuning", [
+        "test_glue_safety.py::test_ctrl_c_stops_cleanly_and_the_run_is_marked_and_left_out",
+        "test_glue_safety.py::test_ctrl_c_in_the_notebook_run_as_a_script_prints_no_traceback",
+        "test_glue_safety.py::test_a_run_without_a_finished_record_is_left_out_of_the_table",
+    ]),
+    ("run", "settings out of range or of the wrong type", [
+        "test_run_safety.py::test_bad_settings_on_the_command_line_stop_before_any_work",
+        "test_run_safety.py::test_each_section_checks_its_values_naming_the_setting",
+        "test_run_safety.py::test_saved_settings_are_checked_and_the_presets_pass",
+        "test_run_safety.py::test_the_choices_the_settings_are_checked_against_are_the_codes",
+    ]),
+    ("run", "a model source that is no model folder", ["test_glue_safety.py::test_a_hugging_face_source_that_is_no_model_is_named_as_such"]),
+    ("run", "the base recipe and the GPU's precision paths never run", [
+        "test_run_safety.py::test_base_batch_arithmetic_on_1_to_16_gpus",
+        "test_run_safety.py::test_base_recipe_takes_two_optimizer_steps_on_the_cpu_with_accumulation",
+        "test_run_safety.py::test_mixed_precision_pretraining_steps_on_the_cpu",
+    ]),
 ]
 
 # What issue 6 asks to be shown; the list above may hold more, never less.
@@ -86,7 +144,7 @@ REQUIRED = {
     "unwritable output folder", "disk full before training", "NaN loss", "non-finite losses in a row",
     "empty strings", "very long lines", "control characters", "invalid UTF-8", "mixed scripts",
     "2 ranks vs 1 process", "resume on a different number of ranks",
-}
+} | {what for kind, what, _ in COVERED if kind == "run"}
 
 
 def defined_tests(filename: str) -> set[str]:
