@@ -44,7 +44,7 @@ TASKS = notebook_input("GLUE_TASKS", ",".join(glue_tasks.MNLI_INIT_TASKS))
 GLUE_DIR = notebook_input("GLUE_DIR")
 LABEL = notebook_input("MODEL_LABEL", f"ditbert-{params.preset}")
 MNLI_MODEL_DIR = notebook_input("MNLI_MODEL_DIR")
-OVERWRITE = notebook_input("DITBERT_OVERWRITE", "0").lower() in ("1", "true", "yes")
+OVERWRITE = cli.overwrite_allowed()
 precision = runtime.Precision.choose(params.train.device, params.train.dtype)
 
 base = glue_utils.ModelSource("ditbert", "", LABEL)

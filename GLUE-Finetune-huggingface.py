@@ -48,7 +48,7 @@ finetune = params.finetune
 TASKS = notebook_input("GLUE_TASKS", ",".join(glue_tasks.GLUE_TASKS))
 GLUE_DIR = notebook_input("GLUE_DIR")
 MODELS = notebook_input("HF_MODELS", "bert-base-uncased,roberta-base")
-OVERWRITE = notebook_input("DITBERT_OVERWRITE", "0").lower() in ("1", "true", "yes")
+OVERWRITE = cli.overwrite_allowed()
 EXPLICIT = [key for key in env_overrides() if key.startswith("finetune.")]  # kept over the recipe
 precision = runtime.Precision.choose(params.train.device, params.train.dtype)
 

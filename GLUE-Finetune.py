@@ -64,7 +64,7 @@ MODEL_DIR = notebook_input("DITBERT_MODEL", str(Path(params.train.out_dir) / "fi
 TOKENIZER = notebook_input("DITBERT_TOKENIZER", str(params.tokenizer_path))
 RANDOM_INIT = notebook_input("RANDOM_INIT", "0").lower() in ("1", "true", "yes")
 LABEL = notebook_input("MODEL_LABEL", f"ditbert-{params.preset}")
-OVERWRITE = notebook_input("DITBERT_OVERWRITE", "0").lower() in ("1", "true", "yes")
+OVERWRITE = cli.overwrite_allowed()
 precision = runtime.Precision.choose(params.train.device, params.train.dtype)
 
 source = glue_utils.ditbert_source(MODEL_DIR, TOKENIZER, label=LABEL, random_init=RANDOM_INIT)

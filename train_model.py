@@ -45,9 +45,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from cli import overwrite_allowed
 from model_defs import (DitBertForMLM, check_tokenizer, load_tokenizer, parameter_table, save_model,
                         tokenizer_fingerprint)
-from params import (DEFAULT_PRESET, PRESETS, Params, apply_overrides, env_overrides, get_params, notebook_input,
+from params import (DEFAULT_PRESET, PRESETS, Params, apply_overrides, env_overrides, get_params,
                     params_from_dict, parse_overrides)
 from pretrain_data import (SequenceLoader, corpus_files, corpus_fingerprint, corpus_record, next_step_batches,
                            prepare_data, word_start_table)
@@ -699,7 +700,7 @@ def overwrite_asked(args: argparse.Namespace) -> bool:
     """--overwrite, or DITBERT_OVERWRITE=1 as the notebooks take it (a flag --resume always wins over)."""
     if args.overwrite:
         return True
-    return not args.resume and notebook_input("DITBERT_OVERWRITE", "0").strip().lower() in ("1", "true", "yes")
+    return not args.resume and overwrite_allowed()
 
 
 def main(argv=None) -> int:

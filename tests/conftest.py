@@ -22,6 +22,15 @@ from pretrain_data import embedded_corpus_file
 TINY_VOCAB = 600
 TINY_SEQ_LEN = 62  # 64 positions with [START] and [END]
 
+# The smallest pretraining run the run-level tests train: a few optimizer steps of a 2 x 32 model.
+PRETRAIN_BATCH = 4
+PRETRAIN_TINY = [
+    "model.n_layers=2", "model.d_model=32", "model.n_heads=2", "model.d_ff=64", "model.seq_len=16",
+    "model.vocab_size=512", f"train.batch_size={PRETRAIN_BATCH}", f"train.micro_batch={PRETRAIN_BATCH}",
+    "train.warmup_steps=1", "train.lr=3e-3", "train.eval_every=1000", "train.log_every=1", "train.threads=1",
+    "train.device=cpu", "data.val_sequences=8",
+]
+
 
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory) -> Path:

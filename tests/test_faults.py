@@ -29,15 +29,10 @@ if str(ROOT) not in sys.path:
 
 import train_model  # noqa: E402
 from model_defs import DitBertForMLM, load_model, save_model  # noqa: E402
+from conftest import PRETRAIN_BATCH, PRETRAIN_TINY  # noqa: E402
 from params import get_params, parse_overrides  # noqa: E402
 
-BATCH = 4
-TINY = [
-    "model.n_layers=2", "model.d_model=32", "model.n_heads=2", "model.d_ff=64", "model.seq_len=16",
-    "model.vocab_size=512", f"train.batch_size={BATCH}", f"train.micro_batch={BATCH}", "train.warmup_steps=1",
-    "train.lr=3e-3", "train.eval_every=1000", "train.log_every=1", "train.threads=1", "train.device=cpu",
-    "data.val_sequences=8",
-]
+BATCH, TINY = PRETRAIN_BATCH, PRETRAIN_TINY
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
@@ -385,7 +380,7 @@ def test_non_finite_losses_in_a_row_stop_training_naming_the_step(data, tmp_path
     code = train_model.main(argv(data, out, 20, sets=("train.checkpoint_every=1", "train.max_nonfinite_steps=4")))
     captured = capsys.readouterr()
     assert code == 2
-    assert [f"step 3: non-finite loss (inf); step skipped"] * 4 == [
+    assert ["step 3: non-finite loss (inf); step skipped"] * 4 == [
         line for line in captured.out.splitlines() if "non-finite" in line
     ]
     assert "training stopped at step 3: 4 non-finite losses or gradients in a row" in captured.err

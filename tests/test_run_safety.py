@@ -30,14 +30,9 @@ import runtime
 import train_model
 from model_defs import DitBertForMLM, tokenizer_fingerprint, train_tokenizer
 from params import (DEVICES, DTYPES, PAIR_ENCODINGS, POOLINGS, get_params, params_from_dict, parse_overrides)
+from conftest import PRETRAIN_BATCH, PRETRAIN_TINY
 
-BATCH = 4
-TINY = [
-    "model.n_layers=2", "model.d_model=32", "model.n_heads=2", "model.d_ff=64", "model.seq_len=16",
-    "model.vocab_size=512", f"train.batch_size={BATCH}", f"train.micro_batch={BATCH}", "train.warmup_steps=1",
-    "train.lr=3e-3", "train.eval_every=1000", "train.log_every=1", "train.threads=1", "train.device=cpu",
-    "data.val_sequences=8",
-]
+BATCH, TINY = PRETRAIN_BATCH, PRETRAIN_TINY
 
 
 # --------------------------------------------------------------------------- fixtures and helpers
