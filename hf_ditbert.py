@@ -1,5 +1,7 @@
 """DitBERT as a Hugging Face ``transformers`` model, and its export to a self-contained directory.
 
+    python hf_ditbert.py export --model runs/tiny/pretrain/final --tokenizer runs/tiny/tokenizer.json --out runs/tiny/hf
+
 Inside this repository the classes below wrap the one encoder of ``model_defs.py``
 (`DitBertEncoder`, `MLMHead`) and are registered with the Auto classes on import, so
 ``AutoModelForMaskedLM.from_pretrained(dir)`` works after ``import hf_ditbert``.
@@ -560,8 +562,8 @@ def default_glue_csv() -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command")  # checked below, after unknown arguments, so those are named
     exp = sub.add_parser("export", help="write a transformers directory from a DitBERT model or checkpoint")
     exp.add_argument("--model", required=True, help="directory written by save_model, or a checkpoint.pt")
     exp.add_argument("--tokenizer", required=True, help="the tokenizer.json the model was trained with")
@@ -569,6 +571,8 @@ def main(argv: list[str] | None = None) -> None:
     exp.add_argument("--glue-results", default=None,
                      help="GLUE results CSV for the model card (default: GLUE-aggregated-results.csv if present)")
     args = parser.parse_args(argv)
+    if args.command is None:
+        parser.error("give a command: export")
     glue_csv = Path(args.glue_results) if args.glue_results else default_glue_csv()
     out = export(args.model, args.tokenizer, args.out, glue_csv)
     print(f"exported to {out}")
