@@ -308,7 +308,8 @@ def load_checkpoint(path: Path) -> tuple[model_defs.DitBertForMLM, dict]:
     if model.cfg.tie_lm_head and "head.decoder.weight" not in state:
         state["head.decoder.weight"] = state["encoder.tok_emb.weight"]
     model.load_state_dict(state)
-    extras = {"steps": ckpt.get("step"), "tokens_seen": ckpt.get("tokens_seen"), "params": ckpt["params"]}
+    extras = {"steps": ckpt.get("step"), "tokens_seen": ckpt.get("tokens_seen"), "params": ckpt["params"],
+              "tokenizer_fingerprint": ckpt.get("tokenizer_fingerprint") or None}
     return model, {k: v for k, v in extras.items() if v is not None}
 
 
@@ -519,15 +520,18 @@ def export(model_source: str | Path, tokenizer_path: str | Path, out_dir: str | 
     if len(tokenizer) > core.cfg.vocab_size:
         raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model only {core.cfg.vocab_size}: "
                          f"{tokenizer_path} is not the tokenizer this model was trained with")
+    model_defs.check_tokenizer(extras.get("tokenizer_fingerprint"), tokenizer_path, model_source)
     model = to_hf(core)
     model.config.auto_map = dict(AUTO_MAP)
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
     try:
-        model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         make_tokenizer_config_portable(staging / "tokenizer_config.json")
+        # what fine-tuning checks a tokenizer against: the export's own tokenizer file has this fingerprint
+        model.config.tokenizer_fingerprint = model_defs.tokenizer_fingerprint(staging / "tokenizer.json")
+        model.save_pretrained(staging)
         (staging / "configuration_ditbert.py").write_text(configuration_source(), encoding="utf-8")
         (staging / "modeling_ditbert.py").write_text(modeling_source(), encoding="utf-8")
         glue_path = Path(glue_csv) if glue_csv else None
