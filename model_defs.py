@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from params import DOC_ID, END_ID, PAD_ID, SPECIAL_TOKENS, START_ID, ModelConfig
 
@@ -32,13 +33,17 @@ def build_tokenizer():
     first word often carries the label; without the space it would be cut into pieces that
     pretraining, which meets the word mid-text as " Word", hardly ever sees. The decoder drops
     one leading space again.
+
+    Only the text's first piece gets that space (`first_piece_space`): a special token written
+    in a text (``is [MASK].``) splits it in pieces, and the piece after it (``.``) is encoded as
+    it is in ``is good.``, not as a new text's first word.
     """
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFKC()
     tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.ByteLevel(add_prefix_space=True), pre_tokenizers.Digits(individual_digits=True)]
+        [first_piece_space(), pre_tokenizers.ByteLevel(add_prefix_space=False), pre_tokenizers.Digits(individual_digits=True)]
     )
     tok.decoder = decoders.Sequence([decoders.ByteLevel(), decoders.Strip(" ", 1, 0)])
     tok.post_processor = processors.TemplateProcessing(
@@ -47,6 +52,15 @@ def build_tokenizer():
         special_tokens=[("[START]", START_ID), ("[END]", END_ID), ("[DOC]", DOC_ID)],
     )
     return tok
+
+
+def first_piece_space():
+    """The pre-tokenizer step that puts a space before a text that has none, in the text's first piece
+    only (the one at offset 0). ByteLevel's own add_prefix_space gives one to every piece, so that
+    the word after a special token written in the text would become a first word ("Ġ." for ".")."""
+    from tokenizers import pre_tokenizers
+
+    return pre_tokenizers.Metaspace(replacement=" ", prepend_scheme="first", split=False)
 
 
 def train_tokenizer(
@@ -157,14 +171,20 @@ class SelfAttention(nn.Module):
             raise ValueError(f"model.attention must be 'sdpa' or 'math', got {cfg.attention!r}")
         self.use_sdpa = cfg.attention == "sdpa"
 
-    def forward(self, x, key_mask, keep=None):
+    def forward(self, x, key_mask, keep=None, need_weights=False):
         """(B, T, D) -> (B, T, D), or (N, D) at the N positions where `keep` (B, T) is True:
         then every position is still a key and value, but only the kept ones are queries.
         `key_mask` is None, a bool mask (B, 1, 1, T) of who may be attended to, or a float bias
-        added to the attention scores ((B or 1, nh, T, T): ALiBi's distances, -inf at padding)."""
+        added to the attention scores ((B or 1, nh, T, T): ALiBi's distances, -inf at padding).
+        With `need_weights` (no `keep`): (output, attention weights (B, nh, T, T)), computed by the
+        written-out softmax, since SDPA's fused kernels never form the weights."""
         B, T, D = x.shape
         if keep is None:
             q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
+            if need_weights:
+                weights = self.attention_weights(q, k, key_mask)
+                y = F.dropout(weights, self.dropout, self.training) @ v
+                return self.out(y.transpose(1, 2).reshape(B, T, D)), weights
             return self.out(self._attend(q, k, v, key_mask).transpose(1, 2).reshape(B, T, D))
         rows, valid = kept_rows(keep)  # (B, M) kept positions first, and which of them are real
         if key_mask is not None and key_mask.dtype != torch.bool:  # a bias per query: keep the kept queries' rows
@@ -188,12 +208,17 @@ class SelfAttention(nn.Module):
     def reference_attention(q, k, v, key_mask, dropout_p: float):
         """softmax(q k^T / sqrt(hs)) v written out, materialising the (B, nh, T, T) scores: the
         baseline that SDPA's fused kernels are checked and timed against (model.attention=math)."""
+        return F.dropout(SelfAttention.attention_weights(q, k, key_mask), dropout_p) @ v
+
+    @staticmethod
+    def attention_weights(q, k, key_mask):
+        """softmax(q k^T / sqrt(hs) + mask): how much each query attends to each key, (B, nh, Tq, T)."""
         scores = (q @ k.transpose(-2, -1)) * q.size(-1) ** -0.5  # (B, nh, T, T)
         if key_mask is not None and key_mask.dtype == torch.bool:
             scores = scores.masked_fill(~key_mask, float("-inf"))
         elif key_mask is not None:
             scores = scores + key_mask
-        return F.dropout(scores.softmax(-1), dropout_p) @ v
+        return scores.softmax(-1)
 
 
 def kept_rows(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -228,11 +253,15 @@ class Block(nn.Module):
         self.ffn = FeedForward(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, key_mask, keep=None):
+    def forward(self, x, key_mask, keep=None, need_weights=False):
         """With `keep` (B, T), every position is a key and value, but the queries, the output
-        projection and the FFN run only at the kept positions: (N, D)."""
-        x = (x if keep is None else x[keep]) + self.drop(self.attn(self.ln_attn(x), key_mask, keep))
-        return x + self.drop(self.ffn(self.ln_ffn(x)))
+        projection and the FFN run only at the kept positions: (N, D). With `need_weights`:
+        (output, the attention weights (B, nh, T, T))."""
+        attended = self.attn(self.ln_attn(x), key_mask, keep, need_weights)
+        attended, weights = attended if need_weights else (attended, None)
+        x = (x if keep is None else x[keep]) + self.drop(attended)
+        x = x + self.drop(self.ffn(self.ln_ffn(x)))
+        return (x, weights) if need_weights else x
 
 
 def run_blocks(blocks: nn.ModuleList, x, key_mask, keep=None):
@@ -265,7 +294,11 @@ def sinusoid_table(n_positions: int, dim: int) -> torch.Tensor:
 
 
 class DitBertEncoder(nn.Module):
-    """Token + learned position embeddings -> LayerNorm -> pre-LN blocks -> final LayerNorm."""
+    """Token (+ learned position) embeddings -> LayerNorm -> pre-LN blocks -> final LayerNorm.
+
+    With ALiBi (cfg.position=alibi) there is no position table: positions enter the attention
+    scores as distances, so a sequence may be longer than the pretraining length. A learned table
+    holds cfg.max_positions positions and refuses longer sequences."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -278,36 +311,73 @@ class DitBertEncoder(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_final = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.gradient_checkpointing = False  # recompute each block in the backward pass (`run_block`)
 
     def forward(self, input_ids, attention_mask=None, keep=None):
         """input_ids (B, T) -> hidden states (B, T, D). attention_mask (B, T) is 1 for real tokens.
         With `keep` (B, T bool), only the hidden states at those positions: (N, D); the last block
         then skips its work after attention everywhere else (pretraining needs only masked ones)."""
-        B, T = input_ids.shape
-        if T > self.cfg.max_positions:
-            raise ValueError(f"sequence of {T} tokens is longer than the model's {self.cfg.max_positions} positions")
+        self.check_length(input_ids.shape[1])
         x = self.drop(self.embed(input_ids))
-        return self.ln_final(run_blocks(self.blocks, x, self.attention_bias(input_ids, attention_mask, x.dtype), keep))
+        mask = input_ids.ne(PAD_ID) if attention_mask is None else attention_mask
+        return self.ln_final(run_blocks(self.blocks, x, self.attention_bias(mask, x.dtype), keep))
 
-    def attention_bias(self, input_ids, attention_mask, dtype):
-        """What SelfAttention takes as `key_mask`: None, a bool mask (B, 1, 1, T) of the real tokens, or,
-        with ALiBi, a float bias -slope |i - j| (-inf at padding)."""
+    def layer_states(self, input_ids=None, attention_mask=None, inputs_embeds=None, need_weights=False):
+        """What tools that look inside the encoder ask for: the hidden states after the embedding layer
+        and after each block, the last one after the final LayerNorm (what `forward` returns), and with
+        `need_weights` each block's attention weights (B, nh, T, T). `inputs_embeds` (B, T, D) stands for
+        the token embeddings of `input_ids`; without an attention_mask every position of it is real."""
+        self.check_length((input_ids if inputs_embeds is None else inputs_embeds).shape[1])
+        x = self.drop(self.embed(input_ids, inputs_embeds))
+        B, T = x.shape[:2]
         if attention_mask is None:
-            attention_mask = input_ids.ne(PAD_ID)
+            attention_mask = input_ids.ne(PAD_ID) if input_ids is not None else torch.ones(B, T, device=x.device)
+        key_mask = self.attention_bias(attention_mask, x.dtype)
+        states, weights = [x], []
+        for block in self.blocks:
+            x = self.run_block(block, x, key_mask, need_weights)
+            if need_weights:
+                x, w = x
+                weights.append(w)
+            states.append(x)
+        states[-1] = self.ln_final(x)
+        return states, weights
+
+    def run_block(self, block, x, key_mask, need_weights=False):
+        """One block; with `gradient_checkpointing` on while training, its activations are not kept but
+        recomputed in the backward pass (transformers' gradient_checkpointing_enable sets the flag and
+        `_gradient_checkpointing_func`), trading compute for memory."""
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            recompute = getattr(self, "_gradient_checkpointing_func", None)
+            if recompute is None:
+                return checkpoint(block, x, key_mask, None, need_weights, use_reentrant=False)
+            return recompute(block, x, key_mask, None, need_weights)
+        return block(x, key_mask, None, need_weights)
+
+    def check_length(self, T: int) -> None:
+        """A learned position table has cfg.max_positions rows; ALiBi has no limit."""
+        if self.pos_emb is not None and T > self.cfg.max_positions:
+            raise ValueError(f"sequence of {T} tokens is longer than the model's {self.cfg.max_positions} positions "
+                             "(a learned position table): truncate it, e.g. tokenizer(..., truncation=True)")
+
+    def attention_bias(self, attention_mask, dtype):
+        """What SelfAttention takes as `key_mask`, from the (B, T) mask of real tokens: None, a bool mask
+        (B, 1, 1, T) of the real tokens, or, with ALiBi, a float bias -slope |i - j| (-inf at padding)."""
         key_mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): who may be attended to
         if bool(key_mask.all()):
             key_mask = None  # no padding: lets SDPA pick its fastest kernel
         if self.pos_emb is None:  # ALiBi: positions enter as a distance penalty on every attention score
-            bias = alibi_bias(self.cfg.n_heads, input_ids.shape[1], input_ids.device).to(dtype)
+            bias = alibi_bias(self.cfg.n_heads, attention_mask.shape[1], attention_mask.device).to(dtype)
             key_mask = bias if key_mask is None else bias.masked_fill(~key_mask, float("-inf"))
         return key_mask
 
-    def embed(self, input_ids):
+    def embed(self, input_ids, inputs_embeds=None):
         """The embedding layer: token (+ learned position) embeddings after their LayerNorm, (B, T, D),
-        before any attention -- each token's own vector, which the blocks then mix with its context."""
-        x = self.tok_emb(input_ids)
+        before any attention -- each token's own vector, which the blocks then mix with its context.
+        `inputs_embeds` (B, T, D), given instead of `input_ids`, replaces the token embeddings."""
+        x = self.tok_emb(input_ids) if inputs_embeds is None else inputs_embeds
         if self.pos_emb is not None:
-            x = x + self.pos_emb(torch.arange(input_ids.shape[1], device=input_ids.device))
+            x = x + self.pos_emb(torch.arange(x.shape[1], device=x.device))
         return self.ln_emb(x)
 
 
