@@ -33,6 +33,7 @@
 # %%
 import cli
 import glue_tasks
+import glue_models
 import glue_utils
 import runtime
 from params import notebook_input, params_from_env
@@ -47,8 +48,8 @@ MNLI_MODEL_DIR = notebook_input("MNLI_MODEL_DIR")
 OVERWRITE = cli.overwrite_allowed()
 precision = runtime.Precision.choose(params.train.device, params.train.dtype)
 
-base = glue_utils.ModelSource("ditbert", "", LABEL)
-source = glue_utils.from_mnli_source(base, finetune.output_dir, MNLI_MODEL_DIR)
+base = glue_models.ModelSource("ditbert", "", LABEL)
+source = glue_models.from_mnli_source(base, finetune.output_dir, MNLI_MODEL_DIR)
 print(f"{source.label}: starting from {source.path}, tasks {TASKS}, seeds {finetune.seeds}")
 
 # %%

@@ -29,7 +29,7 @@
 # | `GLUE_TASKS` | tasks to fine-tune | `rte,mrpc,stsb,wnli` (`glue_tasks.MNLI_INIT_TASKS`) |
 # | `MNLI_MODEL_DIR` | an MNLI model folder instead, for a single model (`{seed}` is replaced by the seed) | each model's `best_mnli/` |
 #
-# Each model is fine-tuned with its authors' recipe (`glue_utils.RECIPES`, recorded per task in
+# Each model is fine-tuned with its authors' recipe (`glue_models.RECIPES`, recorded per task in
 # `run_info.json` and shown in the aggregated table's `recipe` column): BERT-style models (BERT,
 # MiniLM) lr 5e-5, weight decay 0.01, 3 epochs, 10 % warmup; RoBERTa lr 2e-5, weight decay 0.1,
 # 10 epochs, 6 % warmup. A `finetune.lr`, `.weight_decay`, `.epochs` or `.warmup_epochs` set in
@@ -38,6 +38,7 @@
 # %%
 import cli
 import glue_tasks
+import glue_models
 import glue_utils
 import runtime
 from params import env_overrides, notebook_input, params_from_env
@@ -53,10 +54,10 @@ EXPLICIT = [key for key in env_overrides() if key.startswith("finetune.")]  # ke
 MNLI_MODEL_DIR = notebook_input("MNLI_MODEL_DIR")
 precision = runtime.Precision.choose(params.train.device, params.train.dtype)
 
-bases = [glue_utils.hf_source(spec) for spec in MODELS.split(",") if spec.strip()]
+bases = [glue_models.hf_source(spec) for spec in MODELS.split(",") if spec.strip()]
 if MNLI_MODEL_DIR and len(bases) != 1:
     raise ValueError(f"MNLI_MODEL_DIR names one model's MNLI folder, but HF_MODELS lists {len(bases)} models")
-sources = [glue_utils.from_mnli_source(base, finetune.output_dir, MNLI_MODEL_DIR) for base in bases]
+sources = [glue_models.from_mnli_source(base, finetune.output_dir, MNLI_MODEL_DIR) for base in bases]
 for source in sources:
     print(f"{source.label}: starting from {source.path}")
 

@@ -29,7 +29,7 @@
 # |---|---|---|
 # | `HF_MODELS` | comma-separated hub names, local folders, `minilm-l6`, or `label=name-or-folder` | `bert-base-uncased,roberta-base` |
 #
-# Each model is fine-tuned with its authors' recipe (`glue_utils.RECIPES`, recorded per task in
+# Each model is fine-tuned with its authors' recipe (`glue_models.RECIPES`, recorded per task in
 # `run_info.json` and shown in the aggregated table's `recipe` column): BERT-style models (BERT,
 # MiniLM) lr 5e-5, weight decay 0.01, 3 epochs, 10 % warmup; RoBERTa lr 2e-5, weight decay 0.1,
 # 10 epochs, 6 % warmup. A `finetune.lr`, `.weight_decay`, `.epochs` or `.warmup_epochs` set in
@@ -38,6 +38,7 @@
 # %%
 import cli
 import glue_tasks
+import glue_models
 import glue_utils
 import runtime
 from params import env_overrides, notebook_input, params_from_env
@@ -52,7 +53,7 @@ OVERWRITE = cli.overwrite_allowed()
 EXPLICIT = [key for key in env_overrides() if key.startswith("finetune.")]  # kept over the recipe
 precision = runtime.Precision.choose(params.train.device, params.train.dtype)
 
-sources = [glue_utils.hf_source(spec) for spec in MODELS.split(",") if spec.strip()]
+sources = [glue_models.hf_source(spec) for spec in MODELS.split(",") if spec.strip()]
 for source in sources:
     print(f"{source.label}: {source.path}")
 print(f"tasks {TASKS}, seeds {finetune.seeds}; GLUE tasks read from {GLUE_DIR or 'the Hugging Face hub'}")

@@ -51,6 +51,7 @@ from pathlib import Path
 
 import cli
 import glue_tasks
+import glue_models
 import glue_utils
 import runtime
 from params import notebook_input, params_from_env
@@ -67,7 +68,7 @@ LABEL = notebook_input("MODEL_LABEL", f"ditbert-{params.preset}")
 OVERWRITE = cli.overwrite_allowed()
 precision = runtime.Precision.choose(params.train.device, params.train.dtype)
 
-source = glue_utils.ditbert_source(MODEL_DIR, TOKENIZER, label=LABEL, random_init=RANDOM_INIT)
+source = glue_models.ditbert_source(MODEL_DIR, TOKENIZER, label=LABEL, random_init=RANDOM_INIT)
 print(f"{source.label}: {source.init} weights from {MODEL_DIR}, tasks {TASKS}, seeds {finetune.seeds}")
 print(f"GLUE tasks read from {GLUE_DIR or 'the Hugging Face hub'}; outputs under {finetune.output_dir}/; "
       f"{precision.device.type}, {precision.dtype}")

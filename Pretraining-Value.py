@@ -54,7 +54,7 @@ import pandas as pd
 import torch
 
 import cli
-import glue_utils
+import glue_models
 import pretraining_value as pv
 from params import apply_override, notebook_input, params_from_env
 
@@ -133,7 +133,7 @@ first, last = exp.steps[0], exp.steps[-1]
 per_layer = {}
 for step in (first, last):
     label = f"value-{exp.name}-step{step}"
-    source = glue_utils.ditbert_source(str(pv.snapshot_dir(exp.folder, step)), str(params.tokenizer_path), label,
+    source = glue_models.ditbert_source(str(pv.snapshot_dir(exp.folder, step)), str(params.tokenizer_path), label,
                                        random_init=step == 0)
     seed = params.finetune.seeds[0]
     per_layer[f"grad norm, step {step}"] = pv.initial_gradient_norms(source, "demo", params.finetune, seed)

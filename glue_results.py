@@ -31,7 +31,7 @@ Conventions (the README repeats them):
 * A seed that collapsed -- its final score is NaN, or its final validation predictions are all one
   class or value -- is named in the ``collapsed`` column; a NaN seed cannot enter the mean, and
   ``<task>_seeds`` still counts it. The ``recipe`` column says which fine-tuning recipe each
-  model's runs used (``preset``, ``bert``, ``roberta``: glue_utils.RECIPES).
+  model's runs used (``preset``, ``bert``, ``roberta``: glue_models.RECIPES).
 * `rescore` recomputes every score from the runs' prediction files
   (``predictions/<task>_<split>_<final|best>.tsv``), to check a results file against them.
 """
@@ -549,7 +549,7 @@ def markdown_table(table: pd.DataFrame, unfinished=()) -> str:
         + ". – = not run."
         + (f" Custom tasks ({', '.join(custom)}) are not part of GLUE." if custom else "")
         + " recipe: the fine-tuning settings' source (preset = the preset's `finetune.*` and the user's; bert, "
-        "roberta: the authors' recipes of glue_utils.RECIPES). collapsed: seeds whose final score is NaN (left "
+        "roberta: the authors' recipes of glue_models.RECIPES). collapsed: seeds whose final score is NaN (left "
         "out of the mean, counted in seeds) or whose final predictions are all one class or value."
         + (f" Left out, not finished: {', '.join(unfinished)}." if unfinished else "")
     )

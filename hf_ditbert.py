@@ -69,6 +69,7 @@ import glue_heads
 import glue_tasks
 import model_defs
 import params
+from checkpoints import read_trained_model
 from glue_heads import pool_texts, split_pair
 from model_defs import DitBertEncoder, MLMHead, pool_hidden, set_dropout
 from params import PAD_ID, SPECIAL_TOKENS, FinetuneConfig, ModelConfig
@@ -540,50 +541,7 @@ def make_tokenizer_config_portable(path: Path) -> None:
     path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-# --------------------------------------------------------------------------- loading the core model
-
-
-def load_core(source: str | Path) -> tuple[model_defs.DitBertForMLM, dict]:
-    """The core model and its training record from a `save_model` directory or a ``checkpoint.pt``.
-
-    Returns (model, extras) where extras holds what the model card reports
-    (``steps``, ``tokens_seen``, ``params``... whichever were saved).
-    """
-    source = Path(source)
-    if source.is_dir():
-        model = model_defs.load_model(source)
-        extras = json.loads((source / "config.json").read_text())
-        extras.pop("model", None)
-        return model, extras
-    if source.is_file():
-        return load_checkpoint(source)
-    raise FileNotFoundError(f"{source} is neither a saved DitBERT model directory nor a checkpoint file")
-
-
-def load_checkpoint(path: Path) -> tuple[model_defs.DitBertForMLM, dict]:
-    """Read a training checkpoint with ``weights_only=True``: tensors and plain data only, no code."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{path} is not a readable DitBERT checkpoint: {err}") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "params" not in ckpt:
-        raise ValueError(f"{path} is not a DitBERT training checkpoint (expected 'model' and 'params' entries)")
-    model = model_defs.DitBertForMLM(ModelConfig(**ckpt["params"]["model"]))
-    state = {strip_wrapper_prefixes(k): v for k, v in ckpt["model"].items()}
-    if model.cfg.tie_lm_head and "head.decoder.weight" not in state:
-        state["head.decoder.weight"] = state["encoder.tok_emb.weight"]
-    model.load_state_dict(state)
-    extras = {"steps": ckpt.get("step"), "tokens_seen": ckpt.get("tokens_seen"), "params": ckpt["params"],
-              "tokenizer_fingerprint": ckpt.get("tokenizer_fingerprint") or None}
-    return model, {k: v for k, v in extras.items() if v is not None}
-
-
-def strip_wrapper_prefixes(key: str) -> str:
-    """Parameter names as the bare model has them: torch.compile adds ``_orig_mod.``, DDP ``module.``."""
-    for prefix in ("_orig_mod.", "module."):
-        while key.startswith(prefix):
-            key = key[len(prefix) :]
-    return key
+# --------------------------------------------------------------------------- the core model's record
 
 
 def finetune_settings(extras: dict) -> dict:
@@ -941,7 +899,7 @@ def export(model_source: str | Path, tokenizer_path: str | Path, out_dir: str | 
     failed export never leaves a half-written model where a complete one is expected.
     `glue_csv`: a results file of this model for the card; none by default.
     """
-    core, extras = load_core(model_source)
+    core, extras = read_trained_model(model_source)
     limit = core.cfg.max_positions if core.cfg.position == "learned" else None  # ALiBi: no position table
     tokenizer = wrap_tokenizer(tokenizer_path, model_max_length=limit)
     if len(tokenizer) > core.cfg.vocab_size:
@@ -960,6 +918,7 @@ def export(model_source: str | Path, tokenizer_path: str | Path, out_dir: str | 
         make_tokenizer_config_portable(staging / "tokenizer_config.json")
         # what fine-tuning checks a tokenizer against: the export's own tokenizer files have this fingerprint
         model.config.tokenizer_fingerprint = model_defs.tokenizer_fingerprint(staging / "tokenizer.json")
+        model.config.tokens_seen = extras.get("tokens_seen")  # the pretraining behind it, for a run that continues it
         model.save_pretrained(staging)
         (staging / "configuration_ditbert.py").write_text(configuration_source(), encoding="utf-8")
         (staging / "modeling_ditbert.py").write_text(modeling_source(core.cfg), encoding="utf-8")

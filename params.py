@@ -36,6 +36,7 @@ POSITIONS = ("learned", "alibi")
 ATTENTIONS = ("sdpa", "math")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
+SCHEDULES = ("linear", "triangle")  # train.schedule: runtime.lr_factor
 POOLINGS = ("cls", "mean")
 PAIR_ENCODINGS = ("joint", "separate", "by_task")
 
@@ -155,7 +156,15 @@ class DataConfig:
 class TrainConfig:
     out_dir: str = "runs/base"  # checkpoints, logs and the final model
     tokenizer: str = "runs/base/tokenizer.json"  # written by Train-Tokenizer.py, read by everything after it
-    steps: int = 100_000  # optimizer steps = warmup_steps + decay_steps
+    steps: int = 100_000  # optimizer steps = warmup_steps + decay_steps (not used when budget_minutes is set)
+    # Train by the clock: this many minutes of training time (optimizer steps and their batches; not
+    # data preparation, validation or checkpoints), the schedule's decay following the clock to end
+    # when the budget does, whatever the hardware. 0 = by train.steps.
+    budget_minutes: float = 0.0
+    # The learning rate's shape over the run: "linear" = warmup, then linear decay to min_lr_ratio;
+    # "triangle" = Cramming's budget shape, from a quarter of lr up to lr at 3/4 of the run, then down to
+    # min_lr_ratio (the warmup caps it in the first steps). docs/pretraining.md, "By the clock".
+    schedule: str = "linear"
     warmup_steps: int = 25_000  # linear warmup from 0 to lr
     lr: float = 1e-3
     min_lr_ratio: float = 0.0  # lr at the end of the linear decay, as a fraction of lr
@@ -179,6 +188,10 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     max_nonfinite_steps: int = 5  # stop after this many non-finite losses in a row
     threads: int = 0  # CPU threads for torch; 0 = torch's default
+    # Start from a trained DitBERT's weights (a final/ folder, a checkpoint.pt or a folder exported for
+    # transformers) with a new optimizer and schedule: continued or domain-adaptive pretraining. The
+    # model settings are the source's; the tokenizer must be the one it was trained with. "" = fresh weights.
+    init_from: str = ""
 
     def accumulation_steps(self, world_size: int = 1) -> int:
         """Micro-batches per optimizer step on each rank, so the global batch stays `batch_size`;
@@ -211,6 +224,9 @@ class TrainConfig:
         for name in ("out_dir", "tokenizer"):
             require(bool(getattr(self, name)), f"{s}.{name}", getattr(self, name), "must name a path")
         require(self.steps >= 1, f"{s}.steps", self.steps, "must be at least 1 (the optimizer steps of the run)")
+        require(self.budget_minutes >= 0, f"{s}.budget_minutes", self.budget_minutes,
+                "must be 0 (train by steps) or the minutes of training time")
+        require(self.schedule in SCHEDULES, f"{s}.schedule", self.schedule, f"must be one of {SCHEDULES}")
         require(0 <= self.warmup_steps < self.steps, f"{s}.warmup_steps", self.warmup_steps,
                 f"must be at least 0 and below {s}.steps={self.steps}, or the learning rate never reaches "
                 f"its peak {s}.lr; lower {s}.warmup_steps or raise {s}.steps")

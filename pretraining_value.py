@@ -46,10 +46,12 @@ import torch.nn.functional as F
 
 import glue_results
 import glue_tasks
+import glue_models
 import glue_utils
 import model_defs
 import pretrain_data
 import runtime
+import checkpoints
 import train_model
 from params import (END_ID, MASK_ID, PAD_ID, START_ID, Params, apply_override, env_overrides, get_params,
                     notebook_input, parse_overrides)
@@ -117,14 +119,14 @@ def pretrained_model(params: Params, step: int, show_progress: bool = False) -> 
     over when the checkpoint lies beyond `step`, and stops there. A checkpoint of another model
     config is an error, not something to train over."""
     ckpt = Path(params.train.out_dir) / "checkpoint.pt"
-    state = train_model.load_checkpoint(ckpt, params) if ckpt.is_file() else {}
+    state = checkpoints.load_checkpoint(ckpt, params) if ckpt.is_file() else {}
     if state.get("step") != step:
         resume = state.get("step", step) < step  # otherwise start over: no checkpoint, or one past `step`
         summary = train_model.train(params, resume=resume, overwrite=not resume, stop_at=step,
                                     show_progress=show_progress)
         if summary["step"] != step:
             raise RuntimeError(f"pretraining stopped at step {summary['step']}, not {step}: {summary}")
-        state = train_model.load_checkpoint(ckpt, params)
+        state = checkpoints.load_checkpoint(ckpt, params)
     return model_from_state(state, params), round(state["elapsed_s"], 1)
 
 
@@ -166,7 +168,7 @@ def check_snapshot(folder: Path, params: Params) -> None:
 
 
 def model_from_state(state: dict, params: Params) -> model_defs.DitBertForMLM:
-    """The model of a training checkpoint read by ``train_model.load_checkpoint`` (which checks the config)."""
+    """The model of a training checkpoint read by ``checkpoints.load_checkpoint`` (which checks the config)."""
     model = model_defs.DitBertForMLM(params.model)
     model.load_state_dict(state["model"])
     return model
@@ -214,8 +216,8 @@ def encode_task(model_dir: str | Path, tokenizer: str | Path, task_name: str, pa
     """
     task = glue_tasks.get_task(task_name, data_dir)
     splits, _ = glue_tasks.load_task(task, glue_dir)
-    source = glue_utils.ditbert_source(str(model_dir), str(tokenizer), label="probe")
-    loaded = glue_utils.load_for_task(source, task, params.finetune, seed=0)
+    source = glue_models.ditbert_source(str(model_dir), str(tokenizer), label="probe")
+    loaded = glue_models.load_for_task(source, task, params.finetune, seed=0)
     encoder = loaded.model.encoder
     names = layer_names(encoder.cfg.n_layers)
     out = {}
@@ -249,9 +251,9 @@ def zero_shot_similarity(model_dir: str | Path, tokenizer: str | Path, params: P
     similarity head starts. Lexical overlap alone scores well here."""
     task = glue_tasks.get_task("stsb", data_dir)
     splits, _ = glue_tasks.load_task(task, glue_dir)
-    source = glue_utils.ditbert_source(str(model_dir), str(tokenizer), label="probe")
+    source = glue_models.ditbert_source(str(model_dir), str(tokenizer), label="probe")
     ft = dataclasses.replace(params.finetune, similarity_head=True)  # a fresh one outputs 1 * cosine + 0
-    loaded = glue_utils.load_for_task(source, task, ft, seed=0)
+    loaded = glue_models.load_for_task(source, task, ft, seed=0)
     enc = glue_utils.encode_split(loaded, splits[task.eval_splits[0]])
     cosine = glue_utils.predict(loaded, enc, ft.batch_size * 2, regression=True).squeeze(-1)
     metrics = glue_tasks.compute_metrics(task, cosine, enc["labels"])
@@ -383,13 +385,13 @@ def update_ratios(before: dict, after: dict) -> dict:
     return {g: math.sqrt(diff[g]) / max(math.sqrt(size[g]), 1e-12) for g in diff}
 
 
-def initial_gradient_norms(source: glue_utils.ModelSource, task_name: str, ft, seed: int = 1,
+def initial_gradient_norms(source: glue_models.ModelSource, task_name: str, ft, seed: int = 1,
                            n_batches: int = 8, data_dir: str | Path = "data", glue_dir=None) -> dict:
     """Per layer, the gradient norm of the task loss at the start of fine-tuning (fresh head),
     averaged over `n_batches` training batches: where the first updates want to go."""
     task = glue_tasks.get_task(task_name, data_dir)
     splits, _ = glue_tasks.load_task(task, glue_dir)
-    loaded = glue_utils.load_for_task(source, task, ft, seed)
+    loaded = glue_models.load_for_task(source, task, ft, seed)
     enc = glue_utils.encode_split(loaded, glue_tasks.subsample(splits["train"], n_batches * ft.batch_size))
     batches = glue_utils.train_batches([len(x) for x in enc["input_ids"]], ft.batch_size, np.random.default_rng(seed))
     model = loaded.model
@@ -411,7 +413,7 @@ def initial_gradient_norms(source: glue_utils.ModelSource, task_name: str, ft, s
     return sums
 
 
-def finetune_movement(source: glue_utils.ModelSource, task_name: str, ft, seed: int, data_dir="data") -> dict:
+def finetune_movement(source: glue_models.ModelSource, task_name: str, ft, seed: int, data_dir="data") -> dict:
     """`update_ratios` between a run's starting weights (rebuilt as the loop built them, same
     seed) and its saved best model, if that run kept one (``finetune.save_best``)."""
     task = glue_tasks.get_task(task_name, data_dir)
@@ -420,7 +422,7 @@ def finetune_movement(source: glue_utils.ModelSource, task_name: str, ft, seed: 
         return {}
     from safetensors.torch import load_file
 
-    start = glue_utils.load_for_task(source, task, ft, seed).model.state_dict()
+    start = glue_models.load_for_task(source, task, ft, seed).model.state_dict()
     return update_ratios(start, load_file(str(best / "model.safetensors")))
 
 
@@ -456,7 +458,7 @@ def finetune_snapshot(snapshot: dict, experiment: str, tokenizer: str, tasks: li
     random weights per seed (the control). One result row per task and seed."""
     control = snapshot["step"] == 0
     label = f"value-{experiment}-step{snapshot['step']}"
-    source = glue_utils.ditbert_source(snapshot["model_dir"], tokenizer, label, random_init=control)
+    source = glue_models.ditbert_source(snapshot["model_dir"], tokenizer, label, random_init=control)
     rows = []
     for task in tasks:
         task_ft = task_settings(ft, task, subsample_size)
@@ -471,7 +473,7 @@ def finetune_snapshot(snapshot: dict, experiment: str, tokenizer: str, tasks: li
     return rows
 
 
-def finished_run(source: glue_utils.ModelSource, task: str, ft, seed: int) -> bool:
+def finished_run(source: glue_models.ModelSource, task: str, ft, seed: int) -> bool:
     """Whether this run folder already holds every epoch of `task`, fine-tuned to the end with the
     same settings: then it is reused, not repeated. Seeds, output folder, model saving and the
     training subsample are left out of the comparison (only CoLA and SST-2 are subsampled)."""

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+from params import SCHEDULES
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 DTYPE_CHOICES = ("auto", *DTYPES)
@@ -59,17 +61,35 @@ class Precision:
         return torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
 
 
-def lr_factor(step: int, warmup: int, total: int, min_ratio: float = 0.0) -> float:
-    """Linear warmup to 1 over `warmup` steps, then linear decay to `min_ratio` at `total`."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return 1.0 - (1.0 - min_ratio) * progress
+def shape_factor(shape: str, progress: float, min_ratio: float = 0.0) -> float:
+    """The schedule's shape over a run, `progress` 0..1 (above 1 when it starts after a warmup):
+    ``linear`` falls from 1 to `min_ratio`; ``triangle`` (Cramming's budget schedule) rises from 1/4 to
+    1 at 3/4 of the run, then falls to `min_ratio`."""
+    if shape == "linear":
+        return 1.0 - (1.0 - min_ratio) * progress
+    if shape == "triangle":
+        return min(0.25 + progress, 1.0 - (1.0 - min_ratio) * (progress - 0.75) / 0.25)
+    raise ValueError(f"schedule {shape!r}: choose one of {SCHEDULES}")
 
 
-def warmup_decay(optimizer: torch.optim.Optimizer, warmup: int, total: int, min_ratio: float = 0.0):
-    """The one learning-rate schedule of DitBERT: `lr_factor` as a torch scheduler."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, total, min_ratio))
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float = 0.0, shape: str = "linear",
+              progress: float | None = None) -> float:
+    """The learning rate of step `step` as a fraction of the peak: a linear warmup over `warmup` steps
+    caps the schedule's shape. By steps (`progress` None) a linear decay runs from the end of the warmup
+    to `total`, a triangle over all `total` steps; by the clock `progress` is the share of the time
+    budget spent, and the shape runs over the whole budget."""
+    ramp = (step + 1) / warmup if step < warmup else 1.0
+    if progress is None:
+        progress = (step - warmup) / max(1, total - warmup) if shape == "linear" else step / total
+    return min(ramp, shape_factor(shape, min(1.0, progress), min_ratio))
+
+
+def warmup_decay(optimizer: torch.optim.Optimizer, warmup: int, total: int, min_ratio: float = 0.0,
+                 shape: str = "linear", progress=None):
+    """The one learning-rate schedule of DitBERT: `lr_factor` as a torch scheduler. `progress`, a
+    function giving the share of a time budget spent, makes it follow the clock instead of the steps."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, warmup, total, min_ratio, shape, progress() if progress else None))
 
 
 def adamw(model: torch.nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8,

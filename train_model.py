@@ -2,6 +2,9 @@
 
     python train_model.py                                  # tiny preset, embedded Wikipedia + IMDB corpus
     python train_model.py --preset base --corpus a.txt b.txt --out runs/mine
+    python train_model.py --budget-minutes 20              # by the clock: decayed when 20 minutes of training end
+    python train_model.py --init-from runs/tiny/pretrain/final --corpus legal.txt --out runs/legal
+                                                           # continue a trained model on another corpus
     python train_model.py --resume                         # continue from <out>/checkpoint.pt, with its settings
     python train_model.py --resume --steps 5600            # continue a finished run further
     python train_model.py --overwrite                      # start over in a folder that holds a run
@@ -9,34 +12,36 @@
 
 Writes into the output folder:
     checkpoint.pt     everything needed to continue exactly (torch.save, loads with weights_only=True)
-    log.csv           step, loss, perplexity, lr, tokens_seen, elapsed_s, val_perplexity
+    log.csv           step, loss, perplexity, lr, tokens_seen, elapsed_s, train_s, val_perplexity
     final/            model.safetensors + config.json of the finished model
     summary.json      the headline figures, also printed as RESULT lines
+
+By the clock (train.budget_minutes), the time counted is training time: the optimizer steps and
+their batches, not the data preparation, validation or checkpoint writing (train_s in the log;
+elapsed_s is the wall clock). Every rank follows rank 0's clock, so all stop at the same step.
 
 A folder that holds a run is never started over silently: --resume continues it with the settings
 its checkpoint holds (the corpus, the tokenizer and every setting; of those given again, only the
 ones in RESUMABLE_SETTINGS may differ), --overwrite replaces it, anything else is an error before
-any work. Resuming a finished run says so and leaves its files alone.
+any work. Resuming a finished run says so and leaves its files alone. The checkpoint and the run
+folder are handled in checkpoints.py; the data comes from pretrain_data.py.
 
-Read top to bottom: the ranks and the output folder, checkpoints, validation, then the loop:
-`optimizer_step` (one step over the micro-batches), `Recorder.after_step` (validation, the log,
-checkpoints) and `train`, which calls them in turn. The data comes from pretrain_data.py.
-"""
+Read top to bottom: the ranks, validation, then the loop: `optimizer_step` (one step over the
+micro-batches), `Recorder.after_step` (validation, the log, checkpoints) and `train`, which calls
+them in turn."""
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import math
 import os
-import shutil
 import signal
 import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Callable
 from pathlib import Path
 
 import numpy as np
@@ -45,27 +50,15 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from checkpoints import (RESUMABLE_SETTINGS, CsvLog, check_output_dir, check_resume_inputs, check_run_folder,
+                         check_start, checkpoint_path, load_checkpoint, nothing_left, reached_end, read_checkpoint,
+                         remove_run, resume_changes, rng_state, run_files, save_checkpoint, saved_params,
+                         set_rng_state, start_settings)
 from cli import overwrite_allowed
-from model_defs import (DitBertForMLM, check_tokenizer, load_tokenizer, parameter_table, save_model,
-                        tokenizer_fingerprint)
-from params import (DEFAULT_PRESET, PRESETS, Params, apply_overrides, env_overrides, get_params,
-                    params_from_dict, parse_overrides)
-from pretrain_data import (SequenceLoader, corpus_files, corpus_fingerprint, corpus_record, next_step_batches,
-                           prepare_data, word_start_table)
+from model_defs import DitBertForMLM, load_tokenizer, parameter_table, save_model, tokenizer_fingerprint
+from params import DEFAULT_PRESET, PRESETS, Params, apply_overrides, env_overrides, get_params, parse_overrides
+from pretrain_data import SequenceLoader, corpus_record, next_step_batches, prepare_data, word_start_table
 from runtime import Precision, adamw, autocast_dtype, pick_device, warmup_decay
-
-LOG_COLUMNS = ["step", "loss", "perplexity", "lr", "tokens_seen", "elapsed_s", "val_perplexity"]
-RUN_FILES = ("checkpoint.pt", "log.csv", "summary.json", "final")  # what makes a folder hold a run
-# The settings a resumed run may take other values of than its checkpoint's: how far it goes
-# (train.steps, not below the checkpoint's step; the decay then ends at the new count), how often it
-# records, how and where its steps run (the global batch, the masks and the order of the data do not
-# change with the micro-batch or the device), and where its files are (train.out_dir; the tokenizer and
-# the corpus must match the fingerprints the checkpoint holds). Any other change is refused.
-RESUMABLE_SETTINGS = (
-    "train.steps", "train.checkpoint_every", "train.eval_every", "train.log_every", "train.max_nonfinite_steps",
-    "train.threads", "train.compile", "train.device", "train.dtype", "train.micro_batch", "model.attention",
-    "model.mlm_masked_only", "train.out_dir", "train.tokenizer", "data.corpus", "data.cache_dir",
-)
 
 
 # --------------------------------------------------------------------------- set-up
@@ -103,6 +96,14 @@ class Distributed:
             dist.all_reduce(t)
         return t
 
+    def from_main(self, value: float) -> float:
+        """Rank 0's `value` on every rank: one clock for all, so that they stop at the same step."""
+        if self.world_size == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.broadcast(t, src=0)
+        return t.item()
+
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         """`model` as the training step calls it: under DistributedDataParallel across ranks."""
         if self.world_size == 1:
@@ -123,208 +124,12 @@ def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
     return batch.pin_memory().to(device, non_blocking=True)
 
 
-def check_output_dir(out_dir: Path, model: torch.nn.Module) -> None:
-    """Fail before training, not after hours of it, when checkpoints cannot be written."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".write-test"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as err:
-        raise OSError(f"output folder {out_dir} is not writable: {err.strerror}") from None
-    need = sum(p.numel() for p in model.parameters()) * 4 * 4  # weights + 2 Adam moments + a temporary copy
-    free = shutil.disk_usage(out_dir).free
-    if free < need:
-        raise OSError(f"output folder {out_dir} has {free / 1e6:.0f} MB free; a checkpoint needs about {need / 1e6:.0f} MB")
-
-
-def checkpoint_path(params: Params) -> Path:
-    return Path(params.train.out_dir) / "checkpoint.pt"
-
-
 def unigram_perplexity(counts: np.ndarray, labels: torch.Tensor) -> float:
     """Perplexity of predicting each masked token from training-set token frequencies alone
     (add-one smoothed): the bar a model must clear to show it uses context."""
     probs = (counts + 1.0) / (counts.sum() + len(counts))
     targets = labels[labels.ne(-100)].numpy()
     return float(np.exp(-np.log(probs[targets]).mean()))
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    """torch.save to a temporary file in the same folder, fsync, rename: atomic. When the write
-    fails (a full disk, say) the partial temporary file is removed and the previous checkpoint stays."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise OSError(err.errno, f"could not write checkpoint {path}: {err.strerror or err}; "
-                                     f"the previous checkpoint is unchanged") from None
-        raise
-
-
-def read_checkpoint(path: Path, mmap: bool = False) -> dict:
-    """A training checkpoint's contents, without unpickling code (`mmap`: tensors stay on disk until used)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint to resume from: {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as err:
-        import pickle
-
-        if isinstance(err, pickle.UnpicklingError) and "GLOBAL" in str(err):  # names a class or function
-            detail = next((line.strip() for line in str(err).splitlines() if "GLOBAL" in line), "")
-            raise ValueError(
-                f"checkpoint {path} was refused: it holds Python objects other than tensors and plain data, and "
-                f"loading them could run code from the file ({detail[:200]}). A DitBERT checkpoint holds none."
-            ) from None
-        raise ValueError(f"checkpoint {path} is corrupt or truncated and cannot be read ({type(err).__name__}: {err})") from None
-    if not isinstance(state, dict) or "model" not in state or "params" not in state:
-        raise ValueError(f"checkpoint {path} is not a DitBERT training checkpoint")
-    return state
-
-
-def saved_params(path: Path, state: dict) -> Params:
-    """The settings a checkpoint holds (not yet checked: a resumed run may change some first)."""
-    try:
-        return params_from_dict(state["params"], check=False)
-    except TypeError as err:  # a setting this version does not have
-        raise ValueError(f"checkpoint {path} holds settings this version of DitBERT does not know ({err}); "
-                         f"resume it with the version that wrote it") from None
-
-
-def load_checkpoint(path: Path, params: Params) -> dict:
-    """Read a checkpoint without unpickling code and check it belongs to this model."""
-    state = read_checkpoint(path)
-    saved = saved_params(path, state).model
-    speed_switches = ("attention", "mlm_masked_only")  # change how, not what, the model computes
-    diff = {k: (getattr(saved, k), getattr(params.model, k)) for k in vars(saved)
-            if k not in speed_switches and getattr(saved, k) != getattr(params.model, k)}
-    if diff:
-        raise ValueError(f"checkpoint {path} was made for another model config (saved, now): {diff}")
-    return state
-
-
-# --------------------------------------------------------------------------- a run's folder and resuming
-
-
-def run_files(out_dir: Path) -> list[str]:
-    """The files of a pretraining run that `out_dir` holds."""
-    return [name for name in RUN_FILES if (out_dir / name).exists()]
-
-
-def check_run_folder(out_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Before any work: a folder that holds a run is continued (`resume`) or replaced (`overwrite`),
-    never started over by accident."""
-    if resume and overwrite:
-        raise ValueError("--resume continues the run in the output folder and --overwrite replaces it: give one of them")
-    found = run_files(out_dir)
-    if found and not (resume or overwrite):
-        raise FileExistsError(f"output folder {out_dir} holds a run ({', '.join(found)}): continue it with --resume, "
-                              f"replace it with --overwrite, or choose another folder with --out")
-
-
-def remove_run(out_dir: Path) -> list[str]:
-    """--overwrite: delete the earlier run's files; anything else in the folder stays."""
-    found = run_files(out_dir)
-    for name in found:
-        path = out_dir / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    (out_dir / "checkpoint.pt.tmp").unlink(missing_ok=True)
-    return found
-
-
-def pretraining_settings(params: Params) -> dict:
-    """The settings that shape a pretraining run, as ``section.name -> value``."""
-    d = params.to_dict()
-    flat = {"preset": d["preset"]}
-    for section in ("model", "data", "train"):
-        flat.update({f"{section}.{name}": value for name, value in d[section].items()})
-    return flat
-
-
-def resume_changes(path: Path, state: dict, params: Params) -> dict:
-    """The settings `params` gives other values than the checkpoint holds, {key: (saved, now)}. Changes
-    outside RESUMABLE_SETTINGS are refused, all of them named: a resumed run that trained on under other
-    settings would be neither the run it continues nor a new one."""
-    saved, now = pretraining_settings(saved_params(path, state)), pretraining_settings(params)
-    changes = {key: (saved.get(key), value) for key, value in now.items() if saved.get(key) != value}
-    refused = [f"{key}: {a!r} in the checkpoint, {b!r} now" for key, (a, b) in changes.items()
-               if key not in RESUMABLE_SETTINGS]
-    if refused:
-        raise ValueError(f"checkpoint {path} was made with other settings ({'; '.join(refused)}); a resumed run keeps "
-                         f"its checkpoint's settings (leave these out of --set, the flags and DITBERT_SET, or start "
-                         f"a new run with --out or --overwrite); it may change only {', '.join(RESUMABLE_SETTINGS)}")
-    if changes and is_main_process():
-        print(f"resuming {path} at step {state['step']} with changed settings: "
-              + ", ".join(f"{key} {a!r} -> {b!r}" for key, (a, b) in changes.items()))
-    return changes
-
-
-def check_resume_inputs(path: Path, state: dict, params: Params) -> None:
-    """Before any tokenising: the tokenizer and the corpus are the ones the checkpoint was made with,
-    and a missing file is named with the run's own list of them."""
-    tok = params.tokenizer_path
-    if not tok.is_file():
-        raise FileNotFoundError(f"tokenizer file {tok} does not exist; the run in {path.parent} was trained with it "
-                                f"(give its place with --tokenizer)")
-    check_tokenizer(state.get("tokenizer_fingerprint"), tok, path)
-    recorded = state.get("corpus") or {}
-    expected = ", ".join(recorded.get("files") or params.data.corpus)
-    for f in params.data.corpus:
-        if not Path(f).is_file():
-            raise FileNotFoundError(f"corpus file {f} does not exist: the run in {path.parent} was trained on "
-                                    f"{expected}; put it back or give its place with --corpus")
-    if recorded:
-        files = corpus_files(params.data.corpus, params.data.embedded)
-        if corpus_fingerprint(files) != recorded["fingerprint"]:
-            raise ValueError(f"the corpus {', '.join(files)} is not the one the run in {path.parent} was trained on "
-                             f"({expected}): the contents differ (fingerprint {corpus_fingerprint(files)}, the "
-                             f"checkpoint recorded {recorded['fingerprint']}); give the run's corpus with --corpus")
-
-
-def nothing_left(path: Path, state: dict, params: Params, last_step: int) -> dict:
-    """A resumed run already at `last_step`: say so and leave its files (the summary, the final model,
-    the log) as they are. Returns the summary it wrote when it finished, marked `already_done`."""
-    step, steps = state["step"], params.train.steps
-    if step > steps:
-        raise ValueError(f"train.steps={steps} is below step {step}, where checkpoint {path} stands: a run cannot "
-                         f"go back; give train.steps (--steps) of {step} or more")
-    if step == steps:
-        message = (f"the run in {path.parent} is finished: step {step} of {steps}; its files are left as they are. "
-                   f"Raise train.steps (--steps) to continue it")
-    else:
-        message = f"the run in {path.parent} is at step {step} of {steps} already: nothing to do before a stop at step {last_step}"
-    if is_main_process():
-        print(message)
-    summary_path = path.parent / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    return {**summary, "step": step, "already_done": message}
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -368,6 +173,11 @@ class Run:
     tokens_seen: int = 0
     elapsed_before: float = 0.0  # seconds the run took before this process resumed it
     started: float = field(default_factory=time.time)
+    # Seconds of training: optimizer steps and their batches, without data preparation, validation and
+    # checkpoints. The schedule follows it when the run has a time budget.
+    train_s: float = 0.0
+    clock: Callable[[], float] = time.perf_counter
+    step_began: float | None = None  # on `clock`, when the step under way began
     nonfinite_in_a_row: int = 0
     val_ppl: float = float("nan")  # the last validation perplexity
     tokenizer_fingerprint: str = ""  # model_defs.tokenizer_fingerprint of train.tokenizer
@@ -375,11 +185,26 @@ class Run:
 
     @classmethod
     def start(cls, model: DitBertForMLM, loader: SequenceLoader, params: Params, precision: Precision) -> "Run":
-        """A fresh run: AdamW, warmup then linear decay, and a gradient scaler (a no-op but in fp16)."""
+        """A fresh run: AdamW, the schedule (by steps, or by the clock with a time budget) and a
+        gradient scaler (a no-op but in fp16)."""
         tc = params.train
         optimizer = adamw(model, tc.lr, tc.weight_decay, tc.betas, tc.eps)
-        scheduler = warmup_decay(optimizer, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
-        return cls(model, optimizer, scheduler, precision.grad_scaler(), loader)
+        run = cls(model, optimizer, None, precision.grad_scaler(), loader)
+        budget_s = tc.budget_minutes * 60
+        run.scheduler = warmup_decay(optimizer, tc.warmup_steps, tc.steps, tc.min_lr_ratio, tc.schedule,
+                                     (lambda: run.train_s / budget_s) if budget_s else None)
+        return run
+
+    def count_step_time(self, ddp: "Distributed") -> None:
+        """Add the step under way to the training time, before the schedule reads it (rank 0's time on
+        every rank)."""
+        if self.step_began is not None:
+            self.train_s += ddp.from_main(self.clock() - self.step_began)
+            self.step_began = None
+
+    def finished(self, params: Params) -> bool:
+        """At the run's end: train.steps done, or its time budget spent."""
+        return reached_end(self.step, self.train_s, params)
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.time() - self.started
@@ -396,6 +221,7 @@ class Run:
             "step": self.step,
             "tokens_seen": self.tokens_seen,
             "elapsed_s": self.elapsed(),
+            "train_s": self.train_s,
             "val_ppl": self.val_ppl,
             "tokenizer_fingerprint": self.tokenizer_fingerprint,
             "corpus": self.corpus,
@@ -410,13 +236,14 @@ class Run:
         self.loader.load_state_dict(state["loader"])
         set_rng_state(state["rng"])
         self.step, self.tokens_seen, self.elapsed_before = state["step"], state["tokens_seen"], state["elapsed_s"]
+        self.train_s = state.get("train_s", state["elapsed_s"])
         self.val_ppl = state.get("val_ppl", float("nan"))
         self.follow_schedule()
 
     def follow_schedule(self) -> None:
         """Set the rate of the next step from the schedule as built now (the rate saved with the
-        optimizer is the old schedule's): a resumed run that raised train.steps decays towards its
-        new end from its first step on. Unchanged settings give the saved rate exactly."""
+        optimizer is the old schedule's): a resumed run that raised train.steps or its time budget
+        decays towards its new end from its first step on. Unchanged settings give the saved rate exactly."""
         epoch = self.scheduler.last_epoch
         for group, base, factor in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
             group["lr"] = base * factor(epoch)
@@ -453,12 +280,14 @@ def optimizer_step(run: Run, batches: list, params: Params, ddp: Distributed, pr
     # into NaN. fp16's GradScaler skips those steps itself (and lowers its scale) so is left to it.
     grads_ok = run.scaler.is_enabled() or math.isfinite(grad_norm)
     if not ddp.all_true(math.isfinite(step_loss) and grads_ok):
+        run.count_step_time(ddp)
         skip_step(run, step_loss, grad_norm, params)
         return None
     run.nonfinite_in_a_row = 0
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.optimizer.zero_grad(set_to_none=True)
+    run.count_step_time(ddp)
     run.scheduler.step()
     run.step += 1
     run.tokens_seen += params.train.batch_size * params.model.max_positions
@@ -483,28 +312,32 @@ def skip_step(run: Run, step_loss: float, grad_norm: float, params: Params) -> N
 class Recorder:
     """What follows an optimizer step: the progress bar and, on the main rank, the validation
     perplexity every train.eval_every steps, a row of log.csv every train.log_every, and a
-    checkpoint every train.checkpoint_every, at the last step and when the run is stopped."""
+    checkpoint every train.checkpoint_every, at the last step and when the run is stopped. The bar
+    counts steps, or with a time budget the seconds of training."""
 
     def __init__(self, run: Run, params: Params, val_batch, precision: Precision, ddp: Distributed,
-                 last_step: int, resume: bool, show_progress: bool):
-        self.params, self.val_batch, self.precision, self.last_step = params, val_batch, precision, last_step
-        self.is_main = ddp.is_main
+                 stop_at: int | None, resume: bool, show_progress: bool):
+        self.params, self.val_batch, self.precision, self.stop_at = params, val_batch, precision, stop_at
+        self.is_main, self.budget_s = ddp.is_main, params.train.budget_minutes * 60
         log_path = Path(params.train.out_dir) / "log.csv"
         self.log = CsvLog(log_path, resume_from_step=run.step if resume else None) if self.is_main else None
-        self.bar = tqdm(total=last_step, initial=run.step, disable=not (self.is_main and show_progress), desc="pretrain")
+        total, done = (round(self.budget_s), round(run.train_s)) if self.budget_s else (params.train.steps, run.step)
+        self.bar = tqdm(total=min(total, stop_at) if stop_at and not self.budget_s else total, initial=done,
+                        unit="s" if self.budget_s else "it", disable=not (self.is_main and show_progress),
+                        desc="pretrain")
         self.t_last, self.tokens_last = time.time(), run.tokens_seen
 
     def after_step(self, run: Run, step_loss: float, stopping: bool) -> None:
-        self.bar.update(1)
+        self.bar.update(round(min(run.train_s, self.budget_s)) - self.bar.n if self.budget_s else 1)
         if not self.is_main:
             return
-        tc = self.params.train
-        evaluate_now = run.step % tc.eval_every == 0 or run.step == tc.steps
+        tc, finished = self.params.train, run.finished(self.params)
+        evaluate_now = run.step % tc.eval_every == 0 or finished
         if evaluate_now:
             run.val_ppl = validate(run.model, self.val_batch, self.params, self.precision)
         if evaluate_now or run.step % tc.log_every == 0:
             self.log_row(run, step_loss, evaluate_now)
-        if run.step % tc.checkpoint_every == 0 or run.step == self.last_step or stopping:
+        if run.step % tc.checkpoint_every == 0 or finished or run.step == self.stop_at or stopping:
             save_checkpoint(checkpoint_path(self.params), run.state_dict(self.params))
 
     def log_row(self, run: Run, step_loss: float, evaluated: bool) -> None:
@@ -513,7 +346,7 @@ class Recorder:
         self.t_last, self.tokens_last = now, run.tokens_seen
         lr = run.scheduler.get_last_lr()[0]
         ppl = math.exp(min(step_loss, 50))
-        self.log.append([run.step, step_loss, ppl, lr, run.tokens_seen, round(run.elapsed(), 2),
+        self.log.append([run.step, step_loss, ppl, lr, run.tokens_seen, round(run.elapsed(), 2), round(run.train_s, 2),
                          run.val_ppl if evaluated else ""])
         self.bar.set_postfix(loss=f"{step_loss:.3f}", ppl=f"{ppl:.1f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
 
@@ -538,25 +371,29 @@ class StopSignal:
 
 
 def train(params: Params, resume: bool = False, overwrite: bool = False, stop_at: int | None = None,
-          show_progress: bool = True) -> dict:
-    """Pretrain with masked-LM until `params.train.steps` (or `stop_at`) optimizer steps.
+          show_progress: bool = True, clock=time.perf_counter) -> dict:
+    """Pretrain with masked-LM until train.steps optimizer steps, or with train.budget_minutes until
+    that much training time has passed (on `clock`, which tests replace); or until `stop_at` steps.
 
     A folder that holds a run is continued with `resume` (whose checkpoint's settings `params` must
     match but for RESUMABLE_SETTINGS) or replaced with `overwrite`; otherwise it is an error before
-    any work. Returns a summary dict; the final model is written to ``<out_dir>/final``.
+    any work. A new run starts from train.init_from's weights when it is set. Returns a summary dict;
+    the final model is written to ``<out_dir>/final``.
     """
     tc = params.train
     check_run_folder(Path(tc.out_dir), resume, overwrite)
     if stop_at is not None and stop_at < 1:
         raise ValueError(f"--stop-at {stop_at}: stop after step 1 or later")
-    last_step = min(tc.steps, stop_at) if stop_at is not None else tc.steps
-    state = None
+    state, start = None, None
     if resume:
         state = load_checkpoint(checkpoint_path(params), params)
         resume_changes(checkpoint_path(params), state, params)
-        if state["step"] >= last_step:
-            return nothing_left(checkpoint_path(params), state, params, last_step)
+        done = nothing_left(checkpoint_path(params), state, params, stop_at)
+        if done:
+            return done
         check_resume_inputs(checkpoint_path(params), state, params)
+    elif tc.init_from:
+        start = check_start(tc.init_from, params)
     ddp = Distributed(tc.device)
     accum = tc.accumulation_steps(ddp.world_size)  # before any work: the batch must split over these ranks
     precision = Precision(ddp.device, autocast_dtype(tc.dtype, ddp.device))
@@ -566,12 +403,16 @@ def train(params: Params, resume: bool = False, overwrite: bool = False, stop_at
     if precision.device.type == "cuda":  # TF32 tensor cores for the fp32 matmuls
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
-    model = DitBertForMLM(params.model).to(precision.device)
+    model = DitBertForMLM(params.model)
+    if start:
+        model.load_state_dict(start[0].state_dict())
+    model = model.to(precision.device)
     if ddp.is_main:
         check_output_dir(Path(tc.out_dir), model)
     loader, val_batch, unigram_counts = prepare_data(params)
     word_starts = word_start_table(load_tokenizer(params.tokenizer_path)) if tc.whole_word_mask else None
     run = Run.start(model, loader, params, precision)
+    run.clock = clock
     run.tokenizer_fingerprint, run.corpus = tokenizer_fingerprint(params.tokenizer_path), corpus_record(params)
     if resume:
         run.load_state_dict(state)
@@ -585,13 +426,19 @@ def train(params: Params, resume: bool = False, overwrite: bool = False, stop_at
         print(f"device {precision.device}, autocast {precision.dtype}, {ddp.world_size} rank(s), micro-batch "
               f"{tc.micro_batch} x {accum} accumulation x {ddp.world_size} = {tc.batch_size} sequences per step; "
               f"unigram ppl {unigram_ppl:.1f}")
+        if start:
+            print(f"starting from {tc.init_from} ({start[1].get('tokens_seen', 'unknown')} tokens of pretraining)")
+        if tc.budget_minutes:
+            print(f"training for {tc.budget_minutes:g} minutes by the clock (optimizer steps only: data preparation, "
+                  f"validation and checkpoints are not counted); {tc.schedule} schedule")
 
     if overwrite and ddp.is_main and run_files(Path(tc.out_dir)):
         print(f"replacing the run in {tc.out_dir} (--overwrite): removed {', '.join(remove_run(Path(tc.out_dir)))}")
-    recorder = Recorder(run, params, val_batch, precision, ddp, last_step, resume, show_progress)
+    recorder = Recorder(run, params, val_batch, precision, ddp, stop_at, resume, show_progress)
     interrupted, run.started = None, time.time()
     with StopSignal() as stop:
-        while run.step < last_step:
+        while not run.finished(params) and run.step != stop_at:
+            run.step_began = clock()
             batches = next_step_batches(run.loader, params, accum, ddp.rank, ddp.world_size, word_starts)
             step_loss = optimizer_step(run, batches, params, ddp, precision)
             if step_loss is None:
@@ -602,14 +449,15 @@ def train(params: Params, resume: bool = False, overwrite: bool = False, stop_at
                 interrupted = stop.received or "signal"
                 break
     recorder.bar.close()
-    summary = finish(run, params, ddp, unigram_ppl, interrupted)
+    summary = finish(run, params, ddp, unigram_ppl, interrupted, start[1] if start else None)
     ddp.close()
     return summary
 
 
-def finish(run: Run, params: Params, ddp: Distributed, unigram_ppl: float, interrupted) -> dict:
-    """The run's summary, written to summary.json; a run that reached train.steps also saves its final
-    model, with the fingerprint of its tokenizer (which fine-tuning and the export check)."""
+def finish(run: Run, params: Params, ddp: Distributed, unigram_ppl: float, interrupted, started_from: dict | None) -> dict:
+    """The run's summary, written to summary.json; a run at its end also saves its final model, with
+    the fingerprint of its tokenizer (which fine-tuning and the export check) and, when it started
+    from a trained model, that model's record."""
     out_dir, val_ppl = Path(params.train.out_dir), run.val_ppl
     summary = {
         "step": run.step,
@@ -617,37 +465,22 @@ def finish(run: Run, params: Params, ddp: Distributed, unigram_ppl: float, inter
         "val_ppl": val_ppl,
         "unigram_ppl": unigram_ppl,
         "elapsed_s": round(run.elapsed(), 1),
+        "train_minutes": round(run.train_s / 60, 2),
         "checkpoint": str(checkpoint_path(params)),
         "interrupted": interrupted,
     }
-    if ddp.is_main and interrupted is None and run.step == params.train.steps:
+    if started_from is not None:
+        summary["init_from"] = {"path": params.train.init_from, "steps": started_from.get("steps"),
+                                "tokens_seen": started_from.get("tokens_seen")}
+    if ddp.is_main and interrupted is None and run.finished(params):
         extra = {"preset": params.preset, "steps": run.step, "tokens_seen": run.tokens_seen, "val_ppl": val_ppl,
-                 "unigram_ppl": unigram_ppl, "params": params.to_dict(),
-                 "tokenizer_fingerprint": run.tokenizer_fingerprint}
+                 "unigram_ppl": unigram_ppl, "train_minutes": summary["train_minutes"], "params": params.to_dict(),
+                 "tokenizer_fingerprint": run.tokenizer_fingerprint,
+                 **({"init_from": summary["init_from"]} if started_from is not None else {})}
         summary["final_model"] = str(save_model(run.model, out_dir / "final", extra))
     if ddp.is_main:
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
-
-
-class CsvLog:
-    """The training log; on resume, rows past the checkpoint's step are dropped so the
-    log reads as one uninterrupted run."""
-
-    def __init__(self, path: Path, resume_from_step: int | None):
-        self.path = path
-        rows = []
-        if resume_from_step is not None and path.is_file():
-            with open(path, newline="") as fh:
-                rows = [r for r in csv.reader(fh)][1:]
-            rows = [r for r in rows if r and int(r[0]) <= resume_from_step]
-        buf = io.StringIO()
-        csv.writer(buf).writerows([LOG_COLUMNS, *rows])
-        path.write_text(buf.getvalue())
-
-    def append(self, row: list) -> None:
-        with open(self.path, "a", newline="") as fh:
-            csv.writer(fh).writerow(row)
 
 
 # --------------------------------------------------------------------------- command line
@@ -660,6 +493,12 @@ def parse_args(argv=None) -> tuple[Params, argparse.Namespace]:
     ap.add_argument("--tokenizer", help="tokenizer.json (default: runs/<preset>/tokenizer.json)")
     ap.add_argument("--out", help="output folder (default: runs/<preset>/pretrain)")
     ap.add_argument("--steps", type=int, help="total optimizer steps (with --resume: default the checkpoint's)")
+    ap.add_argument("--budget-minutes", type=float,
+                    help="train for this many minutes of training time instead, the schedule following the clock "
+                         "(train.budget_minutes)")
+    ap.add_argument("--init-from", metavar="PATH",
+                    help="start a new run from a trained model's weights: a final/ folder, a checkpoint.pt or a folder "
+                         "exported for transformers (train.init_from); its model settings and tokenizer are kept")
     ap.add_argument("--resume", action="store_true",
                     help="continue from <out>/checkpoint.pt with the settings it holds; of the flags and --set values "
                          "given again, only these may differ: " + ", ".join(RESUMABLE_SETTINGS))
@@ -670,12 +509,16 @@ def parse_args(argv=None) -> tuple[Params, argparse.Namespace]:
     ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.NAME=VALUE", help="any other setting of params.py")
     args = ap.parse_args(argv)
     overrides = env_overrides() | parse_overrides(args.set)  # $DITBERT_SET, then --set and the flags
-    for flag, key in (("corpus", "data.corpus"), ("tokenizer", "train.tokenizer"), ("out", "train.out_dir"), ("steps", "train.steps")):
+    for flag, key in (("corpus", "data.corpus"), ("tokenizer", "train.tokenizer"), ("out", "train.out_dir"),
+                      ("steps", "train.steps"), ("budget_minutes", "train.budget_minutes"), ("init_from", "train.init_from")):
         if getattr(args, flag) is not None:
             overrides[key] = getattr(args, flag)
     if args.resume:
         return resume_settings(args.preset, overrides), args
-    return get_params(args.preset, overrides), args
+    params = get_params(args.preset, overrides)
+    if params.train.init_from:
+        params = start_settings(params, params.train.init_from, overrides).check()
+    return params, args
 
 
 def resume_settings(preset: str | None, overrides: dict) -> Params:
@@ -703,10 +546,10 @@ def overwrite_asked(args: argparse.Namespace) -> bool:
     return not args.resume and overwrite_allowed()
 
 
-def main(argv=None) -> int:
+def main(argv=None, clock=time.perf_counter) -> int:
     try:
         params, args = parse_args(argv)
-        summary = train(params, resume=args.resume, overwrite=overwrite_asked(args), stop_at=args.stop_at)
+        summary = train(params, resume=args.resume, overwrite=overwrite_asked(args), stop_at=args.stop_at, clock=clock)
     except (FileNotFoundError, ValueError, OSError, FloatingPointError, KeyError) as err:
         print(f"error: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
         return 2
@@ -717,6 +560,7 @@ def main(argv=None) -> int:
               f"continue with --resume")
         return 130
     print(f"outputs in {params.train.out_dir}: log.csv, checkpoint.pt" + (", final/" if "final_model" in summary else ""))
+    print(f"pretrained {summary['train_minutes']:.1f} minutes, {summary['step']} steps, {summary['tokens_seen']:,} tokens")
     print(f"RESULT val_ppl {summary['val_ppl']:.2f}")
     print(f"RESULT unigram_ppl {summary['unigram_ppl']:.2f}")
     return 0

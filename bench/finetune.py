@@ -4,7 +4,7 @@
     python bench/finetune.py --glue-dir path/to/glue_data --task mrpc
 
 The data, encoding, batching and padding are the fine-tuning loop's own (glue_tasks.load_task,
-glue_utils.load_for_task, encode_split, train_batches, collate); the model is the preset's DitBERT classifier (random
+glue_models.load_for_task, encode_split, train_batches, collate); the model is the preset's DitBERT classifier (random
 weights: speed does not depend on them). Three ways to feed one pass over the same examples:
 
 * max length   -- random batches, every batch padded to finetune.max_len (what `padding="max_length"` does);
@@ -32,6 +32,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import common  # noqa: E402
 import glue_tasks  # noqa: E402
+import glue_models
 import glue_utils  # noqa: E402
 import runtime  # noqa: E402
 from data import ensure_tokenizer  # noqa: E402
@@ -61,8 +62,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as model_dir:
         torch.manual_seed(0)
         save_model(DitBertForMLM(p.model), model_dir)
-        source = glue_utils.ditbert_source(model_dir, str(ensure_tokenizer(p)), label="bench")
-        loaded = glue_utils.load_for_task(source, task, ft, seed=0)
+        source = glue_models.ditbert_source(model_dir, str(ensure_tokenizer(p)), label="bench")
+        loaded = glue_models.load_for_task(source, task, ft, seed=0)
     model, max_len = loaded.model.train(), loaded.info["max_len"]
     enc = glue_utils.encode_split(loaded, train)
     lengths = np.array([len(ids) for ids in enc["input_ids"]])

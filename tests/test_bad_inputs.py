@@ -26,6 +26,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import glue_tasks  # noqa: E402
+import glue_models  # noqa: E402
 import glue_utils  # noqa: E402
 import model_defs  # noqa: E402
 import pretrain_data  # noqa: E402
@@ -308,8 +309,8 @@ def glue_model(tmp_path_factory, tok_path):
     model_dir = tmp_path_factory.mktemp("glue-model") / "final"
     model_defs.save_model(model_defs.DitBertForMLM(cfg), model_dir)
     ft = FinetuneConfig(max_len=130)
-    single = glue_utils.load_for_task(glue_utils.ditbert_source(str(model_dir), str(tok_path), "t"), glue_tasks.TASKS["sst2"], ft, 0)
-    pair = glue_utils.load_for_task(glue_utils.ditbert_source(str(model_dir), str(tok_path), "t"), glue_tasks.TASKS["rte"], ft, 0)
+    single = glue_models.load_for_task(glue_models.ditbert_source(str(model_dir), str(tok_path), "t"), glue_tasks.TASKS["sst2"], ft, 0)
+    pair = glue_models.load_for_task(glue_models.ditbert_source(str(model_dir), str(tok_path), "t"), glue_tasks.TASKS["rte"], ft, 0)
     return single, pair, cfg.max_positions
 
 
@@ -347,9 +348,9 @@ LONG_PAIR_CHILD = """
 import resource, sys
 sys.path.insert(0, sys.argv[1])
 import glue_tasks
-import glue_utils
+import glue_models
 from params import FinetuneConfig
-loaded = glue_utils.load_for_task(glue_utils.ditbert_source(sys.argv[2], sys.argv[3], "t"),
+loaded = glue_models.load_for_task(glue_models.ditbert_source(sys.argv[2], sys.argv[3], "t"),
                                   glue_tasks.TASKS["rte"], FinetuneConfig(max_len=130), 0)
 with open("/proc/self/status") as fh:
     vm = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmSize:"))

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import checkpoints
 import train_model  # noqa: E402
 from model_defs import DitBertForMLM, load_model, save_model  # noqa: E402
 from conftest import PRETRAIN_BATCH, PRETRAIN_TINY  # noqa: E402
@@ -104,7 +105,7 @@ def test_malicious_pickle_checkpoint_is_refused_and_never_runs(data, tmp_path, c
     torch.save({"model": {}, "params": params.to_dict(), "step": Payload(marker)}, ckpt)
 
     with pytest.raises(ValueError) as err:
-        train_model.load_checkpoint(ckpt, params)
+        checkpoints.load_checkpoint(ckpt, params)
     message = str(err.value)
     assert str(ckpt) in message and "refused" in message
     assert not marker.exists()
@@ -151,24 +152,24 @@ def test_truncated_or_garbage_checkpoint_names_the_file(data, tmp_path, damage, 
     ckpt, params = good_checkpoint(data, tmp_path)
     ckpt.write_bytes(damage(ckpt.read_bytes()))
     with pytest.raises(ValueError, match=f"checkpoint {ckpt} is {message}"):
-        train_model.load_checkpoint(ckpt, params)
+        checkpoints.load_checkpoint(ckpt, params)
 
 
 def test_checkpoint_of_another_shape_or_kind_names_the_file(data, tmp_path, capsys):
     ckpt, params = good_checkpoint(data, tmp_path)
     wider = params_for(data, ckpt.parent, 2, "model.d_model=64")
     with pytest.raises(ValueError, match=rf"checkpoint {ckpt} was made for another model config .*'d_model': \(32, 64\)"):
-        train_model.load_checkpoint(ckpt, wider)
+        checkpoints.load_checkpoint(ckpt, wider)
     # the same through the command line, before any training
     assert train_model.main(argv(data, ckpt.parent, 4, "--resume", sets=("model.d_model=64",))) == 2
     assert f"checkpoint {ckpt} was made for another model config" in capsys.readouterr().err
 
     torch.save(torch.zeros(3), ckpt)  # a valid torch file, but not a training checkpoint
     with pytest.raises(ValueError, match=f"checkpoint {ckpt} is not a DitBERT training checkpoint"):
-        train_model.load_checkpoint(ckpt, params)
+        checkpoints.load_checkpoint(ckpt, params)
     ckpt.unlink()
     with pytest.raises(FileNotFoundError, match=f"{ckpt} does not exist"):
-        train_model.load_checkpoint(ckpt, params)
+        checkpoints.load_checkpoint(ckpt, params)
 
 
 def test_checkpoint_with_settings_of_another_version_names_the_file(data, tmp_path):
@@ -177,7 +178,7 @@ def test_checkpoint_with_settings_of_another_version_names_the_file(data, tmp_pa
     state["params"]["model"]["no_such_setting"] = 1  # written by a version with a setting this one lacks
     torch.save(state, ckpt)
     with pytest.raises(ValueError, match=f"checkpoint {ckpt} holds settings this version of DitBERT does not know"):
-        train_model.load_checkpoint(ckpt, params)
+        checkpoints.load_checkpoint(ckpt, params)
 
 
 def test_truncated_or_mismatched_saved_model_names_the_file(data, tmp_path):
@@ -331,7 +332,7 @@ def test_unwritable_output_folder_fails_before_training(data, tmp_path, capsys):
 
 def test_full_disk_fails_before_training(data, tmp_path, monkeypatch):
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(train_model.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    monkeypatch.setattr(checkpoints.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
     out = tmp_path / "run"
     with pytest.raises(OSError, match=rf"output folder {out} has 0 MB free; a checkpoint needs about \d+ MB"):
         train_model.train(params_for(data, out, 4), show_progress=False)

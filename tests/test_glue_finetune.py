@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 import glue_heads
 import glue_submission
+import glue_models
 import glue_utils
 import params
 import runtime
@@ -31,7 +32,7 @@ def tiny_ft(out_dir, **kw) -> FinetuneConfig:
 
 @pytest.fixture(scope="module")
 def ditbert(tiny_model_dir, tiny_tokenizer):
-    return glue_utils.ditbert_source(str(tiny_model_dir), str(tiny_tokenizer), label="ditbert-test")
+    return glue_models.ditbert_source(str(tiny_model_dir), str(tiny_tokenizer), label="ditbert-test")
 
 
 # The test files of the original GLUE download: a header (CoLA's too), the example's index, its texts.
@@ -75,7 +76,7 @@ def glue_with_tests(glue_layout, tmp_path_factory):
 
 
 def test_ditbert_pair_encoding_truncates_the_longer_text_first(ditbert, tmp_path, tiny_tokenizer):
-    loaded = glue_utils.load_for_task(ditbert, TASKS["rte"], tiny_ft(tmp_path, max_len=16), seed=1)
+    loaded = glue_models.load_for_task(ditbert, TASKS["rte"], tiny_ft(tmp_path, max_len=16), seed=1)
     long_a = "the river ran through the old city and past the house " * 5
     short_b = "a good story"
     ids = loaded.encode([long_a], [short_b])["input_ids"][0]
@@ -89,22 +90,22 @@ def test_ditbert_pair_encoding_truncates_the_longer_text_first(ditbert, tmp_path
 
 def test_truncate_pair_cuts_the_longer_text_first():
     a, b = list(range(10)), list(range(100, 103))
-    assert glue_utils.truncate_pair(a, b, 20) == (a, b)  # fits: untouched
-    assert glue_utils.truncate_pair(a, b, 8) == (a[:5], b)  # the short text is kept whole
-    assert glue_utils.truncate_pair(b, a, 8) == (b, a[:5])
+    assert glue_models.truncate_pair(a, b, 20) == (a, b)  # fits: untouched
+    assert glue_models.truncate_pair(a, b, 8) == (a[:5], b)  # the short text is kept whole
+    assert glue_models.truncate_pair(b, a, 8) == (b, a[:5])
     long_a, long_b = list(range(50)), list(range(100, 140))
-    cut_a, cut_b = glue_utils.truncate_pair(long_a, long_b, 11)
+    cut_a, cut_b = glue_models.truncate_pair(long_a, long_b, 11)
     assert (cut_a, cut_b) == (long_a[:6], long_b[:5])  # both long: about half each, from the ends
 
 
 def test_a_very_long_pair_is_encoded_to_max_len(ditbert, tmp_path):
-    loaded = glue_utils.load_for_task(ditbert, TASKS["rte"], tiny_ft(tmp_path, max_len=40), seed=1)
+    loaded = glue_models.load_for_task(ditbert, TASKS["rte"], tiny_ft(tmp_path, max_len=40), seed=1)
     ids = loaded.encode(["premise " * 20000], ["hypothesis " * 3000])["input_ids"][0]
     assert len(ids) == 40 and ids.index(DOC_ID) in (19, 20)
 
 
 def test_max_len_is_capped_at_the_model_positions(ditbert, tmp_path):
-    loaded = glue_utils.load_for_task(ditbert, TASKS["sst2"], tiny_ft(tmp_path, max_len=130), seed=1)
+    loaded = glue_models.load_for_task(ditbert, TASKS["sst2"], tiny_ft(tmp_path, max_len=130), seed=1)
     ids = loaded.encode(["word " * 500])["input_ids"][0]
     assert len(ids) == loaded.info["max_len"] == 64  # tiny model: seq_len 62 + [START] + [END]
 
@@ -195,7 +196,7 @@ def test_same_seed_same_results_other_seed_other_results(ditbert, glue_layout, t
     assert not list((tmp_path / "a" / "ditbert-test-seed3").glob("best_*"))
     logits = {}
     for seed in (3, 4):
-        loaded = glue_utils.load_for_task(ditbert, TASKS["sst2"], tiny_ft(tmp_path), seed)
+        loaded = glue_models.load_for_task(ditbert, TASKS["sst2"], tiny_ft(tmp_path), seed)
         logits[seed] = loaded.model.head.weight.detach().clone()
     assert not torch.equal(logits[3], logits[4])  # the head's initial weights follow the seed
 
@@ -221,13 +222,13 @@ def test_the_loop_learns_a_learnable_task(ditbert, tmp_path):
 
 
 def test_random_init_control_keeps_the_config_but_not_the_weights(tiny_model_dir, tiny_tokenizer, tmp_path):
-    control = glue_utils.ditbert_source(str(tiny_model_dir), str(tiny_tokenizer), "ditbert-test", random_init=True)
+    control = glue_models.ditbert_source(str(tiny_model_dir), str(tiny_tokenizer), "ditbert-test", random_init=True)
     assert control.label == "ditbert-test-random-init" and control.init == "random"
-    loaded = glue_utils.load_for_task(control, TASKS["rte"], tiny_ft(tmp_path), seed=1)
+    loaded = glue_models.load_for_task(control, TASKS["rte"], tiny_ft(tmp_path), seed=1)
     pretrained = load_model(tiny_model_dir)
     assert loaded.model.cfg == pretrained.cfg and loaded.info["pretrain_tokens_seen"] == 0
     assert not torch.equal(loaded.model.encoder.tok_emb.weight, pretrained.encoder.tok_emb.weight)
-    warm = glue_utils.load_for_task(glue_utils.ditbert_source(str(tiny_model_dir), str(tiny_tokenizer), "x"),
+    warm = glue_models.load_for_task(glue_models.ditbert_source(str(tiny_model_dir), str(tiny_tokenizer), "x"),
                                     TASKS["rte"], tiny_ft(tmp_path), seed=1)
     assert torch.equal(warm.model.encoder.tok_emb.weight, pretrained.encoder.tok_emb.weight)
     assert torch.equal(warm.model.head.weight, loaded.model.head.weight)  # only the encoder differs
@@ -238,10 +239,10 @@ def test_mnli_init_reuses_the_encoder_and_swaps_the_head_where_labels_differ(dit
     glue_utils.run_glue(ditbert, "mnli", ft, glue_dir=glue_layout)
     mnli_dir = tmp_path / "ditbert-test-seed1" / "best_mnli"
     mnli_state = load_file(str(mnli_dir / "model.safetensors"))
-    source = glue_utils.from_mnli_source(ditbert, ft.output_dir)
+    source = glue_models.from_mnli_source(ditbert, ft.output_dir)
     assert source.label == "ditbert-test-from-mnli" and source.init == "mnli"
     for name, n_labels in (("rte", 2), ("stsb", 1), ("mnli", 3)):
-        model = glue_utils.load_for_task(source.resolved(1), TASKS[name], ft, seed=1).model
+        model = glue_models.load_for_task(source.resolved(1), TASKS[name], ft, seed=1).model
         encoder = {k.removeprefix("encoder."): v for k, v in mnli_state.items() if k.startswith("encoder.")}
         assert all(torch.equal(v, encoder[k]) for k, v in model.encoder.state_dict().items())
         assert model.head.weight.shape == (n_labels, 32)
@@ -252,7 +253,7 @@ def test_mnli_init_reuses_the_encoder_and_swaps_the_head_where_labels_differ(dit
 
 
 def test_mnli_init_without_an_mnli_model_is_a_clear_error(ditbert, glue_layout, tmp_path):
-    source = glue_utils.from_mnli_source(ditbert, str(tmp_path))
+    source = glue_models.from_mnli_source(ditbert, str(tmp_path))
     with pytest.raises(FileNotFoundError, match=r"best_mnli is not a fine-tuned DitBERT model"):
         glue_utils.run_glue(source, "rte", tiny_ft(tmp_path), glue_dir=glue_layout)
 
@@ -292,8 +293,8 @@ def test_pool_texts_pools_each_text_of_a_pair_on_its_own():
 
 def test_pair_features_head_on_pair_tasks_only_and_saved_with_the_model(ditbert, glue_layout, tmp_path):
     ft = tiny_ft(tmp_path, epochs=1, pooling="mean", pair_features=True)
-    assert glue_utils.load_for_task(ditbert, TASKS["sst2"], ft, seed=1).model.head.in_features == 32
-    model = glue_utils.load_for_task(ditbert, TASKS["rte"], ft, seed=1).model.eval()
+    assert glue_models.load_for_task(ditbert, TASKS["sst2"], ft, seed=1).model.head.in_features == 32
+    model = glue_models.load_for_task(ditbert, TASKS["rte"], ft, seed=1).model.eval()
     assert model.head_config.pair_features and model.head.in_features == 4 * 32
     pair = torch.tensor([[START_ID, 10, 11, DOC_ID, 12, END_ID]])
     swapped = torch.tensor([[START_ID, 12, DOC_ID, 10, 11, END_ID]])
@@ -307,10 +308,10 @@ def test_pair_features_head_on_pair_tasks_only_and_saved_with_the_model(ditbert,
     assert json.loads((best / "config.json").read_text())["head"]["pair_features"] is True
     reloaded = glue_heads.load_classifier(best).eval()
     assert reloaded.head_config.pair_features and reloaded.head.in_features == 4 * 32
-    source = glue_utils.from_mnli_source(ditbert, ft.output_dir, mnli_dir=str(best))
-    plain = glue_utils.load_for_task(source.resolved(1), TASKS["mrpc"], tiny_ft(tmp_path), seed=1).model
+    source = glue_models.from_mnli_source(ditbert, ft.output_dir, mnli_dir=str(best))
+    plain = glue_models.load_for_task(source.resolved(1), TASKS["mrpc"], tiny_ft(tmp_path), seed=1).model
     assert not plain.head_config.pair_features and plain.head.in_features == 32  # the setting wins: a fresh head
-    kept = glue_utils.load_for_task(source.resolved(1), TASKS["mrpc"], ft, seed=1).model
+    kept = glue_models.load_for_task(source.resolved(1), TASKS["mrpc"], ft, seed=1).model
     assert torch.equal(kept.head.weight, reloaded.head.weight)  # same labels, same features: head kept
 
 
@@ -330,7 +331,7 @@ def test_separate_pair_encoding_reads_each_text_encoded_alone(ditbert, glue_layo
     """With pair_encoding=separate the pair head and the similarity head read [START] a [END] and
     [START] b [END] encoded one by one, so neither text sees the other; joint encoding differs."""
     ft = tiny_ft(tmp_path, epochs=1, pooling="mean", pair_features=True, pair_encoding="separate")
-    model = glue_utils.load_for_task(ditbert, TASKS["rte"], ft, seed=1).model.eval()
+    model = glue_models.load_for_task(ditbert, TASKS["rte"], ft, seed=1).model.eval()
     pair = torch.tensor([[START_ID, 10, 11, DOC_ID, 12, 13, 14, END_ID]])
     alone = [torch.tensor([[START_ID, *text, END_ID]]) for text in ([10, 11], [12, 13, 14])]
     pooled = [pool_hidden(model.encoder(x, x.ne(PAD_ID)), x.ne(PAD_ID), "mean") for x in alone]
@@ -339,7 +340,7 @@ def test_separate_pair_encoding_reads_each_text_encoded_alone(ditbert, glue_layo
     model.head_config = dataclasses.replace(model.head_config, pair_encoding="joint")
     assert not torch.allclose(model(pair), model.head(torch.cat([u, v, (u - v).abs(), u * v], dim=-1)), atol=1e-4)
 
-    sim = glue_utils.load_for_task(ditbert, TASKS["stsb"], similarity_ft(tmp_path, pair_encoding="separate"), seed=1).model.eval()
+    sim = glue_models.load_for_task(ditbert, TASKS["stsb"], similarity_ft(tmp_path, pair_encoding="separate"), seed=1).model.eval()
     cosine = sum(torch.nn.functional.cosine_similarity(*(pool_hidden(layer(x), x.ne(PAD_ID), "mean") for x in alone))
                  for layer in (lambda x: sim.encoder(x, x.ne(PAD_ID)), sim.encoder.embed)) / 2
     assert torch.allclose(sim.text_cosine(pair, pair.ne(PAD_ID)), cosine, atol=1e-6)
@@ -359,9 +360,9 @@ def test_pair_encoding_by_task_reads_similarity_pairs_apart_and_inference_pairs_
     assert glue_heads.task_pair_encoding("joint", TASKS["stsb"]) == "joint"
     ft = tiny_ft(tmp_path, epochs=1, pooling="mean", pair_features=True, pair_encoding="by_task")
     glue_utils.check_finetune_settings(ft)
-    rte = glue_utils.load_for_task(ditbert, TASKS["rte"], ft, seed=1).model
+    rte = glue_models.load_for_task(ditbert, TASKS["rte"], ft, seed=1).model
     assert rte.head_config.pair_encoding == "joint"
-    assert glue_utils.load_for_task(ditbert, TASKS["mrpc"], ft, seed=1).model.head_config.pair_encoding == "separate"
+    assert glue_models.load_for_task(ditbert, TASKS["mrpc"], ft, seed=1).model.head_config.pair_encoding == "separate"
     with pytest.raises(ValueError, match="'joint' or 'separate', got 'by_task'"):  # a classifier needs the task's choice
         HeadConfig(2, "mean", pair_encoding="by_task")
     assert params.get_params("tiny").finetune.pair_encoding == "by_task"  # the measured recipe
@@ -385,9 +386,9 @@ def test_encoder_embed_is_the_embedding_layer_the_blocks_read(tiny_model_dir):
 
 def test_similarity_head_scores_the_mean_of_final_and_embedding_cosines(ditbert, tmp_path):
     ft = similarity_ft(tmp_path)
-    assert isinstance(glue_utils.load_for_task(ditbert, TASKS["rte"], ft, seed=1).model.head, torch.nn.Linear)
-    assert glue_utils.load_for_task(ditbert, TASKS["sst2"], ft, seed=1).model.head.in_features == 32
-    model = glue_utils.load_for_task(ditbert, TASKS["stsb"], ft, seed=1).model.eval()
+    assert isinstance(glue_models.load_for_task(ditbert, TASKS["rte"], ft, seed=1).model.head, torch.nn.Linear)
+    assert glue_models.load_for_task(ditbert, TASKS["sst2"], ft, seed=1).model.head.in_features == 32
+    model = glue_models.load_for_task(ditbert, TASKS["stsb"], ft, seed=1).model.eval()
     assert model.head_config.similarity_head and isinstance(model.head, glue_heads.SimilarityHead)
     with torch.no_grad():
         model.head.scale.fill_(2.0)
@@ -407,7 +408,7 @@ def test_similarity_head_scores_the_mean_of_final_and_embedding_cosines(ditbert,
 
 
 def test_fit_similarity_head_finds_the_least_squares_line(ditbert, tmp_path):
-    loaded = glue_utils.load_for_task(ditbert, TASKS["stsb"], similarity_ft(tmp_path), seed=1)
+    loaded = glue_models.load_for_task(ditbert, TASKS["stsb"], similarity_ft(tmp_path), seed=1)
     words = "the river ran past an old house where we found small red boats".split()
     rng = random.Random(0)
     texts = [" ".join(rng.choices(words, k=5)) for _ in range(40)]
@@ -436,10 +437,10 @@ def test_similarity_head_fine_tuned_saved_and_reloaded(ditbert, glue_layout, tmp
     reloaded = glue_heads.load_classifier(best)
     assert isinstance(reloaded.head, glue_heads.SimilarityHead)
     assert reloaded.head.scale.item() == saved["head.scale"].item() != 1.0  # fitted, then fine-tuned
-    source = glue_utils.from_mnli_source(ditbert, ft.output_dir, mnli_dir=str(tmp_path / "ditbert-test-seed1" / "best_rte"))
-    model = glue_utils.load_for_task(source.resolved(1), TASKS["stsb"], ft, seed=1).model
+    source = glue_models.from_mnli_source(ditbert, ft.output_dir, mnli_dir=str(tmp_path / "ditbert-test-seed1" / "best_rte"))
+    model = glue_models.load_for_task(source.resolved(1), TASKS["stsb"], ft, seed=1).model
     assert isinstance(model.head, glue_heads.SimilarityHead)  # a two-label model starting STS-B gets the similarity head
-    linear = glue_utils.load_for_task(source.resolved(1), TASKS["stsb"], dataclasses.replace(ft, similarity_head=False), 1)
+    linear = glue_models.load_for_task(source.resolved(1), TASKS["stsb"], dataclasses.replace(ft, similarity_head=False), 1)
     assert linear.model.head.out_features == 1
 
 
@@ -448,8 +449,8 @@ def test_similarity_head_fine_tuned_saved_and_reloaded(ditbert, glue_layout, tmp
 
 @pytest.mark.slow
 def test_hf_path_on_the_packaged_minilm_and_its_mnli_head_swap(glue_layout, tmp_path):
-    minilm = glue_utils.hf_source("minilm-l6")
-    assert minilm.label == "minilm-l6" and (glue_utils.packaged_model_dir() / "config.json").is_file()
+    minilm = glue_models.hf_source("minilm-l6")
+    assert minilm.label == "minilm-l6" and (glue_models.packaged_model_dir() / "config.json").is_file()
     ft = tiny_ft(tmp_path, epochs=1, lr=5e-5, max_train_examples=16, max_eval_examples=8)
     glue_utils.run_glue(minilm, "mnli", ft, glue_dir=glue_layout)
     run = tmp_path / "minilm-l6-seed1"
@@ -458,25 +459,25 @@ def test_hf_path_on_the_packaged_minilm_and_its_mnli_head_swap(glue_layout, tmp_
     assert info["kind"] == "hf" and info["model"] == "minilm-l6" and info["tasks"]["mnli"]["train_examples"] == 16
     assert info["tasks"]["mnli"]["validation_mismatched_examples"] == 8
     assert (run / "best_mnli" / "model.safetensors").is_file() and (run / "best_mnli" / "tokenizer.json").is_file()
-    pair = glue_utils.load_for_task(minilm, TASKS["rte"], ft, 1).encode(["a cat"], ["a dog"])
+    pair = glue_models.load_for_task(minilm, TASKS["rte"], ft, 1).encode(["a cat"], ["a dog"])
     assert pair["token_type_ids"][0] == [0, 0, 0, 0, 1, 1, 1]  # [CLS] a cat [SEP] a dog [SEP]
 
-    source = glue_utils.from_mnli_source(minilm, ft.output_dir).resolved(1)
+    source = glue_models.from_mnli_source(minilm, ft.output_dir).resolved(1)
     mnli_state = load_file(str(run / "best_mnli" / "model.safetensors"))
-    model = glue_utils.load_for_task(source, TASKS["stsb"], ft, seed=1).model
+    model = glue_models.load_for_task(source, TASKS["stsb"], ft, seed=1).model
     assert model.classifier.out_features == 1
     key = "bert.encoder.layer.0.attention.self.query.weight"
     assert torch.equal(model.state_dict()[key], mnli_state[key])
-    model3 = glue_utils.load_for_task(source, TASKS["mnli"], ft, seed=1).model
+    model3 = glue_models.load_for_task(source, TASKS["mnli"], ft, seed=1).model
     assert torch.equal(model3.classifier.weight, mnli_state["classifier.weight"])
 
 
 def test_hf_source_spec_forms(tmp_path):
-    assert glue_utils.hf_source("bert-base-uncased") == glue_utils.ModelSource("hf", "bert-base-uncased", "bert-base-uncased")
-    assert glue_utils.hf_source("roberta=roberta-base").label == "roberta"
-    assert glue_utils.hf_source(f"mine={tmp_path}").path == str(tmp_path)
-    assert glue_utils.hf_source(str(tmp_path)).label == tmp_path.name
-    assert glue_utils.hf_source("minilm-l6").path == str(glue_utils.packaged_model_dir())
+    assert glue_models.hf_source("bert-base-uncased") == glue_models.ModelSource("hf", "bert-base-uncased", "bert-base-uncased")
+    assert glue_models.hf_source("roberta=roberta-base").label == "roberta"
+    assert glue_models.hf_source(f"mine={tmp_path}").path == str(tmp_path)
+    assert glue_models.hf_source(str(tmp_path)).label == tmp_path.name
+    assert glue_models.hf_source("minilm-l6").path == str(glue_models.packaged_model_dir())
 
 
 def test_environment_table_maps_notebook_variables_onto_settings(monkeypatch):
@@ -509,7 +510,7 @@ def test_fine_tuning_runs_in_the_precision_it_is_given(ditbert, glue_layout, tmp
                         precision=bf16)
     info = json.loads((tmp_path / "ditbert-test-seed1" / "run_info.json").read_text())
     assert (info["device"], info["dtype"]) == ("cpu", "bfloat16")
-    loaded = glue_utils.load_for_task(ditbert, TASKS["rte"], tiny_ft(tmp_path), seed=1)
+    loaded = glue_models.load_for_task(ditbert, TASKS["rte"], tiny_ft(tmp_path), seed=1)
     enc = loaded.encode(["a good story"] * 3, ["the river"] * 3)
     enc["labels"] = [0, 1, 0]
     fp32, half = (glue_utils.predict(loaded, enc, 2, False, p) for p in (glue_utils.CPU_FP32, bf16))
@@ -601,8 +602,8 @@ def test_dev_and_test_predictions_of_the_final_and_best_epochs_rescore_to_the_re
         assert final["index"].tolist() == list(range(len(final))) and set(final["label"]) == {""}
     assert len(test) == 9
     best_dir = run / "best_mrpc"
-    best_model = glue_utils.from_mnli_source(ditbert, ft.output_dir, mnli_dir=str(best_dir)).resolved(1)
-    loaded = glue_utils.load_for_task(best_model, TASKS["mrpc"], ft, seed=1)
+    best_model = glue_models.from_mnli_source(ditbert, ft.output_dir, mnli_dir=str(best_dir)).resolved(1)
+    loaded = glue_models.load_for_task(best_model, TASKS["mrpc"], ft, seed=1)
     tests = glue_utils.load_test_sets(TASKS["mrpc"], glue_with_tests, 0.01)
     again = glue_utils.predict_test_sets(loaded, tests, ft, glue_utils.CPU_FP32)[("mrpc", "test")][1]
     best = pd.read_csv(run / "predictions" / "mrpc_test_best.tsv", sep="\t", keep_default_na=False)
@@ -620,26 +621,26 @@ def test_run_info_keeps_each_tasks_settings(ditbert, glue_layout, tmp_path):
 
 def test_recipes_apply_the_authors_settings_unless_set_explicitly(tmp_path):
     ft = FinetuneConfig(lr=3e-4, weight_decay=0.1, epochs=3, warmup_epochs=0.2, batch_size=16)
-    bert, record = glue_utils.apply_recipe(ft, "bert")
+    bert, record = glue_models.apply_recipe(ft, "bert")
     assert (bert.lr, bert.weight_decay, bert.epochs, bert.warmup_epochs, bert.batch_size) == (5e-5, 0.01, 3, 0.3, 16)
     assert record["name"] == record["label"] == "bert" and record["set_explicitly"] == []
-    roberta, record = glue_utils.apply_recipe(ft, "roberta", explicit=["finetune.lr", "finetune.epochs"])
+    roberta, record = glue_models.apply_recipe(ft, "roberta", explicit=["finetune.lr", "finetune.epochs"])
     assert (roberta.lr, roberta.weight_decay, roberta.epochs, roberta.warmup_epochs) == (3e-4, 0.1, 3, 0.18)
     assert record["label"] == "roberta (finetune.lr, finetune.epochs set)"
-    assert glue_utils.apply_recipe(ft, "preset") == (ft, {"name": "preset", "label": "preset"})
+    assert glue_models.apply_recipe(ft, "preset") == (ft, {"name": "preset", "label": "preset"})
     with pytest.raises(ValueError, match="unknown fine-tuning recipe 'xlnet'"):
-        glue_utils.apply_recipe(ft, "xlnet")
+        glue_models.apply_recipe(ft, "xlnet")
     for model_type, recipe in (("roberta", "roberta"), ("bert", "bert"), ("electra", "bert"), ("ditbert", "preset")):
         folder = tmp_path / model_type
         folder.mkdir()
         (folder / "config.json").write_text(json.dumps({"model_type": model_type}))
-        assert glue_utils.recipe_for(glue_utils.hf_source(str(folder))) == recipe
-    assert glue_utils.recipe_for(glue_utils.ModelSource("ditbert", "x", "x")) == "preset"
+        assert glue_models.recipe_for(glue_models.hf_source(str(folder))) == recipe
+    assert glue_models.recipe_for(glue_models.ModelSource("ditbert", "x", "x")) == "preset"
 
 
 @pytest.mark.slow
 def test_a_baseline_is_fine_tuned_at_its_recipe_and_records_it(glue_layout, tmp_path):
-    minilm = glue_utils.hf_source("minilm-l6")
+    minilm = glue_models.hf_source("minilm-l6")
     ft = tiny_ft(tmp_path, epochs=1, lr=1e-3, weight_decay=0.3, max_train_examples=16, max_eval_examples=8,
                  save_best=False)
     glue_utils.run_glue(minilm, "rte", ft, glue_dir=glue_layout, recipe="auto", explicit=["finetune.epochs"])

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+import glue_models
 import glue_utils
 from conftest import execute_notebook, printed
 from params import FinetuneConfig
@@ -53,7 +54,7 @@ def test_glue_finetune_notebook(nb_env, tmp_path, monkeypatch):
 
 
 def test_glue_finetune_from_mnli_notebook(nb_env, tmp_path, tiny_model_dir, tiny_tokenizer, glue_layout, monkeypatch):
-    base = glue_utils.ditbert_source(str(tiny_model_dir), str(tiny_tokenizer), "ditbert-nb")
+    base = glue_models.ditbert_source(str(tiny_model_dir), str(tiny_tokenizer), "ditbert-nb")
     glue_utils.run_glue(base, "mnli", tiny_ft(nb_env), glue_dir=glue_layout)
     monkeypatch.setenv("GLUE_TASKS", "rte,stsb")
     execute_notebook("GLUE-Finetune-from-mnli.py", tmp_path)
@@ -77,7 +78,7 @@ def test_glue_finetune_huggingface_notebook(nb_env, tmp_path, monkeypatch):
 
 
 def test_glue_finetune_huggingface_from_mnli_notebook(nb_env, tmp_path, glue_layout, monkeypatch):
-    glue_utils.run_glue(glue_utils.hf_source("minilm-l6"), "mnli", tiny_ft(nb_env), glue_dir=glue_layout)
+    glue_utils.run_glue(glue_models.hf_source("minilm-l6"), "mnli", tiny_ft(nb_env), glue_dir=glue_layout)
     monkeypatch.setenv("GLUE_TASKS", "wnli")
     monkeypatch.setenv("DITBERT_SET", TINY + ";finetune.save_best=false")
     execute_notebook("GLUE-Finetune-huggingface-from-mnli.py", tmp_path)

@@ -17,6 +17,7 @@ import pytest
 import glue_results
 import glue_submission
 import glue_tasks
+import glue_models
 import glue_utils
 from conftest import TINY_VOCAB, tiny_model_config
 from model_defs import DitBertForMLM, save_model, tokenizer_fingerprint, train_tokenizer
@@ -32,7 +33,7 @@ def tiny_ft(out_dir, **kw) -> FinetuneConfig:
 
 @pytest.fixture(scope="module")
 def ditbert(tiny_model_dir, tiny_tokenizer):
-    return glue_utils.ditbert_source(str(tiny_model_dir), str(tiny_tokenizer), label="ditbert-test")
+    return glue_models.ditbert_source(str(tiny_model_dir), str(tiny_tokenizer), label="ditbert-test")
 
 
 # --------------------------------------------------------------------------- results are not overwritten
@@ -99,26 +100,26 @@ def fingerprinted_model(tiny_tokenizer, tmp_path_factory):
 def test_fine_tuning_with_another_tokenizer_is_refused_naming_both_files(fingerprinted_model, tiny_tokenizer,
                                                                           other_tokenizer, glue_layout, tmp_path):
     assert tokenizer_fingerprint(other_tokenizer) != tokenizer_fingerprint(tiny_tokenizer)
-    wrong = glue_utils.ditbert_source(str(fingerprinted_model), str(other_tokenizer), label="m")
+    wrong = glue_models.ditbert_source(str(fingerprinted_model), str(other_tokenizer), label="m")
     with pytest.raises(ValueError, match=rf"{other_tokenizer} is not the tokenizer {fingerprinted_model} was trained"):
         glue_utils.run_glue(wrong, "rte", tiny_ft(tmp_path), glue_dir=glue_layout)
     assert not (tmp_path / "m-seed1").exists()  # refused before any work
     with pytest.raises(ValueError, match="is not the tokenizer"):  # the control is refused alike
-        glue_utils.run_glue(glue_utils.ditbert_source(str(fingerprinted_model), str(other_tokenizer), "m", True), "rte",
+        glue_utils.run_glue(glue_models.ditbert_source(str(fingerprinted_model), str(other_tokenizer), "m", True), "rte",
                             tiny_ft(tmp_path), glue_dir=glue_layout)
 
-    right = glue_utils.ditbert_source(str(fingerprinted_model), str(tiny_tokenizer), label="m")
+    right = glue_models.ditbert_source(str(fingerprinted_model), str(tiny_tokenizer), label="m")
     glue_utils.run_glue(right, "rte", tiny_ft(tmp_path, save_best=True), glue_dir=glue_layout)
     best = tmp_path / "m-seed1" / "best_rte"
     assert json.loads((best / "config.json").read_text())["tokenizer_fingerprint"] == tokenizer_fingerprint(tiny_tokenizer)
-    from_best = glue_utils.ModelSource("ditbert", str(best), "m2", str(other_tokenizer), init="mnli")
+    from_best = glue_models.ModelSource("ditbert", str(best), "m2", str(other_tokenizer), init="mnli")
     with pytest.raises(ValueError, match=rf"{other_tokenizer} is not the tokenizer {best} was trained"):
         glue_utils.run_glue(from_best, "rte", tiny_ft(tmp_path), glue_dir=glue_layout)
 
 
 def test_a_model_that_recorded_no_tokenizer_is_accepted(tiny_model_dir, other_tokenizer, glue_layout, tmp_path):
     assert "tokenizer_fingerprint" not in json.loads((tiny_model_dir / "config.json").read_text())
-    source = glue_utils.ditbert_source(str(tiny_model_dir), str(other_tokenizer), label="old")
+    source = glue_models.ditbert_source(str(tiny_model_dir), str(other_tokenizer), label="old")
     glue_utils.run_glue(source, "rte", tiny_ft(tmp_path), glue_dir=glue_layout)
     assert (tmp_path / "old-seed1" / "results_rte.csv").is_file()
 
@@ -253,8 +254,8 @@ def test_a_hugging_face_source_that_is_no_model_is_named_as_such(glue_layout, tm
     (empty / "notes.txt").write_text("hello")
     with pytest.raises(FileNotFoundError, match=rf"{empty} is a folder but not a Hugging Face model: it has no "
                                                 r"config\.json \(it holds \['notes\.txt'\]\)"):
-        glue_utils.run_glue(glue_utils.hf_source(str(empty)), "rte", tiny_ft(tmp_path), glue_dir=glue_layout)
+        glue_utils.run_glue(glue_models.hf_source(str(empty)), "rte", tiny_ft(tmp_path), glue_dir=glue_layout)
     for missing in (str(tmp_path / "no" / "such" / "model"), "../no-such-model"):
         with pytest.raises(FileNotFoundError, match=rf"model folder {missing} does not exist"):
-            glue_utils.run_glue(glue_utils.hf_source(f"x={missing}"), "rte", tiny_ft(tmp_path), glue_dir=glue_layout)
+            glue_utils.run_glue(glue_models.hf_source(f"x={missing}"), "rte", tiny_ft(tmp_path), glue_dir=glue_layout)
     assert not list(tmp_path.glob("*-seed1"))  # refused before any work

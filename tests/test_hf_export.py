@@ -339,10 +339,10 @@ def test_glue_hf_path_takes_an_exported_ditbert(export_dir, core, tokenizer_path
     """The Hugging Face GLUE notebooks accept the exported folder like any model directory,
     encoding pairs as DitBERT was pretrained, without running code from the folder."""
     import glue_tasks
-    import glue_utils
+    import glue_models
     from params import DOC_ID, END_ID, START_ID, get_params
 
-    loaded = glue_utils.load_for_task(glue_utils.hf_source(str(export_dir)), glue_tasks.get_task("rte"),
+    loaded = glue_models.load_for_task(glue_models.hf_source(str(export_dir)), glue_tasks.get_task("rte"),
                                       get_params("tiny").finetune, seed=1)
     ids = loaded.encode(["The river flows into the sea."], ["It was built in 1850."])["input_ids"][0]
     assert ids[0] == START_ID and ids[-1] == END_ID and ids.count(DOC_ID) == 1

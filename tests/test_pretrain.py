@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import checkpoints
 import train_model
 from model_defs import load_model, train_tokenizer
 from params import get_params
@@ -76,7 +77,7 @@ def test_pretraining_learns(make_params):
     assert summary["val_ppl"] < 0.7 * params.model.vocab_size, summary  # uniform guessing: = vocab size
     with open(os.path.join(params.train.out_dir, "log.csv")) as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == train_model.LOG_COLUMNS
+    assert list(rows[0]) == checkpoints.LOG_COLUMNS
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"]) - 0.3
     final = load_model(summary["final_model"])
     assert final.cfg == params.model
@@ -130,7 +131,7 @@ def test_batch_must_divide_into_micro_batches():
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
-    train_model.save_checkpoint(path, {"step": 1, "w": torch.ones(3)})
+    checkpoints.save_checkpoint(path, {"step": 1, "w": torch.ones(3)})
 
     def torn_save(obj, fh):
         fh.write(b"half a checkpoint")
@@ -138,7 +139,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", torn_save)
     with pytest.raises(OSError, match="disk full"):
-        train_model.save_checkpoint(path, {"step": 2})
+        checkpoints.save_checkpoint(path, {"step": 2})
     monkeypatch.undo()
     state = torch.load(path, weights_only=True)
     assert state["step"] == 1, "the previous checkpoint was damaged"

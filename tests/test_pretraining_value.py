@@ -228,7 +228,7 @@ def test_snapshot_from_a_checkpoint_at_its_step_is_not_pretrained_again(tiny_cor
     params = get_params("tiny", toy_overrides(tiny_corpus, tiny_tokenizer, tmp_path))
     out = tmp_path / "value"
     first = pv.pretrain_snapshots(params, [0, 2], out)
-    checkpoint = pv.train_model.load_checkpoint(out / "pretrain" / "checkpoint.pt", params)
+    checkpoint = pv.checkpoints.load_checkpoint(out / "pretrain" / "checkpoint.pt", params)
     from_checkpoint = pv.model_from_state(checkpoint, params).state_dict()
     made = pv.model_defs.load_model(first[1]["model_dir"]).state_dict()
     assert all(torch.equal(made[k], from_checkpoint[k]) for k in made)
