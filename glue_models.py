@@ -256,6 +256,8 @@ def _load_hf(source: ModelSource, task: Task, ft: FinetuneConfig) -> Loaded:
     folder = Path(source.path).expanduser()
     target, kwargs = (str(folder), {"local_files_only": True}) if folder.is_dir() else (source.path, {})
     tokenizer = _from_hf(AutoTokenizer, target, **kwargs)
+    if _hf_model_type(source.path) == "ditbert":  # an exported DitBERT builds its pair head for the task's texts
+        kwargs |= {"finetuning_task": task.name, "text_pairs": len(task.text_columns) == 2}
     model = _from_hf(AutoModelForSequenceClassification, target, num_labels=task.num_labels,
                      ignore_mismatched_sizes=True, **kwargs)  # a head of another size (e.g. MNLI's 3 labels) is replaced
     model.config.problem_type = None  # the loop computes the loss; nothing to infer from labels

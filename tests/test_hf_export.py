@@ -347,6 +347,11 @@ def test_glue_hf_path_takes_an_exported_ditbert(export_dir, core, tokenizer_path
     ids = loaded.encode(["The river flows into the sea."], ["It was built in 1850."])["input_ids"][0]
     assert ids[0] == START_ID and ids[-1] == END_ID and ids.count(DOC_ID) == 1
     assert isinstance(loaded.model, hf_ditbert.DitBertForSequenceClassification)
+    # the task reaches the config, where the recipe's pair head is decided (hf_ditbert.pair_recipe)
+    assert (loaded.model.config.finetuning_task, loaded.model.config.text_pairs) == ("rte", True)
+    single = glue_models.load_for_task(glue_models.hf_source(str(export_dir)), glue_tasks.get_task("sst2"),
+                                       get_params("tiny").finetune, seed=1)
+    assert (single.model.config.finetuning_task, single.model.config.text_pairs) == ("sst2", False)
     with torch.no_grad():
         hidden = loaded.model.ditbert(torch.tensor([ids])).last_hidden_state
         assert torch.allclose(hidden, core.encoder(torch.tensor([ids])), atol=1e-5), "the pretrained encoder was not loaded"
