@@ -18,7 +18,7 @@ import io
 import json
 import os
 import shutil
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -210,10 +210,26 @@ def reached_end(step: int, train_s: float, params: Params) -> bool:
     return train_s >= tc.budget_minutes * 60 if tc.budget_minutes else step >= tc.steps
 
 
-def nothing_left(path: Path, state: dict, params: Params, stop_at: int | None) -> dict | None:
-    """A resumed run already at its end or at `stop_at`: say so and leave its files (the summary, the
-    final model, the log) as they are, returning the summary it wrote when it finished, marked
-    `already_done`. None when there is training left to do."""
+@dataclass(frozen=True)
+class StopAt:
+    """Where a run is asked to stop before its end, with a checkpoint to resume from: after a step
+    (--stop-at), after minutes of training (--stop-at-minutes), or neither."""
+
+    step: int | None = None
+    minutes: float | None = None
+
+    def reached(self, step: int, train_s: float) -> bool:
+        return ((self.step is not None and step >= self.step)
+                or (self.minutes is not None and train_s >= self.minutes * 60))
+
+    def __str__(self) -> str:
+        return f"step {self.step}" if self.step is not None else f"{self.minutes:g} minutes of training"
+
+
+def nothing_left(path: Path, state: dict, params: Params, stop: StopAt) -> dict | None:
+    """A resumed run already at its end or where `stop` asks it to stop: say so and leave its files (the
+    summary, the final model, the log) as they are, returning the summary it wrote when it finished,
+    marked `already_done`. None when there is training left to do."""
     step, steps, train_s = state["step"], params.train.steps, state.get("train_s", state["elapsed_s"])
     minutes = params.train.budget_minutes
     if not minutes and step > steps:
@@ -224,8 +240,8 @@ def nothing_left(path: Path, state: dict, params: Params, stop_at: int | None) -
                       "train.budget_minutes (--budget-minutes)") if minutes
                      else (f"step {step} of {steps}", "train.steps (--steps)"))
         message = f"the run in {path.parent} is finished: {end}; its files are left as they are. Raise {more} to continue it"
-    elif stop_at is not None and step >= stop_at:
-        message = f"the run in {path.parent} is at step {step} already: nothing to do before a stop at step {stop_at}"
+    elif stop.reached(step, train_s):
+        message = f"the run in {path.parent} is at step {step} already: nothing to do before a stop at {stop}"
     else:
         return None
     if is_main_process():

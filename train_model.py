@@ -5,6 +5,7 @@
     python train_model.py --budget-minutes 20              # by the clock: decayed when 20 minutes of training end
     python train_model.py --init-from runs/tiny/pretrain/final --corpus legal.txt --out runs/legal
                                                            # continue a trained model on another corpus
+    python train_model.py --budget-minutes 600 --stop-at-minutes 120   # ten hours, trained two at a time (--resume)
     python train_model.py --resume                         # continue from <out>/checkpoint.pt, with its settings
     python train_model.py --resume --steps 5600            # continue a finished run further
     python train_model.py --overwrite                      # start over in a folder that holds a run
@@ -50,7 +51,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from checkpoints import (RESUMABLE_SETTINGS, CsvLog, check_output_dir, check_resume_inputs, check_run_folder,
+from checkpoints import (RESUMABLE_SETTINGS, CsvLog, StopAt, check_output_dir, check_resume_inputs, check_run_folder,
                          check_start, checkpoint_path, load_checkpoint, nothing_left, reached_end, read_checkpoint,
                          remove_run, resume_changes, rng_state, run_files, save_checkpoint, saved_params,
                          set_rng_state, start_settings)
@@ -316,18 +317,19 @@ class Recorder:
     counts steps, or with a time budget the seconds of training."""
 
     def __init__(self, run: Run, params: Params, val_batch, precision: Precision, ddp: Distributed,
-                 stop_at: int | None, resume: bool, show_progress: bool):
-        self.params, self.val_batch, self.precision, self.stop_at = params, val_batch, precision, stop_at
+                 stop: StopAt, resume: bool, show_progress: bool):
+        self.params, self.val_batch, self.precision = params, val_batch, precision
         self.is_main, self.budget_s = ddp.is_main, params.train.budget_minutes * 60
         log_path = Path(params.train.out_dir) / "log.csv"
         self.log = CsvLog(log_path, resume_from_step=run.step if resume else None) if self.is_main else None
         total, done = (round(self.budget_s), round(run.train_s)) if self.budget_s else (params.train.steps, run.step)
-        self.bar = tqdm(total=min(total, stop_at) if stop_at and not self.budget_s else total, initial=done,
+        self.bar = tqdm(total=min(total, stop.step) if stop.step and not self.budget_s else total, initial=done,
                         unit="s" if self.budget_s else "it", disable=not (self.is_main and show_progress),
                         desc="pretrain")
         self.t_last, self.tokens_last = time.time(), run.tokens_seen
 
     def after_step(self, run: Run, step_loss: float, stopping: bool) -> None:
+        """`stopping`: the run stops after this step (asked to, or by a signal), so it checkpoints now."""
         self.bar.update(round(min(run.train_s, self.budget_s)) - self.bar.n if self.budget_s else 1)
         if not self.is_main:
             return
@@ -337,7 +339,7 @@ class Recorder:
             run.val_ppl = validate(run.model, self.val_batch, self.params, self.precision)
         if evaluate_now or run.step % tc.log_every == 0:
             self.log_row(run, step_loss, evaluate_now)
-        if run.step % tc.checkpoint_every == 0 or finished or run.step == self.stop_at or stopping:
+        if run.step % tc.checkpoint_every == 0 or finished or stopping:
             save_checkpoint(checkpoint_path(self.params), run.state_dict(self.params))
 
     def log_row(self, run: Run, step_loss: float, evaluated: bool) -> None:
@@ -371,9 +373,10 @@ class StopSignal:
 
 
 def train(params: Params, resume: bool = False, overwrite: bool = False, stop_at: int | None = None,
-          show_progress: bool = True, clock=time.perf_counter) -> dict:
+          show_progress: bool = True, clock=time.perf_counter, stop_at_minutes: float | None = None) -> dict:
     """Pretrain with masked-LM until train.steps optimizer steps, or with train.budget_minutes until
-    that much training time has passed (on `clock`, which tests replace); or until `stop_at` steps.
+    that much training time has passed (on `clock`, which tests replace); or stop earlier, with a
+    checkpoint to resume from, after step `stop_at` or `stop_at_minutes` minutes of training.
 
     A folder that holds a run is continued with `resume` (whose checkpoint's settings `params` must
     match but for RESUMABLE_SETTINGS) or replaced with `overwrite`; otherwise it is an error before
@@ -384,11 +387,14 @@ def train(params: Params, resume: bool = False, overwrite: bool = False, stop_at
     check_run_folder(Path(tc.out_dir), resume, overwrite)
     if stop_at is not None and stop_at < 1:
         raise ValueError(f"--stop-at {stop_at}: stop after step 1 or later")
+    if stop_at_minutes is not None and stop_at_minutes <= 0:
+        raise ValueError(f"--stop-at-minutes {stop_at_minutes}: stop after some training, more than 0 minutes")
+    stop = StopAt(stop_at, stop_at_minutes)
     state, start = None, None
     if resume:
         state = load_checkpoint(checkpoint_path(params), params)
         resume_changes(checkpoint_path(params), state, params)
-        done = nothing_left(checkpoint_path(params), state, params, stop_at)
+        done = nothing_left(checkpoint_path(params), state, params, stop)
         if done:
             return done
         check_resume_inputs(checkpoint_path(params), state, params)
@@ -434,19 +440,19 @@ def train(params: Params, resume: bool = False, overwrite: bool = False, stop_at
 
     if overwrite and ddp.is_main and run_files(Path(tc.out_dir)):
         print(f"replacing the run in {tc.out_dir} (--overwrite): removed {', '.join(remove_run(Path(tc.out_dir)))}")
-    recorder = Recorder(run, params, val_batch, precision, ddp, stop_at, resume, show_progress)
+    recorder = Recorder(run, params, val_batch, precision, ddp, stop, resume, show_progress)
     interrupted, run.started = None, time.time()
-    with StopSignal() as stop:
-        while not run.finished(params) and run.step != stop_at:
+    with StopSignal() as signalled:
+        while not run.finished(params) and not stop.reached(run.step, run.train_s):
             run.step_began = clock()
             batches = next_step_batches(run.loader, params, accum, ddp.rank, ddp.world_size, word_starts)
             step_loss = optimizer_step(run, batches, params, ddp, precision)
             if step_loss is None:
                 continue
-            stopping = not ddp.all_true(stop.received is None)
-            recorder.after_step(run, step_loss, stopping)
-            if stopping:
-                interrupted = stop.received or "signal"
+            by_signal = not ddp.all_true(signalled.received is None)
+            recorder.after_step(run, step_loss, stopping=by_signal or stop.reached(run.step, run.train_s))
+            if by_signal:
+                interrupted = signalled.received or "signal"
                 break
     recorder.bar.close()
     summary = finish(run, params, ddp, unigram_ppl, interrupted, start[1] if start else None)
@@ -506,6 +512,8 @@ def parse_args(argv=None) -> tuple[Params, argparse.Namespace]:
                     help="replace the run the output folder holds (its checkpoint, log, summary and final model); "
                          "also DITBERT_OVERWRITE=1")
     ap.add_argument("--stop-at", type=int, help="stop after this step with a checkpoint (resume later)")
+    ap.add_argument("--stop-at-minutes", type=float,
+                    help="stop after this many minutes of training with a checkpoint (resume later)")
     ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.NAME=VALUE", help="any other setting of params.py")
     args = ap.parse_args(argv)
     overrides = env_overrides() | parse_overrides(args.set)  # $DITBERT_SET, then --set and the flags
@@ -549,7 +557,8 @@ def overwrite_asked(args: argparse.Namespace) -> bool:
 def main(argv=None, clock=time.perf_counter) -> int:
     try:
         params, args = parse_args(argv)
-        summary = train(params, resume=args.resume, overwrite=overwrite_asked(args), stop_at=args.stop_at, clock=clock)
+        summary = train(params, resume=args.resume, overwrite=overwrite_asked(args), stop_at=args.stop_at, clock=clock,
+                        stop_at_minutes=args.stop_at_minutes)
     except (FileNotFoundError, ValueError, OSError, FloatingPointError, KeyError) as err:
         print(f"error: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
         return 2

@@ -134,6 +134,23 @@ def test_a_resumed_budget_run_carries_the_time_spent_and_ends_as_one_run(data, t
     assert longer["step"] == 2 * BUDGET_STEPS, "a raised budget continues the run"
 
 
+def test_a_run_stopped_after_minutes_of_training_resumes_to_the_same_end(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    paused = train_model.train(params_for(data, out), stop_at_minutes=BUDGET_MIN / 4, show_progress=False,
+                               clock=FakeClock())
+    assert paused["step"] == BUDGET_STEPS // 4 and not (out / "final").exists()
+    again = train_model.train(params_for(data, out), resume=True, stop_at_minutes=BUDGET_MIN / 4,
+                              show_progress=False, clock=FakeClock())
+    assert "nothing to do before a stop at 0.025 minutes of training" in again["already_done"]
+    whole = train_model.train(params_for(data, tmp_path / "whole"), show_progress=False, clock=FakeClock())
+    resumed = train_model.train(params_for(data, out), resume=True, show_progress=False, clock=FakeClock())
+    assert resumed["step"] == whole["step"] == BUDGET_STEPS
+    a, b = load_model(tmp_path / "whole" / "final").state_dict(), load_model(out / "final").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    code = train_model.main(["--out", str(tmp_path / "x"), "--stop-at-minutes", "0"])
+    assert code == 2 and "more than 0 minutes" in capsys.readouterr().err
+
+
 FREE_PORT_CHILD = """
 import itertools, os, sys
 sys.path.insert(0, sys.argv[1])
