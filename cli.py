@@ -38,6 +38,22 @@ def notebook_arguments(notebook: str, settings: str = "", argv: list[str] | None
                                      epilog=environment_help(notebook, settings),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.parse_args(sys.argv[1:] if argv is None else argv)
+    sys.excepthook = script_errors(sys.excepthook)
+
+
+# What a notebook run as a script reports in one line: errors that name the user's input (a missing
+# file, results that would be replaced, a bad setting), not faults in the code.
+INPUT_ERRORS = (FileNotFoundError, FileExistsError, ValueError, KeyError)
+
+
+def script_errors(fallback):
+    """An excepthook that prints an input error as ``error: <message>``, as the command-line tools
+    do, instead of a traceback (the exit status stays 1); anything else goes to `fallback`."""
+    def hook(kind, error, traceback):
+        if not issubclass(kind, INPUT_ERRORS):
+            return fallback(kind, error, traceback)
+        print(f"error: {error.args[0] if kind is KeyError and error.args else error}", file=sys.stderr)
+    return hook
 
 
 def notebook_description(notebook: str) -> str:

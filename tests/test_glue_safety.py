@@ -69,6 +69,7 @@ def test_the_notebook_refuses_to_overwrite_unless_DITBERT_OVERWRITE_is_set(ditbe
     refused = subprocess.run([sys.executable, "GLUE-Finetune.py"], cwd=ROOT, env=env, capture_output=True, text=True,
                              timeout=600)
     assert refused.returncode != 0 and "results_rte.csv" in refused.stderr and "DITBERT_OVERWRITE=1" in refused.stderr
+    assert "Traceback" not in refused.stderr and "error: " in refused.stderr, refused.stderr[-2000:]
     assert len(pd.read_csv(tmp_path / "out" / "ditbert-test-seed1" / "results_rte.csv")) == 1
     done = subprocess.run([sys.executable, "GLUE-Finetune.py"], cwd=ROOT, env={**env, "DITBERT_OVERWRITE": "1"},
                           capture_output=True, text=True, timeout=600)
