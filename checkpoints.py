@@ -33,15 +33,16 @@ LOG_COLUMNS = ["step", "loss", "perplexity", "lr", "tokens_seen", "elapsed_s", "
 RUN_FILES = ("checkpoint.pt", "log.csv", "summary.json", "final")  # what makes a folder hold a run
 # The settings a resumed run may take other values of than its checkpoint's: how far it goes
 # (train.steps, not below the checkpoint's step, or train.budget_minutes; the decay then ends at the
-# new end), how often it
-# records, how and where its steps run (the global batch, the masks and the order of the data do not
-# change with the micro-batch or the device), and where its files are (train.out_dir; the tokenizer and
-# the corpus must match the fingerprints the checkpoint holds). Any other change is refused.
+# new end), how often it records, how and where its steps run (the global batch, the masks and the
+# order of the data do not change with the micro-batch or the device), and where its files are
+# (train.out_dir; the tokenizer and the corpus must match the fingerprints the checkpoint holds).
+# Any other change is refused.
 RESUMABLE_SETTINGS = (
-    "train.steps", "train.budget_minutes", "train.checkpoint_every", "train.eval_every", "train.log_every", "train.max_nonfinite_steps",
-    "train.threads", "train.compile", "train.device", "train.dtype", "train.micro_batch", "model.attention",
-    "model.mlm_masked_only", "train.out_dir", "train.tokenizer", "data.corpus", "data.cache_dir",
+    "train.steps", "train.budget_minutes", "train.checkpoint_every", "train.eval_every", "train.log_every",
+    "train.max_nonfinite_steps", "train.threads", "train.compile", "train.device", "train.dtype", "train.micro_batch",
+    "model.attention", "model.mlm_masked_only", "train.out_dir", "train.tokenizer", "data.corpus", "data.cache_dir",
 )
+
 
 def check_output_dir(out_dir: Path, model: torch.nn.Module) -> None:
     """Fail before training, not after hours of it, when checkpoints cannot be written."""
@@ -325,6 +326,7 @@ def model_config_of(source: Path) -> ModelConfig:
 
 
 def folder_config(folder: Path) -> dict:
+    """A model folder's config.json, its absence or bad JSON named."""
     path = folder / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{folder} is neither a saved DitBERT model (a final/ folder or one exported for "

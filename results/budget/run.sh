@@ -42,4 +42,10 @@ for name in task general imdb; do
         GLUE_TASKS=demo GLUE_SEEDS=1,2,3 DITBERT_MODEL=runs/adapt/$name-10min/final MODEL_LABEL=ditbert-tiny-$name-10min \
         $PY GLUE-Finetune.py
 done
+# 5. the 20-minute models fine-tuned on the demo task the same way
+for run in linear-20min triangle-20min; do
+    DITBERT_SET="finetune.max_train_examples=2000;finetune.output_dir=runs/budget/GLUE-Outputs" \
+        GLUE_TASKS=demo GLUE_SEEDS=1,2,3 DITBERT_MODEL=runs/budget/$run/final MODEL_LABEL=ditbert-tiny-$run \
+        $PY GLUE-Finetune.py
+done
 $PY results/budget/summarize.py

@@ -1,5 +1,5 @@
-"""The tables of results/budget/run.sh: schedule.csv (pretraining by the clock and by steps) and
-domain.csv (the make-demo model continued on three corpora, fine-tuned on the demo task).
+"""The tables of results/budget/run.sh: schedule.csv (pretraining by the clock and by steps, each
+model fine-tuned on the demo task) and domain.csv (the make-demo model continued on three corpora, fine-tuned on the demo task).
 
     python results/budget/summarize.py [--runs runs] [--out results/budget]
 """
@@ -13,20 +13,29 @@ from pathlib import Path
 import pandas as pd
 
 
-def final_lr_share(log: pd.DataFrame, peak: float) -> float:
-    """The learning rate of the run's last step, as a share of its peak."""
-    return float(log["lr"].iloc[-2] if len(log) > 1 else log["lr"].iloc[-1]) / peak
+def end_lr_share(log: pd.DataFrame, peak: float) -> float:
+    """Where the schedule stood when the run ended (the last row's rate), as a share of the peak: 0
+    for a run that ended fully decayed."""
+    return float(log["lr"].iloc[-1]) / peak
+
+
+def val_ppl_at(log: pd.DataFrame, step: int) -> float:
+    """The validation perplexity the log holds for `step` (NaN where it has none)."""
+    row = log[(log["step"] == step) & log["val_perplexity"].notna()]
+    return round(float(row["val_perplexity"].iloc[0]), 2) if len(row) else float("nan")
 
 
 def schedule_rows(runs: Path) -> list[dict]:
-    rows = []
+    """One row per run of runs/budget/, with the validation perplexity at its end and at the last
+    step every run validated at (equal tokens seen)."""
+    rows, logs = [], {}
     for folder in sorted((runs / "budget").iterdir()):
         summary_path = folder / "summary.json"
         if not summary_path.is_file():
             continue
         summary = json.loads(summary_path.read_text())
         settings = json.loads((folder / "final" / "config.json").read_text())["params"]["train"]
-        log = pd.read_csv(folder / "log.csv")
+        log = logs[folder.name] = pd.read_csv(folder / "log.csv")
         rows.append({
             "run": folder.name,
             "counted_by": "clock" if settings["budget_minutes"] else "steps",
@@ -34,9 +43,14 @@ def schedule_rows(runs: Path) -> list[dict]:
             "train_minutes": summary["train_minutes"],
             "steps": summary["step"],
             "tokens_seen": summary["tokens_seen"],
-            "last_lr_share": round(final_lr_share(log, settings["lr"]), 4),
+            "end_lr_share": round(end_lr_share(log, settings["lr"]), 4),
             "val_ppl": round(summary["val_ppl"], 2),
         })
+    common = min((log.loc[log["val_perplexity"].notna(), "step"].iloc[-2] for log in logs.values()), default=0)
+    for row in rows:
+        row["common_step"], row["val_ppl_at_common_step"] = common, val_ppl_at(logs[row["run"]], common)
+        scores = demo_scores(runs / "budget" / "GLUE-Outputs", f"ditbert-tiny-{row['run']}")
+        row["demo_seeds"], row["demo_mean"], row["demo_std"] = len(scores), round(scores.mean(), 2), round(scores.std(), 2)
     return rows
 
 
