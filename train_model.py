@@ -177,6 +177,8 @@ class Run:
     # Seconds of training: optimizer steps and their batches, without data preparation, validation and
     # checkpoints. The schedule follows it when the run has a time budget.
     train_s: float = 0.0
+    budget_s: float = 0.0  # train.budget_minutes in seconds; 0 = the run counts steps
+    warmup_s: float | None = None  # the training time when the warmup ended (None: not yet)
     clock: Callable[[], float] = time.perf_counter
     step_began: float | None = None  # on `clock`, when the step under way began
     nonfinite_in_a_row: int = 0
@@ -190,18 +192,30 @@ class Run:
         gradient scaler (a no-op but in fp16)."""
         tc = params.train
         optimizer = adamw(model, tc.lr, tc.weight_decay, tc.betas, tc.eps)
-        run = cls(model, optimizer, None, precision.grad_scaler(), loader)
-        budget_s = tc.budget_minutes * 60
+        run = cls(model, optimizer, None, precision.grad_scaler(), loader, budget_s=tc.budget_minutes * 60,
+                  warmup_s=0.0 if tc.warmup_steps == 0 else None)
         run.scheduler = warmup_decay(optimizer, tc.warmup_steps, tc.steps, tc.min_lr_ratio, tc.schedule,
-                                     (lambda: run.train_s / budget_s) if budget_s else None)
+                                     (lambda: run.clock_progress(tc.schedule)) if run.budget_s else None)
         return run
 
-    def count_step_time(self, ddp: "Distributed") -> None:
-        """Add the step under way to the training time, before the schedule reads it (rank 0's time on
-        every rank)."""
+    def clock_progress(self, shape: str) -> float:
+        """How far a run by the clock has come along the schedule's shape: a linear decay runs from the
+        end of the warmup to the end of the budget (as, by steps, from the warmup's last step to
+        train.steps), a triangle over the whole budget."""
+        if shape != "linear":
+            return self.train_s / self.budget_s
+        if self.warmup_s is None:
+            return 0.0  # still warming up: the ramp sets the rate
+        return (self.train_s - self.warmup_s) / max(self.budget_s - self.warmup_s, 1e-9)
+
+    def count_step_time(self, ddp: "Distributed", warmup_steps: int | None = None) -> None:
+        """Add the step under way to the training time (rank 0's time on every rank) and, for a step
+        taken, note when the warmup ends, before the schedule reads them."""
         if self.step_began is not None:
             self.train_s += ddp.from_main(self.clock() - self.step_began)
             self.step_began = None
+        if self.warmup_s is None and warmup_steps is not None and self.step + 1 >= warmup_steps:
+            self.warmup_s = self.train_s
 
     def finished(self, params: Params) -> bool:
         """At the run's end: train.steps done, or its time budget spent."""
@@ -223,6 +237,7 @@ class Run:
             "tokens_seen": self.tokens_seen,
             "elapsed_s": self.elapsed(),
             "train_s": self.train_s,
+            "warmup_s": self.warmup_s,
             "val_ppl": self.val_ppl,
             "tokenizer_fingerprint": self.tokenizer_fingerprint,
             "corpus": self.corpus,
@@ -238,6 +253,7 @@ class Run:
         set_rng_state(state["rng"])
         self.step, self.tokens_seen, self.elapsed_before = state["step"], state["tokens_seen"], state["elapsed_s"]
         self.train_s = state.get("train_s", state["elapsed_s"])
+        self.warmup_s = state.get("warmup_s", self.warmup_s)
         self.val_ppl = state.get("val_ppl", float("nan"))
         self.follow_schedule()
 
@@ -288,7 +304,7 @@ def optimizer_step(run: Run, batches: list, params: Params, ddp: Distributed, pr
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.optimizer.zero_grad(set_to_none=True)
-    run.count_step_time(ddp)
+    run.count_step_time(ddp, params.train.warmup_steps)
     run.scheduler.step()
     run.step += 1
     run.tokens_seen += params.train.batch_size * params.model.max_positions

@@ -94,10 +94,27 @@ def test_a_budget_run_stops_at_the_budget_decayed_and_writes_its_final_model(dat
     lrs = [float(r["lr"]) for r in rows]
     peak = params_for(data, out).train.lr
     assert lrs[0] < lrs[1], f"warmup: {lrs}"  # each row's rate is the next step's
-    assert all(b < a for a, b in zip(lrs[2:], lrs[3:])), f"the rate falls with the clock after the warmup: {lrs}"
+    assert all(b < a for a, b in zip(lrs[3:], lrs[4:])), f"the rate falls with the clock after the warmup: {lrs}"
     assert lrs[-1] <= 0.1 * peak, f"decayed when the budget ends: {lrs[-1]} of peak {peak}"
     assert [float(r["train_s"]) for r in rows] == pytest.approx([STEP_S * (i + 1) for i in range(BUDGET_STEPS)])
     assert rows[-1]["val_perplexity"], "validated at the end of the run"
+
+
+def test_with_steps_of_equal_length_the_clock_gives_the_steps_schedule(data, tmp_path):
+    """By the clock a linear decay runs from the end of the warmup to the end of the budget, as by
+    steps it runs from the warmup's last step to train.steps: the same rates when every step takes
+    the same time."""
+    clock = train_model.train(params_for(data, tmp_path / "clock", "train.warmup_steps=4"), show_progress=False,
+                              clock=FakeClock())
+    steps = train_model.train(params_for(data, tmp_path / "steps", "train.warmup_steps=4", "train.budget_minutes=0",
+                                         steps=BUDGET_STEPS), show_progress=False)
+    assert clock["step"] == steps["step"] == BUDGET_STEPS
+    clock_lrs = [float(r["lr"]) for r in log_rows(tmp_path / "clock")]
+    steps_lrs = [float(r["lr"]) for r in log_rows(tmp_path / "steps")]
+    assert clock_lrs == pytest.approx(steps_lrs, abs=1e-12)
+    a = load_model(tmp_path / "clock" / "final").state_dict()
+    b = load_model(tmp_path / "steps" / "final").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a), "the same rates, the same weights"
 
 
 def test_validation_and_checkpoints_do_not_count_against_the_budget(data, tmp_path, monkeypatch):
