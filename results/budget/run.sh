@@ -2,7 +2,9 @@
 # The measurements of docs/pretraining.md, "By the clock" and "From a trained model", on 2 CPU cores.
 # Runs side by side take one core each (train.threads=1), so that both see the same machine.
 # Needs the tokenizer and the final model of `make demo` (runs/tiny/), and writes under runs/budget/,
-# runs/adapt/ and results/budget/.
+# runs/adapt/ and results/budget/. The row linear-from-start-20min of schedule.csv was made with
+# step 1's first command at commit 15486ec, where a linear decay by the clock ran from the start of the
+# budget instead of from the end of the warmup.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=.venv/bin/python
@@ -42,8 +44,8 @@ for name in task general imdb; do
         GLUE_TASKS=demo GLUE_SEEDS=1,2,3 DITBERT_MODEL=runs/adapt/$name-10min/final MODEL_LABEL=ditbert-tiny-$name-10min \
         $PY GLUE-Finetune.py
 done
-# 5. the 20-minute models fine-tuned on the demo task the same way
-for run in linear-20min triangle-20min; do
+# 5. the 20-minute models and the steps run fine-tuned on the demo task the same way
+for run in linear-20min triangle-20min steps-$STEPS; do
     DITBERT_SET="finetune.max_train_examples=2000;finetune.output_dir=runs/budget/GLUE-Outputs" \
         GLUE_TASKS=demo GLUE_SEEDS=1,2,3 DITBERT_MODEL=runs/budget/$run/final MODEL_LABEL=ditbert-tiny-$run \
         $PY GLUE-Finetune.py
