@@ -21,7 +21,7 @@ Each keeps snapshots after B/2 and B minutes of training (training time: the ste
 not the data preparation or the snapshot writing). Then every snapshot and DitBERT's random-init twin
 is fine-tuned with the project's loop (the Hugging Face path for the peer) with the same settings
 (`tiny`'s ``finetune`` section, 2000 training examples, 3 seeds, final epoch) on the demo task and the
-five small GLUE tasks. The report writes ``bench/results/peer_pretrain.csv`` (model, minutes, tokens
+five small GLUE tasks. The report writes ``bench/results/peer_pretrain.csv`` (model, snapshot, minutes, tokens
 seen, glue_small_mean and _std over seeds of the mean of the five tasks, demo_mean and _std), a plot
 of the GLUE-small mean against minutes, and the RESULT lines ``peer_glue_small_ditbert``,
 ``peer_glue_small_hf`` and ``peer_tokens_ratio`` (DitBERT's tokens over the peer's at B).
@@ -58,7 +58,7 @@ from train_model import train  # noqa: E402
 GLUE_SMALL = ("cola", "sst2", "mrpc", "stsb", "rte")
 PEERS = {"hf-mlm15": 0.15, "hf-mlm40": 0.40}  # name -> DataCollatorForLanguageModeling's mlm_probability
 HF_WARMUP = 0.06  # RoBERTa's share of warmup steps
-PROBE_STEPS = 20
+PROBE_STEPS, PROBE_WARMUP = 25, 5  # the probe's steps, and its first ones, left out of the measure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,13 +147,14 @@ def trainer_callback():
 
         def __init__(self, budget_s: float, snapshot_s: float | None = None, save=None):
             self.budget_s, self.snapshot_s, self.save = budget_s, snapshot_s, save
-            self.train_s, self.saved, self.last = 0.0, False, 0.0
+            self.train_s, self.saved, self.last, self.step_times = 0.0, False, 0.0, []
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.last = time.perf_counter()
 
         def on_step_end(self, args, state, control, model=None, **kwargs):
-            self.train_s += time.perf_counter() - self.last
+            self.step_times.append(time.perf_counter() - self.last)
+            self.train_s += self.step_times[-1]
             if self.save and not self.saved and self.train_s >= self.snapshot_s:
                 self.save(model, state.global_step, self.train_s)
                 self.saved = True
@@ -183,10 +184,12 @@ def hf_trainer(params: Params, blocks, tokenizer, mlm_probability: float, steps:
 
 
 def seconds_per_step(params: Params, blocks, tokenizer, mlm_probability: float, work: Path) -> float:
-    """What a careful Trainer user measures before choosing max_steps: a short run's seconds per step."""
+    """What a careful Trainer user measures before choosing max_steps: a short run's seconds per step,
+    once its first steps (warming up the data loader and the kernels) are past."""
     clock = trainer_callback()(budget_s=math.inf)
     hf_trainer(params, blocks, tokenizer, mlm_probability, PROBE_STEPS, work / "probe", clock).train()
-    return clock.train_s / PROBE_STEPS
+    measured = clock.step_times[PROBE_WARMUP:]
+    return sum(measured) / len(measured)
 
 
 def pretrain_hf(params: Params, name: str, work: Path, minutes: float) -> list[Snapshot]:
@@ -269,7 +272,8 @@ def report_rows(params: Params, work: Path, minutes: float, tasks: list[str]) ->
                       if glue and all(seed in per_task[t] for t in glue)]
         record = {"train_minutes": 0.0, "tokens_seen": 0} if snapshot.model == "random-init" else snapshot.record()
         (g_mean, g_std), (d_mean, d_std) = mean_std(glue_means), mean_std(list(per_task.get("demo", {}).values()))
-        rows.append({"model": snapshot.model, "minutes": round(record["train_minutes"], 2),
+        kind = "none" if snapshot.model == "random-init" else "B" if snapshot.minutes == minutes else "B/2"
+        rows.append({"model": snapshot.model, "snapshot": kind, "minutes": round(record["train_minutes"], 2),
                      "tokens_seen": record["tokens_seen"], "glue_small_mean": round(g_mean, 2),
                      "glue_small_std": round(g_std, 2), "demo_mean": round(d_mean, 2), "demo_std": round(d_std, 2)})
     return rows
@@ -305,7 +309,7 @@ def report(params: Params, work: Path, minutes: float, tasks: list[str], out: Pa
     pd.DataFrame(rows).to_csv(out / "peer_pretrain.csv", index=False)
     plot(rows, out / "peer_pretrain.png")
     print(pd.DataFrame(rows).to_string(index=False))
-    at_end = {r["model"]: r for r in rows if r["model"] != "random-init" and r["minutes"] > 0.75 * minutes}
+    at_end = {r["model"]: r for r in rows if r["snapshot"] == "B"}
     if "ditbert" in at_end and "hf-mlm15" in at_end:
         print(f"RESULT peer_glue_small_ditbert {at_end['ditbert']['glue_small_mean']:.2f}")
         print(f"RESULT peer_glue_small_hf {at_end['hf-mlm15']['glue_small_mean']:.2f}")

@@ -40,12 +40,13 @@ def bench_run(pretrain_files, tmp_path_factory):
 def test_every_recipe_is_pretrained_for_the_budget_with_a_snapshot_at_half(bench_run):
     _, _, root = bench_run
     table = pd.read_csv(root / "out" / "peer_pretrain.csv")
-    assert sorted(zip(table["model"], table["minutes"] > MINUTES * 0.75)) == sorted(
-        [("random-init", False)] + [(m, half) for m in ("ditbert", "hf-mlm15", "hf-mlm40") for half in (False, True)])
+    assert sorted(zip(table["model"], table["snapshot"])) == sorted(
+        [("random-init", "none")] + [(m, kind) for m in ("ditbert", "hf-mlm15", "hf-mlm40") for kind in ("B/2", "B")])
     trained = table[table["model"] != "random-init"]
     assert (trained["tokens_seen"] > 0).all()
-    full = trained[trained["minutes"] > MINUTES * 0.75]
+    full, half = trained[trained["snapshot"] == "B"], trained[trained["snapshot"] == "B/2"]
     assert (full["minutes"] <= MINUTES * 1.5).all(), "each run stops at its budget"
+    assert (half.set_index("model")["tokens_seen"] < full.set_index("model")["tokens_seen"]).all()
     ditbert = trained[trained["model"] == "ditbert"].sort_values("minutes")
     assert ditbert["minutes"].tolist() == pytest.approx([MINUTES / 2, MINUTES], abs=0.01)
 
