@@ -335,7 +335,7 @@ class Recorder:
     def __init__(self, run: Run, params: Params, val_batch, precision: Precision, ddp: Distributed,
                  stop: StopAt, resume: bool, show_progress: bool):
         self.params, self.val_batch, self.precision = params, val_batch, precision
-        self.is_main, self.budget_s = ddp.is_main, params.train.budget_minutes * 60
+        self.is_main, self.budget_s = ddp.is_main, run.budget_s
         log_path = Path(params.train.out_dir) / "log.csv"
         self.log = CsvLog(log_path, resume_from_step=run.step if resume else None) if self.is_main else None
         total, done = (round(self.budget_s), round(run.train_s)) if self.budget_s else (params.train.steps, run.step)
@@ -406,7 +406,7 @@ def train(params: Params, resume: bool = False, overwrite: bool = False, stop_at
     if stop_at_minutes is not None and stop_at_minutes <= 0:
         raise ValueError(f"--stop-at-minutes {stop_at_minutes}: stop after some training, more than 0 minutes")
     stop = StopAt(stop_at, stop_at_minutes)
-    state, start = None, None
+    state, source_model, source_record = None, None, None
     if resume:
         state = load_checkpoint(checkpoint_path(params), params)
         resume_changes(checkpoint_path(params), state, params)
@@ -415,7 +415,7 @@ def train(params: Params, resume: bool = False, overwrite: bool = False, stop_at
             return done
         check_resume_inputs(checkpoint_path(params), state, params)
     elif tc.init_from:
-        start = check_start(tc.init_from, params)
+        source_model, source_record = check_start(tc.init_from, params)
     ddp = Distributed(tc.device)
     accum = tc.accumulation_steps(ddp.world_size)  # before any work: the batch must split over these ranks
     precision = Precision(ddp.device, autocast_dtype(tc.dtype, ddp.device))
@@ -426,8 +426,9 @@ def train(params: Params, resume: bool = False, overwrite: bool = False, stop_at
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
     model = DitBertForMLM(params.model)
-    if start:
-        model.load_state_dict(start[0].state_dict())
+    if source_model is not None:  # its weights, in a model of this run's settings (the speed switches may differ)
+        model.load_state_dict(source_model.state_dict())
+        source_model = None
     model = model.to(precision.device)
     if ddp.is_main:
         check_output_dir(Path(tc.out_dir), model)
@@ -448,8 +449,8 @@ def train(params: Params, resume: bool = False, overwrite: bool = False, stop_at
         print(f"device {precision.device}, autocast {precision.dtype}, {ddp.world_size} rank(s), micro-batch "
               f"{tc.micro_batch} x {accum} accumulation x {ddp.world_size} = {tc.batch_size} sequences per step; "
               f"unigram ppl {unigram_ppl:.1f}")
-        if start:
-            print(f"starting from {tc.init_from} ({start[1].get('tokens_seen', 'unknown')} tokens of pretraining)")
+        if source_record is not None:
+            print(f"starting from {tc.init_from} ({source_record.get('tokens_seen', 'unknown')} tokens of pretraining)")
         if tc.budget_minutes:
             print(f"training for {tc.budget_minutes:g} minutes by the clock (optimizer steps only: data preparation, "
                   f"validation and checkpoints are not counted); {tc.schedule} schedule")
@@ -471,7 +472,7 @@ def train(params: Params, resume: bool = False, overwrite: bool = False, stop_at
                 interrupted = signalled.received or "signal"
                 break
     recorder.bar.close()
-    summary = finish(run, params, ddp, unigram_ppl, interrupted, start[1] if start else None)
+    summary = finish(run, params, ddp, unigram_ppl, interrupted, source_record)
     ddp.close()
     return summary
 

@@ -48,7 +48,7 @@ import glue_models  # noqa: E402
 import glue_tasks  # noqa: E402
 import glue_utils  # noqa: E402
 import runtime  # noqa: E402
-from checkpoints import read_checkpoint, read_trained_model  # noqa: E402
+from checkpoints import model_from_state, read_checkpoint, saved_params  # noqa: E402
 from model_defs import save_model  # noqa: E402
 from params import Params, get_params, parse_overrides  # noqa: E402
 from pretrain_data import corpus_files  # noqa: E402
@@ -92,9 +92,10 @@ def pretrain_ditbert(params: Params, work: Path, minutes: float) -> list[Snapsho
     checkpoint = Path(params.train.out_dir) / "checkpoint.pt"
     if not (half.folder / "peer_record.json").is_file():
         train(params, resume=checkpoint.is_file(), stop_at_minutes=minutes / 2, show_progress=False)
-        model, extras = read_trained_model(checkpoint)
-        state = read_checkpoint(checkpoint, mmap=True)
-        save_model(model, half.folder, {k: extras[k] for k in ("steps", "tokens_seen", "params", "tokenizer_fingerprint")})
+        state = read_checkpoint(checkpoint)
+        model = model_from_state(saved_params(checkpoint, state).model, state["model"], checkpoint)
+        save_model(model, half.folder, {"steps": state["step"], "tokens_seen": state["tokens_seen"],
+                                        "params": state["params"], "tokenizer_fingerprint": state["tokenizer_fingerprint"]})
         write_record(half.folder, "ditbert", state["train_s"] / 60, state["step"], state["tokens_seen"])
     if not (full.folder / "peer_record.json").is_file():
         summary = train(params, resume=True, show_progress=False)
