@@ -36,7 +36,7 @@
 # | `DITBERT_PRESET`, `DITBERT_SET` | preset and overrides, e.g. `train.threads=1` | `tiny`, none |
 # | `VALUE_STEPS` | snapshot step counts (0 = the random-init control) | `0,700,1400,2800` |
 # | `VALUE_SEEDS` | fine-tuning seeds | `1,2,3` |
-# | `VALUE_NAME` | experiment name: `runs/value/<name>/`, run labels `value-<name>-step<k>` | `notebook` |
+# | `VALUE_NAME` | experiment name: `runs/value/<name>/`, run labels `<name>-step<k>`, `<name>-random-init` | `notebook` |
 # | `VALUE_GLUE` | `1` = also RTE, MRPC, STS-B, CoLA, SST-2 from `GLUE_DIR` | `0` |
 # | `VALUE_FINETUNE` | `0` = probes and diagnostics only (fast) | `1` |
 #
@@ -132,8 +132,8 @@ print(diagnostics.pivot_table(index="layer", columns="step", values=["norm_mean"
 first, last = exp.steps[0], exp.steps[-1]
 per_layer = {}
 for step in (first, last):
-    label = f"value-{exp.name}-step{step}"
-    source = glue_models.ditbert_source(str(pv.snapshot_dir(exp.folder, step)), str(params.tokenizer_path), label,
+    source = glue_models.ditbert_source(str(pv.snapshot_dir(exp.folder, step)), str(params.tokenizer_path),
+                                       pv.run_label(exp.name, step),
                                        random_init=step == 0)
     seed = params.finetune.seeds[0]
     per_layer[f"grad norm, step {step}"] = pv.initial_gradient_norms(source, "demo", params.finetune, seed)

@@ -481,7 +481,7 @@ ENVIRONMENT: dict[str, tuple[str, str, str]] = {
     "VALUE_STEPS": ("", "snapshot step counts, 0 = the random-init control; default `0,700,1400,2800`",
                     "Pretraining-Value.py"),
     "VALUE_SEEDS": ("", "its fine-tuning seeds (set as finetune.seeds); default `1,2,3`", "Pretraining-Value.py"),
-    "VALUE_NAME": ("", "experiment name: `runs/value/<name>/`, run labels `value-<name>-step<k>`; default "
+    "VALUE_NAME": ("", "experiment name: `runs/value/<name>/`, run labels `<name>-step<k>`, `<name>-random-init`; default "
                    "`notebook`", "Pretraining-Value.py"),
     "VALUE_GLUE": ("", "`1` = also RTE, MRPC, STS-B, CoLA and SST-2 from `GLUE_DIR`", "Pretraining-Value.py"),
     "VALUE_FINETUNE": ("", "`0` = probes and diagnostics only", "Pretraining-Value.py"),

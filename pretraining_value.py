@@ -25,7 +25,8 @@ Writes under ``--out`` (default ``runs/value/<name>``): ``step-<k>/`` model fold
 ``diagnostics.csv`` (per step and layer) and ``curve.png``. With ``--snapshots-from`` the snapshots of
 an earlier experiment are fine-tuned and probed again, under other fine-tuning settings, and
 nothing is pretrained. Fine-tuning runs go to
-``<out>/glue-outputs/value-<name>-step<k>-seed<s>/`` unless ``finetune.output_dir`` is set.
+``<out>/glue-outputs/<name>-step<k>-seed<s>/`` (``<name>-random-init-seed<s>/`` for step 0) unless
+``finetune.output_dir`` is set.
 """
 
 from __future__ import annotations
@@ -451,13 +452,19 @@ def final_scores(run_dirs, task: str) -> dict[int, float]:
     return out
 
 
+def run_label(experiment: str, step: int) -> str:
+    """The label of a snapshot's fine-tuning runs in GLUE-Outputs and the aggregated table:
+    ``<experiment>-step<k>``, and ``<experiment>-random-init`` for step 0, the control."""
+    return f"{experiment}-random-init" if step == 0 else f"{experiment}-step{step}"
+
+
 def finetune_snapshot(snapshot: dict, experiment: str, tokenizer: str, tasks: list[str], ft,
                       subsample_size: int = 0, glue_dir=None, data_dir="data",
                       precision: runtime.Precision | None = None) -> list[dict]:
     """Fine-tune one snapshot on each task with every seed; step 0 is fine-tuned from fresh
     random weights per seed (the control). One result row per task and seed."""
     control = snapshot["step"] == 0
-    label = f"value-{experiment}-step{snapshot['step']}"
+    label = run_label(experiment, snapshot["step"])
     source = glue_models.ditbert_source(snapshot["model_dir"], tokenizer, label, random_init=control)
     rows = []
     for task in tasks:

@@ -155,7 +155,8 @@ def test_experiment_writes_results_with_expected_columns(tiny_corpus, tiny_token
                           snapshots_from=str(tmp_path / "value"))
     trial = pv.run_experiment(params, lever)
     assert len(trial[trial["method"] == "finetune"]) == 4
-    assert sorted((tmp_path / "GLUE-Outputs").glob("value-lever-step*-seed*")) != []
+    assert sorted((tmp_path / "GLUE-Outputs").glob("lever-step2-seed*")) != []
+    assert sorted((tmp_path / "GLUE-Outputs").glob("lever-random-init-seed*")) != []
     assert pd.read_csv(tmp_path / "value" / "results.csv").equals(on_disk)  # the first experiment's results stay
     assert not (tmp_path / "lever" / "pretrain").exists()
     with pytest.raises(FileNotFoundError, match="no snapshot of step 5"):
