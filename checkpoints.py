@@ -340,7 +340,7 @@ def folder_config(folder: Path) -> dict:
 def read_trained_model(source: str | Path) -> tuple[DitBertForMLM, dict]:
     """The model and its training record (``steps``, ``tokens_seen``, ``params``, ``tokenizer_fingerprint``:
     those saved) from a `save_model` folder (a run's ``final/``), a ``checkpoint.pt``, or a folder
-    `hf_ditbert.py export` wrote (whose weights are named under ``ditbert.``). Nothing is unpickled and
+    `hf_export.py` wrote (whose weights are named under ``ditbert.``). Nothing is unpickled and
     no code from the folder runs."""
     source = Path(source)
     if source.is_file():

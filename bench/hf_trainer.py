@@ -1,6 +1,6 @@
 """An exported DitBERT fine-tuned the Hugging Face way: transformers' `Trainer` as run_glue.py drives it.
 
-    python hf_ditbert.py export --model runs/tiny/pretrain/final --tokenizer runs/tiny/tokenizer.json --out runs/tiny/hf
+    python hf_export.py --model runs/tiny/pretrain/final --tokenizer runs/tiny/tokenizer.json --out runs/tiny/hf
     python bench/hf_trainer.py --model runs/tiny/hf --tasks demo,mrpc --seeds 1,2,3 --glue-dir ../shared/glue_data
 
 What run_glue.py does, step for step: ``AutoConfig.from_pretrained(model, num_labels=..., finetuning_task=task)``,
@@ -87,7 +87,7 @@ def task_score(task, metrics: dict) -> float:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="a folder written by `hf_ditbert.py export`")
+    ap.add_argument("--model", required=True, help="a folder written by `hf_export.py`")
     ap.add_argument("--tasks", default="demo", help="comma-separated: GLUE names, demo, or a custom task folder")
     ap.add_argument("--seeds", default="1,2,3")
     ap.add_argument("--glue-dir", default=notebook_input("GLUE_DIR") or None,

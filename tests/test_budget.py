@@ -209,12 +209,12 @@ def test_two_ranks_follow_one_clock_and_stop_at_the_same_step(data, tmp_path):
 @pytest.fixture(scope="module")
 def trained(data, tmp_path_factory):
     """A finished 6-step run: its final/ folder, its checkpoint and a folder exported for transformers."""
-    import hf_ditbert
+    import hf_export
 
     root = tmp_path_factory.mktemp("trained")
     params = params_for(data, root / "run", "train.budget_minutes=0", steps=6)
     train_model.train(params, show_progress=False)
-    hf_ditbert.export(root / "run" / "final", data[1], root / "exported")
+    hf_export.export(root / "run" / "final", data[1], root / "exported")
     return {"final": root / "run" / "final", "checkpoint": root / "run" / "checkpoint.pt", "exported": root / "exported"}
 
 

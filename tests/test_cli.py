@@ -50,7 +50,7 @@ ENTRY_POINTS = {
     "Pretraining-Value.py": ["VALUE_STEPS", "VALUE_NAME", "DITBERT_SET"],
     "train_model.py": ["DITBERT_PRESET", "--set", "--resume"],
     "pretraining_value.py": ["GLUE_DIR", "--set"],
-    "hf_ditbert.py": ["--model", "--tokenizer", "--out"],
+    "hf_export.py": ["--model", "--tokenizer", "--out"],
     "glue_submission.py": ["--model", "--outputs"],
 }
 

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 import hf_ditbert
+import hf_export
 from model_defs import DitBertForMLM, load_tokenizer, pool_hidden, save_model, train_tokenizer
 from params import DOC_ID, END_ID, MASK_ID, PAD_ID, START_ID, ModelConfig
 from pretrain_data import embedded_corpus_file
@@ -63,7 +64,7 @@ def export_dir(core, tokenizer_path, tmp_path_factory):
     save_model(core, root / "final", {"steps": 500, "tokens_seen": 2_080_000})
     glue = root / "GLUE-aggregated-results.csv"
     glue.write_text("model,cola_best,cola_final_mean,sst2_final_mean\nditbert,41.5,40.12,\nbert-base,55.1,54.3,92.7\n")
-    return hf_ditbert.export(root / "final", tokenizer_path, root / "hf", glue)
+    return hf_export.export(root / "final", tokenizer_path, root / "hf", glue)
 
 
 def batch_ids(tokenizer_path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,7 +136,7 @@ def test_untied_head_survives_the_export(tokenizer_path, tmp_path):
     core = make_core(tie=False, seed=3)
     assert not torch.equal(core.head.decoder.weight, core.encoder.tok_emb.weight)
     save_model(core, tmp_path / "final")
-    out = hf_ditbert.export(tmp_path / "final", tokenizer_path, tmp_path / "hf")
+    out = hf_export.export(tmp_path / "final", tokenizer_path, tmp_path / "hf")
     model = AutoModelForMaskedLM.from_pretrained(out)
     assert model.head.decoder.weight is not model.ditbert.encoder.tok_emb.weight
     ids, mask = batch_ids(tokenizer_path)
@@ -149,7 +150,7 @@ def test_export_from_a_training_checkpoint_via_the_command_line(tokenizer_path, 
     params = {"preset": "tiny", "model": asdict(core.cfg), "data": {"corpus": []}}
     state = {f"_orig_mod.{k}": v for k, v in core.state_dict().items()}  # as a compiled model saves it
     torch.save({"model": state, "params": params, "step": 300, "tokens_seen": 1_248_000}, tmp_path / "checkpoint.pt")
-    hf_ditbert.main(["export", "--model", str(tmp_path / "checkpoint.pt"), "--tokenizer", str(tokenizer_path),
+    hf_export.main(["--model", str(tmp_path / "checkpoint.pt"), "--tokenizer", str(tokenizer_path),
                      "--out", str(tmp_path / "hf")])
     assert "exported to" in capsys.readouterr().out
     model = AutoModelForMaskedLM.from_pretrained(tmp_path / "hf")
@@ -165,7 +166,7 @@ def test_export_from_a_training_checkpoint_via_the_command_line(tokenizer_path, 
 def test_export_refuses_a_tokenizer_larger_than_the_model(core, tokenizer_path, tmp_path):
     save_model(make_core(vocab=100), tmp_path / "final")  # trained with another, smaller vocabulary
     with pytest.raises(ValueError, match="not the tokenizer this model was trained with"):
-        hf_ditbert.export(tmp_path / "final", tokenizer_path, tmp_path / "hf")
+        hf_export.export(tmp_path / "final", tokenizer_path, tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
 
 

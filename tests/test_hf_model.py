@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import hf_ditbert
+import hf_export  # importing it imports hf_ditbert, which registers the Auto classes
 from glue_heads import DitBertClassifier, HeadConfig
 from model_defs import DitBertForMLM, load_tokenizer, save_model, train_tokenizer
 from params import END_ID, MASK_ID, START_ID, ModelConfig, get_params
@@ -85,7 +85,7 @@ def export_run(position: str, tokenizer, tmp_path_factory):
     cwd, mask = os.getcwd(), os.umask(0o022)
     try:
         os.chdir(root)
-        out = hf_ditbert.export(root / "final", tokenizer, root / "hf")
+        out = hf_export.export(root / "final", tokenizer, root / "hf")
     finally:
         os.chdir(cwd)
         os.umask(mask)
@@ -327,13 +327,13 @@ def test_card_shows_glue_results_only_from_the_file_it_is_given(tmp_path, tokeni
     save_model(core, tmp_path / "final", training_record(core))
     results = tmp_path / "mine.csv"
     results.write_text("model,mrpc_final_mean,demo_final_mean\nditbert-tiny,75.43,72.3\n")
-    hf_ditbert.main(["export", "--model", str(tmp_path / "final"), "--tokenizer", str(tokenizer_path),
+    hf_export.main(["--model", str(tmp_path / "final"), "--tokenizer", str(tokenizer_path),
                      "--out", str(tmp_path / "hf"), "--glue-results", str(results)])
     card = (tmp_path / "hf" / "README.md").read_text()
     assert "## GLUE" in card and "`mine.csv`" in card
     assert "| model | mrpc | demo |" in card and "| ditbert-tiny | 75.43 | 72.3 |" in card
     with pytest.raises(FileNotFoundError, match="missing.csv"):
-        hf_ditbert.export(tmp_path / "final", tokenizer_path, tmp_path / "hf2", tmp_path / "missing.csv")
+        hf_export.export(tmp_path / "final", tokenizer_path, tmp_path / "hf2", tmp_path / "missing.csv")
     assert not (tmp_path / "hf2").exists()
 
 
@@ -341,7 +341,7 @@ def test_card_ignores_a_log_of_another_run(tmp_path, tokenizer_path):
     core = make_core("alibi")
     save_model(core, tmp_path / "final", training_record(core))
     write_log(tmp_path, steps=30)  # the folder's log stops at step 30; the model has 40
-    card = (hf_ditbert.export(tmp_path / "final", tokenizer_path, tmp_path / "hf") / "README.md").read_text()
+    card = (hf_export.export(tmp_path / "final", tokenizer_path, tmp_path / "hf") / "README.md").read_text()
     assert "training time" not in card and "by step" not in card
     assert "| validation perplexity | 161.2 (unigram baseline 910.6) |" in card, "the config's record is still shown"
 
@@ -349,10 +349,10 @@ def test_card_ignores_a_log_of_another_run(tmp_path, tokenizer_path):
 def test_every_embedded_corpus_has_a_name_in_the_card():
     from pretrain_data import EMBEDDED_CORPORA
 
-    assert set(hf_ditbert.EMBEDDED_CORPUS_NAMES) == set(EMBEDDED_CORPORA)
-    described = hf_ditbert.corpus_description({"corpus": [], "embedded": ["wiki", "wiki", "imdb"]})
+    assert set(hf_export.EMBEDDED_CORPUS_NAMES) == set(EMBEDDED_CORPORA)
+    described = hf_export.corpus_description({"corpus": [], "embedded": ["wiki", "wiki", "imdb"]})
     assert described.startswith("English Wikipedia lead sections") and "(x2)" in described and "IMDB" in described
-    assert hf_ditbert.corpus_description({"corpus": ["/data/own/texts.txt"]}) == "`texts.txt`"
+    assert hf_export.corpus_description({"corpus": ["/data/own/texts.txt"]}) == "`texts.txt`"
 
 
 def test_shipped_code_uses_no_name_it_does_not_define(probe):

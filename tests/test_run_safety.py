@@ -274,13 +274,13 @@ def test_every_trained_model_records_its_tokenizer(data, tmp_path, capsys, other
     assert json.loads((out / "final" / "config.json").read_text())["tokenizer_fingerprint"] == fingerprint
     assert load_ckpt(out / "checkpoint.pt")["tokenizer_fingerprint"] == fingerprint
 
-    import hf_ditbert
+    import hf_export
 
-    exported = hf_ditbert.export(out / "final", tok, tmp_path / "hf")
+    exported = hf_export.export(out / "final", tok, tmp_path / "hf")
     assert json.loads((exported / "config.json").read_text())["tokenizer_fingerprint"] == fingerprint
     assert tokenizer_fingerprint(exported / "tokenizer.json") == fingerprint
     with pytest.raises(ValueError, match=f"{other_tokenizer} is not the tokenizer {out / 'final'} was trained with"):
-        hf_ditbert.export(out / "final", other_tokenizer, tmp_path / "hf-other")
+        hf_export.export(out / "final", other_tokenizer, tmp_path / "hf-other")
 
 
 def test_resume_refuses_another_tokenizer_naming_both_files(data, tmp_path, capsys, other_tokenizer):
