@@ -261,6 +261,7 @@ def _load_hf(source: ModelSource, task: Task, ft: FinetuneConfig) -> Loaded:
     model = _from_hf(AutoModelForSequenceClassification, target, num_labels=task.num_labels,
                      ignore_mismatched_sizes=True, **kwargs)  # a head of another size (e.g. MNLI's 3 labels) is replaced
     model.config.problem_type = None  # the loop computes the loss; nothing to infer from labels
+    model_defs.set_dropout(model, ft.dropout)  # finetune.dropout, as for DitBERT: a pretraining snapshot's config may say 0
     max_len = min(ft.max_len, tokenizer.model_max_length)
 
     def encode(texts_a, texts_b=None):

@@ -253,7 +253,7 @@ class FinetuneConfig:
     epochs: int = 10  # 2 warmup + 8 decay, as the original recipe
     batch_size: int = 32
     weight_decay: float = 0.1
-    dropout: float = 0.1  # encoder and classifier-head dropout while fine-tuning
+    dropout: float = 0.1  # encoder and classifier-head dropout while fine-tuning (Hugging Face models too)
     max_len: int = 130  # tokens per example, special tokens included
     seeds: list[int] = field(default_factory=lambda: [1])
     max_train_examples: int = 0  # 0 = all; a quick run is one setting away

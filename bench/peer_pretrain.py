@@ -18,13 +18,19 @@ tokenizer, one after the other on the whole machine:
 * ``hf-mlm40``: the same at DitBERT's masking rate, 40 %, which tells the recipe from the speed.
 
 Each keeps snapshots after B/2 and B minutes of training (training time: the steps and their batches,
-not the data preparation or the snapshot writing). Then every snapshot and DitBERT's random-init twin
-is fine-tuned with the project's loop (the Hugging Face path for the peer) with the same settings
-(`tiny`'s ``finetune`` section, 2000 training examples, 3 seeds, final epoch) on the demo task and the
-five small GLUE tasks. The report writes ``bench/results/peer_pretrain.csv`` (model, snapshot, minutes, tokens
-seen, glue_small_mean and _std over seeds of the mean of the five tasks, demo_mean and _std), a plot
-of the GLUE-small mean against minutes, and the RESULT lines ``peer_glue_small_ditbert``,
-``peer_glue_small_hf`` and ``peer_tokens_ratio`` (DitBERT's tokens over the peer's at B).
+not the data preparation or the snapshot writing). Then every snapshot is fine-tuned with the project's
+loop (the Hugging Face path for the peer) with the same settings (`tiny`'s ``finetune`` section, 2000
+training examples, 3 seeds, final epoch) on the demo task and the five small GLUE tasks, and so is each
+recipe's random-init twin: DitBERT's (``random-init``, fresh weights per seed) and the peer's
+(``hf-random-init``, its ``RobertaForMaskedLM`` as the Trainer receives it). The two fine-tuning paths
+differ (DitBERT's heads read pooled texts and, on STS-B, their cosine; the peer's read the first token),
+so each recipe's gain over its own twin is what its pretraining adds.
+
+The report writes ``bench/results/peer_pretrain.csv`` (model, snapshot, minutes, tokens seen,
+glue_small_mean and _std over seeds of the mean of the five tasks, demo_mean and _std), a plot of the
+GLUE-small mean against minutes, each recipe from its twin, and the RESULT lines
+``peer_glue_small_ditbert``, ``peer_glue_small_hf``, ``peer_tokens_ratio`` (DitBERT's tokens over the
+peer's at B) and ``peer_gain_ditbert``, ``peer_gain_hf`` (at B, over the twin).
 
 Every stage resumes: a finished snapshot or fine-tuning run is kept, a DitBERT run resumes from its
 checkpoint, a Hugging Face run that did not finish starts over.
@@ -57,19 +63,24 @@ from train_model import train  # noqa: E402
 
 GLUE_SMALL = ("cola", "sst2", "mrpc", "stsb", "rte")
 PEERS = {"hf-mlm15": 0.15, "hf-mlm40": 0.40}  # name -> DataCollatorForLanguageModeling's mlm_probability
+TWINS = {"ditbert": "random-init", **{peer: "hf-random-init" for peer in PEERS}}  # recipe -> its random-init twin
 HF_WARMUP = 0.06  # RoBERTa's share of warmup steps
 PROBE_STEPS, PROBE_WARMUP = 25, 5  # the probe's steps, and its first ones, left out of the measure
 
 
 @dataclasses.dataclass(frozen=True)
 class Snapshot:
-    model: str  # ditbert, hf-mlm15, hf-mlm40 or random-init
+    model: str  # ditbert, hf-mlm15, hf-mlm40, or a twin: random-init, hf-random-init
     minutes: float  # the training time it had
     folder: Path
 
     @property
+    def twin(self) -> bool:
+        return self.model in TWINS.values()
+
+    @property
     def label(self) -> str:
-        return f"peer-{self.model}" + ("" if self.model == "random-init" else f"-{self.minutes:g}min")
+        return f"peer-{self.model}" + ("" if self.twin else f"-{self.minutes:g}min")
 
     def record(self) -> dict:
         return json.loads((self.folder / "peer_record.json").read_text())
@@ -221,12 +232,30 @@ def pretrain_hf(params: Params, name: str, work: Path, minutes: float) -> list[S
     return [half, full]
 
 
+def hf_twin(params: Params, work: Path) -> Snapshot:
+    """The peer's random-init twin: the recipe's ``RobertaForMaskedLM`` initialised (seed train.seed) and
+    saved with the tokenizer, untrained."""
+    import torch
+
+    from pretrain_step import hf_model
+
+    twin = Snapshot("hf-random-init", 0.0, work / "snapshots" / "hf-random-init")
+    if not (twin.folder / "peer_record.json").is_file():
+        torch.manual_seed(params.train.seed)
+        hf_model("roberta", params).save_pretrained(twin.folder)
+        peer_tokenizer(params).save_pretrained(twin.folder)
+        write_record(twin.folder, twin.model, 0.0, 0, 0)
+    return twin
+
+
 # --------------------------------------------------------------------------- fine-tuning and the report
 
 
 def snapshots(work: Path, minutes: float) -> list[Snapshot]:
-    """Every snapshot the pretraining stage wrote, the random-init twin first."""
+    """Every snapshot the pretraining stage wrote, the random-init twins first."""
     found = [Snapshot("random-init", 0.0, work / "ditbert" / "final")]
+    if (work / "snapshots" / "hf-random-init" / "peer_record.json").is_file():
+        found.append(Snapshot("hf-random-init", 0.0, work / "snapshots" / "hf-random-init"))
     for model in ("ditbert", *PEERS):
         for m in (minutes / 2, minutes):
             folder = (work / "ditbert" / "final" if model == "ditbert" and m == minutes
@@ -273,7 +302,7 @@ def report_rows(params: Params, work: Path, minutes: float, tasks: list[str]) ->
                       if glue and all(seed in per_task[t] for t in glue)]
         record = {"train_minutes": 0.0, "tokens_seen": 0} if snapshot.model == "random-init" else snapshot.record()
         (g_mean, g_std), (d_mean, d_std) = mean_std(glue_means), mean_std(list(per_task.get("demo", {}).values()))
-        kind = "none" if snapshot.model == "random-init" else "B" if snapshot.minutes == minutes else "B/2"
+        kind = "none" if snapshot.twin else "B" if snapshot.minutes == minutes else "B/2"
         rows.append({"model": snapshot.model, "snapshot": kind, "minutes": round(record["train_minutes"], 2),
                      "tokens_seen": record["tokens_seen"], "glue_small_mean": round(g_mean, 2),
                      "glue_small_std": round(g_std, 2), "demo_mean": round(d_mean, 2), "demo_std": round(d_std, 2)})
@@ -286,11 +315,11 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    twin = next((r for r in rows if r["model"] == "random-init"), None)
     fig, ax = plt.subplots(figsize=(6, 4))
     for model in ("ditbert", *PEERS):
-        points = ([twin] if twin else []) + [r for r in rows if r["model"] == model]
-        if len(points) > (1 if twin else 0):
+        twin = [r for r in rows if r["model"] == TWINS[model]]
+        points = twin + [r for r in rows if r["model"] == model]
+        if len(points) > len(twin):
             ax.errorbar([r["minutes"] for r in points], [r["glue_small_mean"] for r in points],
                         yerr=[r["glue_small_std"] for r in points], marker="o", capsize=3, label=model)
     ax.set_xlabel("minutes of pretraining")
@@ -310,11 +339,15 @@ def report(params: Params, work: Path, minutes: float, tasks: list[str], out: Pa
     pd.DataFrame(rows).to_csv(out / "peer_pretrain.csv", index=False)
     plot(rows, out / "peer_pretrain.png")
     print(pd.DataFrame(rows).to_string(index=False))
-    at_end = {r["model"]: r for r in rows if r["snapshot"] == "B"}
+    at_end = {r["model"]: r for r in rows if r["snapshot"] in ("B", "none")}
     if "ditbert" in at_end and "hf-mlm15" in at_end:
         print(f"RESULT peer_glue_small_ditbert {at_end['ditbert']['glue_small_mean']:.2f}")
         print(f"RESULT peer_glue_small_hf {at_end['hf-mlm15']['glue_small_mean']:.2f}")
         print(f"RESULT peer_tokens_ratio {at_end['ditbert']['tokens_seen'] / at_end['hf-mlm15']['tokens_seen']:.2f}")
+        for name, model in (("ditbert", "ditbert"), ("hf", "hf-mlm15")):
+            if TWINS[model] in at_end:
+                gain = at_end[model]["glue_small_mean"] - at_end[TWINS[model]]["glue_small_mean"]
+                print(f"RESULT peer_gain_{name} {gain:.2f}")
     return rows
 
 
@@ -351,6 +384,7 @@ def main(argv=None) -> int:
         pretrain_ditbert(params, work, args.minutes)
         for name in PEERS:
             pretrain_hf(params, name, work, args.minutes)
+        hf_twin(params, work)
     if args.stage in ("all", "finetune"):
         finetune(params, work, args.minutes, tasks, args.glue_dir)
     if args.stage in ("all", "report"):

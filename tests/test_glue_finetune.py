@@ -472,6 +472,14 @@ def test_hf_path_on_the_packaged_minilm_and_its_mnli_head_swap(glue_layout, tmp_
     assert torch.equal(model3.classifier.weight, mnli_state["classifier.weight"])
 
 
+def test_hf_path_fine_tunes_at_finetune_dropout_whatever_the_checkpoint_config_says(tmp_path):
+    minilm = glue_models.hf_source("minilm-l6")
+    for p in (0.0, 0.25):
+        model = glue_models.load_for_task(minilm, TASKS["rte"], tiny_ft(tmp_path, dropout=p), seed=1).model
+        rates = {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
+        assert rates == {p}, rates  # embeddings, attention, feed-forward and the classifier
+
+
 def test_hf_source_spec_forms(tmp_path):
     assert glue_models.hf_source("bert-base-uncased") == glue_models.ModelSource("hf", "bert-base-uncased", "bert-base-uncased")
     assert glue_models.hf_source("roberta=roberta-base").label == "roberta"

@@ -4,6 +4,7 @@ task, one seed; the table, the plot and the RESULT lines, and a second run that 
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import sys
 from pathlib import Path
@@ -41,8 +42,8 @@ def test_every_recipe_is_pretrained_for_the_budget_with_a_snapshot_at_half(bench
     _, _, root = bench_run
     table = pd.read_csv(root / "out" / "peer_pretrain.csv")
     assert sorted(zip(table["model"], table["snapshot"])) == sorted(
-        [("random-init", "none")] + [(m, kind) for m in ("ditbert", "hf-mlm15", "hf-mlm40") for kind in ("B/2", "B")])
-    trained = table[table["model"] != "random-init"]
+        [("random-init", "none"), ("hf-random-init", "none")] + [(m, kind) for m in ("ditbert", "hf-mlm15", "hf-mlm40") for kind in ("B/2", "B")])
+    trained = table[table["snapshot"] != "none"]
     assert (trained["tokens_seen"] > 0).all()
     full, half = trained[trained["snapshot"] == "B"], trained[trained["snapshot"] == "B/2"]
     assert (full["minutes"] <= MINUTES * 1.5).all(), "each run stops at its budget"
@@ -57,7 +58,9 @@ def test_every_snapshot_and_the_twin_are_fine_tuned_and_reported(bench_run, caps
     assert all(math.isfinite(v) and 0 <= v <= 100 for v in table["demo_mean"]), table
     assert (root / "out" / "peer_pretrain.png").stat().st_size > 1000
     runs = sorted(p.name for p in (root / "work" / "GLUE-Outputs").iterdir())
-    assert len(runs) == 7 and "peer-random-init-seed1" in runs and "peer-hf-mlm40-0.05min-seed1" in runs
+    assert len(runs) == 8 and "peer-random-init-seed1" in runs and "peer-hf-mlm40-0.05min-seed1" in runs
+    twin = json.loads((root / "work" / "GLUE-Outputs" / "peer-hf-random-init-seed1" / "run_info.json").read_text())
+    assert twin["kind"] == "hf" and twin["tasks"]["demo"]["status"] == "complete"
 
 
 def test_a_second_run_redoes_nothing_and_prints_the_result_lines(bench_run, capsys):
@@ -69,5 +72,5 @@ def test_a_second_run_redoes_nothing_and_prints_the_result_lines(bench_run, caps
     assert bench.main(argv) == 0
     out = capsys.readouterr().out
     assert (snapshot.stat().st_mtime_ns, results.stat().st_mtime_ns) == before
-    for name in ("peer_glue_small_ditbert", "peer_glue_small_hf", "peer_tokens_ratio"):
+    for name in ("peer_glue_small_ditbert", "peer_glue_small_hf", "peer_tokens_ratio", "peer_gain_ditbert", "peer_gain_hf"):
         assert f"RESULT {name} " in out
