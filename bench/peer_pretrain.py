@@ -64,6 +64,7 @@ from train_model import train  # noqa: E402
 GLUE_SMALL = ("cola", "sst2", "mrpc", "stsb", "rte")
 PEERS = {"hf-mlm15": 0.15, "hf-mlm40": 0.40}  # name -> DataCollatorForLanguageModeling's mlm_probability
 TWINS = {"ditbert": "random-init", **{peer: "hf-random-init" for peer in PEERS}}  # recipe -> its random-init twin
+MODELS = ("random-init", "hf-random-init", "ditbert", *PEERS)
 HF_WARMUP = 0.06  # RoBERTa's share of warmup steps
 PROBE_STEPS, PROBE_WARMUP = 25, 5  # the probe's steps, and its first ones, left out of the measure
 
@@ -251,8 +252,8 @@ def hf_twin(params: Params, work: Path) -> Snapshot:
 # --------------------------------------------------------------------------- fine-tuning and the report
 
 
-def snapshots(work: Path, minutes: float) -> list[Snapshot]:
-    """Every snapshot the pretraining stage wrote, the random-init twins first."""
+def snapshots(work: Path, minutes: float, models=None) -> list[Snapshot]:
+    """Every snapshot the pretraining stage wrote (of `models` only, if given), the random-init twins first."""
     found = [Snapshot("random-init", 0.0, work / "ditbert" / "final")]
     if (work / "snapshots" / "hf-random-init" / "peer_record.json").is_file():
         found.append(Snapshot("hf-random-init", 0.0, work / "snapshots" / "hf-random-init"))
@@ -262,7 +263,7 @@ def snapshots(work: Path, minutes: float) -> list[Snapshot]:
                       else work / "snapshots" / f"{model}-{m:g}min")
             if (folder / "peer_record.json").is_file():
                 found.append(Snapshot(model, m, folder))
-    return found
+    return [s for s in found if models is None or s.model in models]
 
 
 def source_of(snapshot: Snapshot, params: Params) -> glue_models.ModelSource:
@@ -272,10 +273,10 @@ def source_of(snapshot: Snapshot, params: Params) -> glue_models.ModelSource:
     return glue_models.hf_source(f"{snapshot.label}={snapshot.folder}")
 
 
-def finetune(params: Params, work: Path, minutes: float, tasks: list[str], glue_dir) -> None:
+def finetune(params: Params, work: Path, minutes: float, tasks: list[str], glue_dir, models=None) -> None:
     ft = params.finetune
     precision = runtime.Precision.choose(params.train.device, params.train.dtype)
-    for snapshot in snapshots(work, minutes):
+    for snapshot in snapshots(work, minutes, models):
         source = source_of(snapshot, params)
         for task in tasks:
             todo = [seed for seed in ft.seeds if not finished_run(source, task, ft, seed)]
@@ -292,10 +293,10 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return mean, std
 
 
-def report_rows(params: Params, work: Path, minutes: float, tasks: list[str]) -> list[dict]:
+def report_rows(params: Params, work: Path, minutes: float, tasks: list[str], models=None) -> list[dict]:
     ft, rows = params.finetune, []
     glue = [t for t in tasks if t in GLUE_SMALL]
-    for snapshot in snapshots(work, minutes):
+    for snapshot in snapshots(work, minutes, models):
         runs = [Path(ft.output_dir) / f"{snapshot.label}-seed{seed}" for seed in ft.seeds]
         per_task = {task: final_scores(runs, task) for task in tasks}
         glue_means = [sum(per_task[t][seed] for t in glue) / len(glue) for seed in ft.seeds
@@ -324,17 +325,18 @@ def plot(rows: list[dict], path: Path) -> None:
                         yerr=[r["glue_small_std"] for r in points], marker="o", capsize=3, label=model)
     ax.set_xlabel("minutes of pretraining")
     ax.set_ylabel("small-GLUE mean (dev, final epoch)")
-    ax.set_title("DitBERT against the Hugging Face recipe, same machine, same time")
-    ax.legend()
+    ax.set_title("Equal pretraining time, same machine")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def report(params: Params, work: Path, minutes: float, tasks: list[str], out: Path) -> list[dict]:
+def report(params: Params, work: Path, minutes: float, tasks: list[str], out: Path, models=None) -> list[dict]:
     import pandas as pd
 
-    rows = report_rows(params, work, minutes, tasks)
+    rows = report_rows(params, work, minutes, tasks, models)
     out.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(out / "peer_pretrain.csv", index=False)
     plot(rows, out / "peer_pretrain.png")
@@ -370,6 +372,7 @@ def main(argv=None) -> int:
     ap.add_argument("--minutes", type=float, default=45.0, help="B, the training minutes of each run")
     ap.add_argument("--stage", choices=("all", "pretrain", "finetune", "report"), default="all")
     ap.add_argument("--tasks", default="demo,cola,sst2,mrpc,stsb,rte")
+    ap.add_argument("--models", default=",".join(MODELS), help="the models fine-tuned and reported")
     ap.add_argument("--seeds", default="1,2,3")
     ap.add_argument("--train-examples", type=int, default=2000)
     ap.add_argument("--glue-dir", default=None)
@@ -380,15 +383,18 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     args.work = args.work or f"runs/peer/{args.minutes:g}min"
     params, work, tasks = settings(args), Path(args.work), glue_tasks.parse_tasks(args.tasks)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if unknown := sorted(set(models) - set(MODELS)):
+        ap.error(f"unknown --models {', '.join(unknown)}: choose from {', '.join(MODELS)}")
     if args.stage in ("all", "pretrain"):
         pretrain_ditbert(params, work, args.minutes)
         for name in PEERS:
             pretrain_hf(params, name, work, args.minutes)
         hf_twin(params, work)
     if args.stage in ("all", "finetune"):
-        finetune(params, work, args.minutes, tasks, args.glue_dir)
+        finetune(params, work, args.minutes, tasks, args.glue_dir, models)
     if args.stage in ("all", "report"):
-        report(params, work, args.minutes, tasks, Path(args.out))
+        report(params, work, args.minutes, tasks, Path(args.out), models)
     return 0
 
 
