@@ -233,6 +233,10 @@ def pretrain_hf(params: Params, name: str, work: Path, minutes: float) -> list[S
     return [half, full]
 
 
+def hf_twin_snapshot(work: Path) -> Snapshot:
+    return Snapshot("hf-random-init", 0.0, work / "snapshots" / "hf-random-init")
+
+
 def hf_twin(params: Params, work: Path) -> Snapshot:
     """The peer's random-init twin: the recipe's ``RobertaForMaskedLM`` initialised (seed train.seed) and
     saved with the tokenizer, untrained."""
@@ -240,7 +244,7 @@ def hf_twin(params: Params, work: Path) -> Snapshot:
 
     from pretrain_step import hf_model
 
-    twin = Snapshot("hf-random-init", 0.0, work / "snapshots" / "hf-random-init")
+    twin = hf_twin_snapshot(work)
     if not (twin.folder / "peer_record.json").is_file():
         torch.manual_seed(params.train.seed)
         hf_model("roberta", params).save_pretrained(twin.folder)
@@ -255,8 +259,8 @@ def hf_twin(params: Params, work: Path) -> Snapshot:
 def snapshots(work: Path, minutes: float, models=None) -> list[Snapshot]:
     """Every snapshot the pretraining stage wrote (of `models` only, if given), the random-init twins first."""
     found = [Snapshot("random-init", 0.0, work / "ditbert" / "final")]
-    if (work / "snapshots" / "hf-random-init" / "peer_record.json").is_file():
-        found.append(Snapshot("hf-random-init", 0.0, work / "snapshots" / "hf-random-init"))
+    if (hf_twin_snapshot(work).folder / "peer_record.json").is_file():
+        found.append(hf_twin_snapshot(work))
     for model in ("ditbert", *PEERS):
         for m in (minutes / 2, minutes):
             folder = (work / "ditbert" / "final" if model == "ditbert" and m == minutes

@@ -78,8 +78,7 @@ def test_a_second_run_redoes_nothing_and_prints_the_result_lines(bench_run, caps
 
 def test_models_limits_the_report_and_an_unknown_model_is_named(bench_run, capsys):
     bench, argv, root = bench_run
-    assert bench.main([*argv[:argv.index("--out") + 1], str(root / "twins"), *argv[argv.index("--out") + 2:],
-                       "--stage", "report", "--models", "random-init,hf-random-init"]) == 0
+    assert bench.main([*argv, "--out", str(root / "twins"), "--stage", "report", "--models", "random-init,hf-random-init"]) == 0
     assert sorted(pd.read_csv(root / "twins" / "peer_pretrain.csv")["model"]) == ["hf-random-init", "random-init"]
     with pytest.raises(SystemExit):
         bench.main([*argv, "--models", "ditbert,hf-mlm99"])
