@@ -30,9 +30,9 @@
 
 # %%
 import cli
-from model_defs import tokenizer_stats, train_tokenizer
+from corpus import corpus_files, iter_corpus_documents
 from params import params_from_env
-from pretrain_data import corpus_files, iter_corpus_documents
+from tokenization import tokenizer_stats, train_tokenizer
 
 cli.notebook_arguments("Train-Tokenizer.py", settings="data.corpus, data.embedded, tokenizer.vocab_size, "
                        "tokenizer.min_frequency, train.tokenizer (the file written)")

@@ -24,9 +24,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from model_defs import DitBertForMLM, check_tokenizer, load_model
+from corpus import corpus_files
+from model_defs import DitBertForMLM, load_model
 from params import ModelConfig, Params, params_from_dict
-from pretrain_data import corpus_files, corpus_fingerprint
+from pretrain_data import corpus_fingerprint
+from tokenization import check_tokenizer
 
 LOG_COLUMNS = ["step", "loss", "perplexity", "lr", "tokens_seen", "elapsed_s", "train_s", "val_perplexity"]
 

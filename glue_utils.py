@@ -52,14 +52,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import model_defs
+import fileio
 import runtime
 from glue_models import (PRESET, Loaded, ModelSource, apply_recipe, check_source, load_for_task, logits_of,
                          recipe_for)
-from glue_heads import PAIR_ENCODINGS, DitBertClassifier, fit_similarity_head
+from glue_heads import DitBertClassifier, fit_similarity_head
 from glue_tasks import (EXTRA_TEST_TASKS, TASKS, Task, compute_metrics, get_task, label_name, load_task, load_test_splits,
                         main_score, parse_tasks, subsample)
-from params import FinetuneConfig
+from params import PAIR_ENCODINGS, FinetuneConfig
 
 # --------------------------------------------------------------------------- batching
 
@@ -286,7 +286,7 @@ def _record_task(run_dir: Path, facts: dict, task: str, entry: dict) -> None:
     run = _read_run_info(run_dir)
     run.update(facts)
     run.setdefault("tasks", {})[task] = entry
-    model_defs.atomic_write_bytes(run_dir / "run_info.json", json.dumps(run, indent=2, default=str).encode())
+    fileio.atomic_write_bytes(run_dir / "run_info.json", json.dumps(run, indent=2, default=str).encode())
 
 
 def _run_facts(source: ModelSource, seed: int, info: dict, precision: runtime.Precision) -> dict:
@@ -321,7 +321,7 @@ def prediction_frame(task: Task, idx, predictions, labels=None) -> pd.DataFrame:
 
 
 def write_predictions(path: Path, frame: pd.DataFrame) -> Path:
-    model_defs.atomic_write_bytes(path, frame.to_csv(sep="\t", index=False).encode())
+    fileio.atomic_write_bytes(path, frame.to_csv(sep="\t", index=False).encode())
     return path
 
 
@@ -380,7 +380,7 @@ def _train_epochs(task: Task, loaded: Loaded, encoded: dict, ft: FinetuneConfig,
         progress.last_outputs = outputs
         print(f"{desc}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch"))
         frame = pd.DataFrame(progress.rows, columns=task.column_names())
-        model_defs.atomic_write_bytes(run_dir / f"results_{task.name}.csv", frame.to_csv(index=False).encode())
+        fileio.atomic_write_bytes(run_dir / f"results_{task.name}.csv", frame.to_csv(index=False).encode())
         if progress.best_state is None or main_score(row, task) > progress.best_score:
             progress.best_epoch, progress.best_score, progress.best_outputs = epoch, main_score(row, task), outputs
             progress.best_state = {k: v.detach().cpu().clone() for k, v in loaded.model.state_dict().items()}

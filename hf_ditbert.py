@@ -47,6 +47,7 @@ from transformers.modeling_outputs import (
 import glue_tasks
 import model_defs
 import params
+import tokenization
 from glue_heads import pool_texts, split_pair
 from model_defs import DitBertEncoder, MLMHead, pool_hidden, set_dropout
 from params import PAD_ID, FinetuneConfig, ModelConfig
@@ -464,7 +465,7 @@ def wrap_tokenizer(tokenizer_path: str | Path, model_max_length: int | None) -> 
     """
     from tokenizers import AddedToken, Tokenizer
 
-    backend = model_defs.load_tokenizer(tokenizer_path)  # checks the special ids 0..4
+    backend = tokenization.load_tokenizer(tokenizer_path)  # checks the special ids 0..4
     backend = Tokenizer.from_str(json.dumps(with_first_piece_space(json.loads(backend.to_str()))))
     backend.add_special_tokens([AddedToken(token, lstrip=True, special=True) for token in ("[MASK]", "[DOC]")])
     limit = {} if model_max_length is None else {"model_max_length": model_max_length}
@@ -485,14 +486,14 @@ def wrap_tokenizer(tokenizer_path: str | Path, model_max_length: int | None) -> 
 
 def with_first_piece_space(spec: dict) -> dict:
     """A tokenizer.json's spec whose ByteLevel pre-tokenizer puts a space before every piece of a text
-    (what `model_defs.build_tokenizer` wrote before `model_defs.first_piece_space`), rewritten to put
+    (what `tokenization.build_tokenizer` wrote before `tokenization.first_piece_space`), rewritten to put
     it before the first piece only. A text without special tokens is one piece, whose tokens do not
     change; in ``is [MASK].`` the piece ``.`` no longer becomes ``Ġ.`` (``is good.`` ends in ``.``)."""
     pre = spec.get("pre_tokenizer") or {}
     steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
     if not any(step.get("type") == "ByteLevel" and step.get("add_prefix_space") for step in steps):
         return spec
-    first = json.loads(model_defs.first_piece_space().__getstate__())
+    first = json.loads(tokenization.first_piece_space().__getstate__())
     rewritten = []
     for step in steps:
         if step.get("type") == "ByteLevel" and step.get("add_prefix_space"):

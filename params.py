@@ -30,15 +30,16 @@ SPECIAL_TOKENS = ["[PAD]", "[START]", "[END]", "[MASK]", "[DOC]"]  # ids 0..4, i
 PAD_ID, START_ID, END_ID, MASK_ID, DOC_ID = range(len(SPECIAL_TOKENS))
 MIN_VOCAB = 256 + len(SPECIAL_TOKENS)  # a byte-level BPE holds every byte and the special tokens
 
-# The choices of the settings that name one (runtime.py, model_defs.py and glue_heads.py act on them;
-# tests/test_run_safety.py checks the lists agree).
+# The choices of the settings that name one, declared here only: runtime.py, model_defs.py and
+# glue_heads.py import them (tests/test_architecture.py checks that no module declares a copy).
 POSITIONS = ("learned", "alibi")
 ATTENTIONS = ("sdpa", "math")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 SCHEDULES = ("linear", "triangle")  # train.schedule: runtime.lr_factor
 POOLINGS = ("cls", "mean")
-PAIR_ENCODINGS = ("joint", "separate", "by_task")
+ENCODINGS = ("joint", "separate")  # how a classifier encodes a pair
+PAIR_ENCODINGS = (*ENCODINGS, "by_task")  # finetune.pair_encoding: one of ENCODINGS, or chosen by task
 
 
 def require(ok: bool, key: str, value, what: str) -> None:

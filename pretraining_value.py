@@ -45,16 +45,19 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+import checkpoints
+import corpus
+import fileio
+import glue_models
 import glue_results
 import glue_tasks
-import glue_models
 import glue_utils
 import model_defs
 import pretrain_data
 import runtime
-import checkpoints
+import tokenization
 import train_model
-from params import (END_ID, MASK_ID, PAD_ID, START_ID, Params, apply_override, env_overrides, get_params,
+from params import (END_ID, MASK_ID, PAD_ID, POOLINGS, START_ID, Params, apply_override, env_overrides, get_params,
                     notebook_input, parse_overrides)
 
 RESULT_COLUMNS = ["experiment", "step", "tokens_seen", "pretrain_s", "val_ppl", "unigram_ppl",
@@ -106,7 +109,7 @@ def pretrain_snapshots(params: Params, steps: list[int], out_dir: str | Path, sh
                 model, elapsed = pretrained_model(params, step, show_progress)
             extra = {"preset": params.preset, "steps": step, "tokens_seen": step * seq_tokens,
                      "pretrain_s": elapsed, "params": params.to_dict(),
-                     "tokenizer_fingerprint": model_defs.tokenizer_fingerprint(params.tokenizer_path)}
+                     "tokenizer_fingerprint": tokenization.tokenizer_fingerprint(params.tokenizer_path)}
             model_defs.save_model(model, folder, extra)
         snapshots.append(snapshot_info(folder, step))
     return snapshots
@@ -227,14 +230,14 @@ def encode_task(model_dir: str | Path, tokenizer: str | Path, task_name: str, pa
         lengths = [len(x) for x in enc["input_ids"]]
         stride = max(1, sum(lengths) // 4096)  # every stride-th token, so all lengths are sampled
         pooled = {f"{n}/{p}": np.zeros((len(lengths), encoder.cfg.d_model), np.float32)
-                  for n in names for p in ("mean", "cls")}
+                  for n in names for p in POOLINGS}
         tokens = [[] for _ in names]
         for idx in glue_utils.eval_batches(lengths, 64):
             batch = glue_utils.collate(enc, idx, loaded.pad_id, task.is_regression)
             states = hidden_states(encoder, batch["input_ids"], batch["attention_mask"])
             real = batch["attention_mask"].bool()
             for name, h, bucket in zip(names, states, tokens):
-                for p in ("mean", "cls"):
+                for p in POOLINGS:
                     pooled[f"{name}/{p}"][idx] = model_defs.pool_hidden(h, batch["attention_mask"], p).numpy()
                 bucket.append(h[real][::stride].clone())
         token_sample = {n: torch.cat(t)[:4096].numpy() for n, t in zip(names, tokens)}
@@ -274,7 +277,7 @@ def zero_shot_prompt(model_dir: str | Path, tokenizer: str | Path, task_name: st
     own MLM logits for the label words at the [MASK], with no training: what pretraining taught the
     model to say about the task, where a random model is at chance. None when a label word is not
     one token of the tokenizer (a small one may not have it)."""
-    tok = model_defs.load_tokenizer(tokenizer)
+    tok = tokenization.load_tokenizer(tokenizer)
     words = [tok.encode(word, add_special_tokens=False).ids for word in LABEL_WORDS[task_name]]
     if any(len(w) != 1 for w in words):
         return None
@@ -526,8 +529,8 @@ def ensure_tokenizer(params: Params, data_dir: str = "data") -> Path:
     """The preset's tokenizer, learned from the pretraining corpus first if it does not exist yet."""
     path = params.tokenizer_path
     if not path.is_file():
-        files = pretrain_data.corpus_files(params.data.corpus, params.data.embedded, data_dir)
-        model_defs.train_tokenizer(files, params.tokenizer.vocab_size, path, params.tokenizer.min_frequency)
+        files = corpus.corpus_files(params.data.corpus, params.data.embedded, data_dir)
+        tokenization.train_tokenizer(files, params.tokenizer.vocab_size, path, params.tokenizer.min_frequency)
     return path
 
 
@@ -606,9 +609,9 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_results(results: pd.DataFrame, diagnostics: pd.DataFrame, folder: Path) -> None:
-    model_defs.atomic_write_bytes(folder / "results.csv", results.to_csv(index=False).encode())
-    model_defs.atomic_write_bytes(folder / "summary.csv", summarize(results).to_csv(index=False).encode())
-    model_defs.atomic_write_bytes(folder / "diagnostics.csv", diagnostics.to_csv(index=False).encode())
+    fileio.atomic_write_bytes(folder / "results.csv", results.to_csv(index=False).encode())
+    fileio.atomic_write_bytes(folder / "summary.csv", summarize(results).to_csv(index=False).encode())
+    fileio.atomic_write_bytes(folder / "diagnostics.csv", diagnostics.to_csv(index=False).encode())
 
 
 def plot_curve(summary: pd.DataFrame, path: str | Path | None = None):

@@ -9,17 +9,15 @@ from dataclasses import dataclass
 
 import torch
 
-from params import SCHEDULES
+from params import DEVICES, DTYPES, SCHEDULES
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
-DTYPE_CHOICES = ("auto", *DTYPES)
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # the names of DTYPES but auto
 
 
 def pick_device(setting: str = "auto", index: int = 0) -> torch.device:
     """`auto` = the CUDA device `index` when one is present, else the CPU."""
-    if setting not in DEVICE_CHOICES:
-        raise ValueError(f"device {setting!r}: choose one of {DEVICE_CHOICES}")
+    if setting not in DEVICES:
+        raise ValueError(f"device {setting!r}: choose one of {DEVICES}")
     if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()):
         return torch.device("cuda", index)
     return torch.device("cpu")
@@ -29,10 +27,10 @@ def autocast_dtype(setting: str, device: torch.device) -> torch.dtype:
     """The dtype matrix multiplications run in. `auto` = bf16 on GPUs that have it, fp16 on older ones,
     fp32 on the CPU, so that a CPU result does not depend on whether the CPU has bf16 instructions
     (BENCHMARKS.md measures bf16 on the CPU)."""
-    if setting not in DTYPE_CHOICES:
-        raise ValueError(f"dtype {setting!r}: choose one of {DTYPE_CHOICES}")
+    if setting not in DTYPES:
+        raise ValueError(f"dtype {setting!r}: choose one of {DTYPES}")
     if setting != "auto":
-        return DTYPES[setting]
+        return TORCH_DTYPES[setting]
     if device.type != "cuda":
         return torch.float32
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

@@ -56,10 +56,11 @@ from checkpoints import (RESUMABLE_SETTINGS, CsvLog, StopAt, check_output_dir, c
                          remove_run, resume_changes, rng_state, run_files, save_checkpoint, saved_params,
                          set_rng_state, start_settings)
 from cli import overwrite_allowed
-from model_defs import DitBertForMLM, load_tokenizer, parameter_table, save_model, tokenizer_fingerprint
+from model_defs import DitBertForMLM, parameter_table, save_model
 from params import DEFAULT_PRESET, PRESETS, Params, apply_overrides, env_overrides, get_params, parse_overrides
 from pretrain_data import SequenceLoader, corpus_record, next_step_batches, prepare_data, word_start_table
 from runtime import Precision, adamw, autocast_dtype, pick_device, warmup_decay
+from tokenization import load_tokenizer, tokenizer_fingerprint
 
 
 # --------------------------------------------------------------------------- set-up
@@ -183,7 +184,7 @@ class Run:
     step_began: float | None = None  # on `clock`, when the step under way began
     nonfinite_in_a_row: int = 0
     val_ppl: float = float("nan")  # the last validation perplexity
-    tokenizer_fingerprint: str = ""  # model_defs.tokenizer_fingerprint of train.tokenizer
+    tokenizer_fingerprint: str = ""  # tokenization.tokenizer_fingerprint of train.tokenizer
     corpus: dict = field(default_factory=dict)  # pretrain_data.corpus_record: the files and their fingerprint
 
     @classmethod

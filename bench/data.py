@@ -28,11 +28,11 @@ import torch  # noqa: E402
 
 import common  # noqa: E402
 import pretrain_step  # noqa: E402
-from model_defs import load_tokenizer, train_tokenizer  # noqa: E402
+from corpus import embedded_corpus_file, iter_corpus_documents  # noqa: E402
 from params import DOC_ID, END_ID, START_ID, Params, get_params  # noqa: E402
+from tokenization import load_tokenizer, train_tokenizer  # noqa: E402
 from pretrain_data import (  # noqa: E402
-    SequenceLoader, embedded_corpus_file, iter_corpus_documents, mask_sequences, next_step_batches, open_token_file,
-    prepare_token_file)
+    SequenceLoader, mask_sequences, next_step_batches, open_token_file, prepare_token_file)
 
 
 def ensure_tokenizer(p: Params) -> Path:

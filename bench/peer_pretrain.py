@@ -55,9 +55,9 @@ import glue_tasks  # noqa: E402
 import glue_utils  # noqa: E402
 import runtime  # noqa: E402
 from checkpoints import model_from_state, read_checkpoint, saved_params  # noqa: E402
+from corpus import corpus_files  # noqa: E402
 from model_defs import save_model  # noqa: E402
 from params import Params, get_params, parse_overrides  # noqa: E402
-from pretrain_data import corpus_files  # noqa: E402
 from pretraining_value import final_scores, finished_run  # noqa: E402
 from train_model import train  # noqa: E402
 
@@ -189,7 +189,7 @@ def hf_trainer(params: Params, blocks, tokenizer, mlm_probability: float, steps:
         output_dir=str(out), max_steps=steps, per_device_train_batch_size=tc.batch_size, learning_rate=tc.lr,
         adam_beta1=tc.betas[0], adam_beta2=tc.betas[1], adam_epsilon=tc.eps, weight_decay=tc.weight_decay,
         warmup_steps=round(HF_WARMUP * steps), lr_scheduler_type="linear", seed=tc.seed, data_seed=tc.seed,
-        use_cpu=device.type == "cpu", bf16=runtime.autocast_dtype(tc.dtype, device) == runtime.DTYPES["bf16"],
+        use_cpu=device.type == "cpu", bf16=runtime.autocast_dtype(tc.dtype, device) == runtime.TORCH_DTYPES["bf16"],
         dataloader_drop_last=True, save_strategy="no", logging_strategy="no", report_to="none", disable_tqdm=True)
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=mlm_probability, seed=tc.seed)
     return Trainer(model=hf_model("roberta", params), args=args, train_dataset=blocks, data_collator=collator,

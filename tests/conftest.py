@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from model_defs import DitBertForMLM, save_model, train_tokenizer
+from corpus import embedded_corpus_file
+from model_defs import DitBertForMLM, save_model
 from params import ModelConfig
-from pretrain_data import embedded_corpus_file
+from tokenization import train_tokenizer
 
 TINY_VOCAB = 600
 TINY_SEQ_LEN = 62  # 64 positions with [START] and [END]

@@ -29,17 +29,10 @@ import glue_tasks  # noqa: E402
 import glue_models  # noqa: E402
 import glue_utils  # noqa: E402
 import model_defs  # noqa: E402
-import pretrain_data  # noqa: E402
-from model_defs import load_tokenizer, train_tokenizer  # noqa: E402
-from pretrain_data import (  # noqa: E402
-    SequenceLoader,
-    check_text_file,
-    iter_corpus_documents,
-    open_token_file,
-    prepare_token_file,
-    split_tokens,
-)
+from corpus import check_text_file, embedded_corpus_file, iter_corpus_documents  # noqa: E402
 from params import DOC_ID, END_ID, MASK_ID, PAD_ID, SPECIAL_TOKENS, START_ID, FinetuneConfig, ModelConfig  # noqa: E402
+from pretrain_data import SequenceLoader, open_token_file, prepare_token_file, split_tokens  # noqa: E402
+from tokenization import load_tokenizer, train_tokenizer  # noqa: E402
 
 VOCAB = 512
 CHUNK = 1 << 20  # check_text_file reads the corpus in chunks of this many bytes
@@ -97,7 +90,7 @@ FEW = settings(max_examples=10, deadline=None, suppress_health_check=[HealthChec
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("bad-inputs")
-    lines = pretrain_data.embedded_corpus_file(ROOT / "data").read_text(encoding="utf-8").splitlines()[:300]
+    lines = embedded_corpus_file(ROOT / "data").read_text(encoding="utf-8").splitlines()[:300]
     corpus = d / "corpus.txt"
     corpus.write_text("\n".join(lines + MIXED_SCRIPTS) + "\n", encoding="utf-8")
     train_tokenizer([corpus], VOCAB, d / "tokenizer.json")

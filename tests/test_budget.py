@@ -20,9 +20,10 @@ import torch
 import checkpoints
 import train_model
 from conftest import PRETRAIN_TINY
-from model_defs import load_model, train_tokenizer
+from model_defs import load_model
 from params import get_params, parse_overrides
 from runtime import lr_factor
+from tokenization import train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 STEP_S = 0.5  # what one optimizer step takes on the fake clock (the time between two readings)

@@ -8,16 +8,10 @@ import pytest
 import torch
 
 import glue_tasks
-from model_defs import load_tokenizer, train_tokenizer
+from corpus import corpus_files, iter_corpus_documents
 from params import DOC_ID, END_ID, SPECIAL_TOKENS, START_ID
-from pretrain_data import (
-    SequenceLoader,
-    corpus_files,
-    iter_corpus_documents,
-    open_token_file,
-    prepare_token_file,
-    split_tokens,
-)
+from pretrain_data import SequenceLoader, open_token_file, prepare_token_file, split_tokens
+from tokenization import load_tokenizer, train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,11 +18,12 @@ import glue_models
 import glue_utils
 import params
 import runtime
-from test_aggregate import assert_every_run_rescores, sklearn_scipy_scores
 from glue_heads import HeadConfig
 from glue_tasks import GLUE_TASKS, TASKS
-from model_defs import load_model, load_tokenizer, pool_hidden
+from model_defs import load_model, pool_hidden
 from params import DOC_ID, END_ID, PAD_ID, START_ID, FinetuneConfig
+from test_aggregate import assert_every_run_rescores, sklearn_scipy_scores
+from tokenization import load_tokenizer
 
 
 def tiny_ft(out_dir, **kw) -> FinetuneConfig:

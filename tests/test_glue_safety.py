@@ -20,8 +20,9 @@ import glue_tasks
 import glue_models
 import glue_utils
 from conftest import TINY_VOCAB, tiny_model_config
-from model_defs import DitBertForMLM, save_model, tokenizer_fingerprint, train_tokenizer
+from model_defs import DitBertForMLM, save_model
 from params import FinetuneConfig
+from tokenization import tokenizer_fingerprint, train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 

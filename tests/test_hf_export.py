@@ -13,9 +13,10 @@ from safetensors.torch import load_file
 
 import hf_ditbert
 import hf_export
-from model_defs import DitBertForMLM, load_tokenizer, pool_hidden, save_model, train_tokenizer
+from corpus import embedded_corpus_file
+from model_defs import DitBertForMLM, pool_hidden, save_model
 from params import DOC_ID, END_ID, MASK_ID, PAD_ID, START_ID, ModelConfig
-from pretrain_data import embedded_corpus_file
+from tokenization import load_tokenizer, train_tokenizer
 from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
 VOCAB = 600

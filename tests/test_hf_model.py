@@ -16,10 +16,11 @@ import torch
 from safetensors.torch import load_file
 
 import hf_export  # importing it imports hf_ditbert, which registers the Auto classes
+from corpus import embedded_corpus_file
 from glue_heads import DitBertClassifier, HeadConfig
-from model_defs import DitBertForMLM, load_tokenizer, save_model, train_tokenizer
+from model_defs import DitBertForMLM, save_model
 from params import END_ID, MASK_ID, START_ID, ModelConfig, get_params
-from pretrain_data import embedded_corpus_file
+from tokenization import load_tokenizer, train_tokenizer
 
 VOCAB = 600
 SEQ_LEN = 30  # 32 positions with [START] and [END]
@@ -347,7 +348,7 @@ def test_card_ignores_a_log_of_another_run(tmp_path, tokenizer_path):
 
 
 def test_every_embedded_corpus_has_a_name_in_the_card():
-    from pretrain_data import EMBEDDED_CORPORA
+    from corpus import EMBEDDED_CORPORA
 
     assert set(hf_export.EMBEDDED_CORPUS_NAMES) == set(EMBEDDED_CORPORA)
     described = hf_export.corpus_description({"corpus": [], "embedded": ["wiki", "wiki", "imdb"]})

@@ -5,10 +5,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from model_defs import (DitBertEncoder, DitBertForMLM, alibi_bias, load_model, load_tokenizer, parameter_table, save_model,
-                        set_dropout)
+from model_defs import DitBertEncoder, DitBertForMLM, alibi_bias, load_model, parameter_table, save_model, set_dropout
 from params import END_ID, MASK_ID, PAD_ID, SPECIAL_TOKENS, START_ID, ModelConfig
 from pretrain_data import mask_tokens, word_index, word_start_table
+from tokenization import load_tokenizer
 
 CFG = ModelConfig(vocab_size=300, seq_len=14, n_layers=2, d_model=32, n_heads=4, d_ff=64)
 

@@ -9,10 +9,11 @@ import torch
 
 import checkpoints
 import train_model
-from model_defs import load_model, train_tokenizer
+from corpus import embedded_corpus_file
+from model_defs import load_model
 from params import get_params
-from pretrain_data import embedded_corpus_file
 from runtime import autocast_dtype
+from tokenization import train_tokenizer
 
 SMALL = {
     "model.n_layers": 2,

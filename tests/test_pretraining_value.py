@@ -14,8 +14,9 @@ import torch
 import pretraining_value as pv
 from conftest import ROOT, TINY_SEQ_LEN, TINY_VOCAB, execute_notebook, printed
 import model_defs
-from model_defs import DitBertForMLM, load_tokenizer
+from model_defs import DitBertForMLM
 from params import END_ID, MASK_ID, START_ID, get_params
+from tokenization import load_tokenizer
 
 
 def test_probe_separates_separable_features_and_not_noise():

@@ -24,12 +24,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import glue_heads
 import pretrain_data
 import runtime
 import train_model
-from model_defs import DitBertForMLM, tokenizer_fingerprint, train_tokenizer
-from params import (DEVICES, DTYPES, PAIR_ENCODINGS, POOLINGS, get_params, params_from_dict, parse_overrides)
+from model_defs import DitBertForMLM
+from tokenization import tokenizer_fingerprint, train_tokenizer
+from params import get_params, params_from_dict, parse_overrides
 from conftest import PRETRAIN_BATCH, PRETRAIN_TINY
 
 BATCH, TINY = PRETRAIN_BATCH, PRETRAIN_TINY
@@ -351,11 +351,6 @@ def test_saved_settings_are_checked_and_the_presets_pass():
     saved["train"]["steps"] = 0
     with pytest.raises(ValueError, match=r"setting train.steps=0"):
         params_from_dict(saved)
-
-
-def test_the_choices_the_settings_are_checked_against_are_the_codes():
-    assert DEVICES == runtime.DEVICE_CHOICES and DTYPES == runtime.DTYPE_CHOICES
-    assert POOLINGS == glue_heads.POOLINGS and PAIR_ENCODINGS == glue_heads.PAIR_ENCODINGS
 
 
 # --------------------------------------------------------------------------- the base recipe
