@@ -318,8 +318,18 @@ def model_from_state(cfg: ModelConfig, state: dict, source: Path) -> DitBertForM
     return model
 
 
+def check_source_exists(source: str | Path) -> Path:
+    """A trained model's path, or a FileNotFoundError that says it does not exist."""
+    source = Path(source)
+    if not source.exists():
+        raise FileNotFoundError(f"trained model {source} does not exist (train.init_from / --init-from: give a final/ "
+                                f"folder, a checkpoint.pt or a folder exported for transformers)")
+    return source
+
+
 def model_config_of(source: Path) -> ModelConfig:
     """The model settings of a trained model (see `read_trained_model`), without reading its weights."""
+    source = check_source_exists(source)
     if source.is_file():
         return saved_params(source, read_checkpoint(source, mmap=True)).model
     config = folder_config(source)
@@ -344,7 +354,7 @@ def read_trained_model(source: str | Path) -> tuple[DitBertForMLM, dict]:
     those saved) from a `save_model` folder (a run's ``final/``), a ``checkpoint.pt``, or a folder
     `hf_export.py` wrote (whose weights are named under ``ditbert.``). Nothing is unpickled and
     no code from the folder runs."""
-    source = Path(source)
+    source = check_source_exists(source)
     if source.is_file():
         state = read_checkpoint(source)
         extras = {"steps": state.get("step"), "tokens_seen": state.get("tokens_seen"), "params": state["params"],
@@ -364,13 +374,30 @@ def read_trained_model(source: str | Path) -> tuple[DitBertForMLM, dict]:
     return model_from_state(model_config_of(source), state, source), extras
 
 
+def source_tokenizer(source: str | Path) -> Path | None:
+    """The tokenizer file a trained model was trained with, as its files say: an exported folder's own
+    ``tokenizer.json``, else the ``train.tokenizer`` its run recorded (a checkpoint's settings, or those a
+    final/ folder's config.json keeps); None when they name none."""
+    source = check_source_exists(source)
+    if source.is_dir() and (source / "tokenizer.json").is_file():
+        return source / "tokenizer.json"
+    if source.is_file():
+        recorded = saved_params(source, read_checkpoint(source, mmap=True)).train.tokenizer
+    else:
+        recorded = folder_config(source).get("params", {}).get("train", {}).get("tokenizer")
+    return Path(recorded) if recorded else None
+
+
 SPEED_SWITCHES = ("attention", "mlm_masked_only")  # change how, not what, the model computes
 
 
 def start_settings(params: Params, source: str, overrides: dict) -> Params:
     """--init-from: the new run's model settings are `source`'s (the speed switches aside); a
-    ``model.*`` value given that differs is refused, named."""
+    ``model.*`` value given that differs is refused, named. Unless a tokenizer is given
+    (``train.tokenizer``, --tokenizer), the run takes the one `source` was trained with."""
     cfg = model_config_of(Path(source))
+    if "train.tokenizer" not in overrides and (own := source_tokenizer(source)) is not None and own.is_file():
+        params.train.tokenizer = str(own)
     given = [k.removeprefix("model.") for k in overrides if k.startswith("model.")]
     clashes = [f"model.{k}={getattr(params.model, k)!r} (the model has {getattr(cfg, k)!r})" for k in given
                if k not in SPEED_SWITCHES and hasattr(cfg, k) and getattr(cfg, k) != getattr(params.model, k)]
@@ -384,10 +411,14 @@ def start_settings(params: Params, source: str, overrides: dict) -> Params:
 def check_start(source: str, params: Params) -> tuple[DitBertForMLM, dict]:
     """--init-from, before any tokenising: the model and its record, once the tokenizer is found to be
     the one it was trained with."""
-    tok = params.tokenizer_path
+    tok, own = params.tokenizer_path, source_tokenizer(source)
+    wanted = f" ({own})" if own is not None else ""
     if not tok.is_file():
-        raise FileNotFoundError(f"tokenizer file {tok} does not exist; give the tokenizer {source} was trained with "
-                                f"(--tokenizer)")
+        raise FileNotFoundError(f"tokenizer file {tok} does not exist; give the tokenizer {source} was trained "
+                                f"with{wanted} (--tokenizer)")
     model, extras = read_trained_model(source)
-    check_tokenizer(extras.get("tokenizer_fingerprint"), tok, source)
+    try:
+        check_tokenizer(extras.get("tokenizer_fingerprint"), tok, source)
+    except ValueError as err:
+        raise ValueError(f"{err}{wanted}") from None
     return model, extras

@@ -99,10 +99,12 @@ def folder_lock(folder: str | Path, what: str = "run"):
 
     The lock is an advisory `flock` on ``<folder>/.lock``, which the kernel releases when its
     holder exits in any way (kill -9 included): a lock left by a dead run is taken over without
-    a question. The file itself stays, holding the last holder's pid, for the message."""
+    a question. The file itself stays, holding the last holder's pid, for the message; a folder the
+    lock made and nothing else filled is removed again."""
     import fcntl
 
     folder = Path(folder)
+    made = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_NAME
     fd = os.open(path, os.O_RDWR | os.O_CREAT, file_mode())
@@ -118,4 +120,10 @@ def folder_lock(folder: str | Path, what: str = "run"):
         os.pwrite(fd, stamp.encode(), 0)
         yield path
     finally:
+        emptied = made and [p.name for p in folder.iterdir()] == [LOCK_NAME]
+        if emptied:
+            path.unlink(missing_ok=True)  # while still held: no other process holds this file
         os.close(fd)  # closing the descriptor releases the flock
+        if emptied:
+            with contextlib.suppress(OSError):
+                folder.rmdir()

@@ -56,6 +56,7 @@ from checkpoints import (RESUMABLE_SETTINGS, CsvLog, StopAt, check_output_dir, c
                          remove_run, resume_changes, rng_state, run_files, save_checkpoint, saved_params,
                          set_rng_state, start_settings)
 from cli import overwrite_allowed
+from fileio import FolderBusy, folder_lock
 from model_defs import DitBertForMLM, parameter_table, save_model
 from params import DEFAULT_PRESET, PRESETS, Params, apply_overrides, env_overrides, get_params, parse_overrides
 from pretrain_data import SequenceLoader, corpus_record, next_step_batches, prepare_data, word_start_table
@@ -399,7 +400,17 @@ def train(params: Params, resume: bool = False, overwrite: bool = False, stop_at
     match but for RESUMABLE_SETTINGS) or replaced with `overwrite`; otherwise it is an error before
     any work. A new run starts from train.init_from's weights when it is set. Returns a summary dict;
     the final model is written to ``<out_dir>/final``.
+
+    The output folder has one writer: while a run trains, another into the same folder stops at once
+    with fileio.FolderBusy naming the holder (under torchrun, rank 0 holds the folder for all ranks).
     """
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    with folder_lock(params.train.out_dir, "pretraining run") if main_rank else nullcontext():
+        return _train(params, resume, overwrite, stop_at, show_progress, clock, stop_at_minutes)
+
+
+def _train(params: Params, resume: bool, overwrite: bool, stop_at: int | None, show_progress: bool, clock,
+           stop_at_minutes: float | None) -> dict:
     tc = params.train
     check_run_folder(Path(tc.out_dir), resume, overwrite)
     if stop_at is not None and stop_at < 1:
@@ -577,7 +588,7 @@ def main(argv=None, clock=time.perf_counter) -> int:
         params, args = parse_args(argv)
         summary = train(params, resume=args.resume, overwrite=overwrite_asked(args), stop_at=args.stop_at, clock=clock,
                         stop_at_minutes=args.stop_at_minutes)
-    except (FileNotFoundError, ValueError, OSError, FloatingPointError, KeyError) as err:
+    except (FileNotFoundError, ValueError, OSError, FloatingPointError, KeyError, FolderBusy) as err:
         print(f"error: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", "0")) != 0 or "already_done" in summary:

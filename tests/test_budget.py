@@ -264,10 +264,22 @@ def test_another_tokenizer_than_the_models_is_refused_naming_both(data, trained,
     code = train_model.main(args)
     err = capsys.readouterr().err
     assert code == 2 and str(other) in err and str(trained["final"]) in err, err
+    assert f"({tok})" in err, "the message names the tokenizer file the model wants"
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("form", ["final", "checkpoint", "exported"])
+def test_without_a_tokenizer_the_run_takes_the_models_own(data, trained, tmp_path, capsys, form):
+    corpus, tok, cache = data
+    args = init_argv(data, tmp_path / "run", trained[form])
+    del args[args.index("--tokenizer"):args.index("--tokenizer") + 2]
+    assert train_model.main(args) == 0, capsys.readouterr().err
+    used = json.loads((tmp_path / "run" / "final" / "config.json").read_text())["params"]["train"]["tokenizer"]
+    expected = trained["exported"] / "tokenizer.json" if form == "exported" else tok
+    assert used == str(expected)
 
 
 def test_a_missing_source_is_named(data, tmp_path, capsys):
     code = train_model.main(init_argv(data, tmp_path / "run", tmp_path / "nowhere"))
     err = capsys.readouterr().err
-    assert code == 2 and "nowhere" in err and "neither a saved DitBERT model" in err, err
+    assert code == 2 and f"{tmp_path / 'nowhere'} does not exist" in err, err

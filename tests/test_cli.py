@@ -7,6 +7,7 @@ defaults of every output path are relative, so anything written there shows up."
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -126,3 +127,23 @@ def test_the_settings_page_holds_the_environment_table():
     page = (ROOT / "docs" / "settings.md").read_text(encoding="utf-8")
     assert cli.environment_markdown() in page, "docs/settings.md: regenerate its table from cli.environment_markdown()"
     assert "DITBERT_OVERWRITE" in page and "`finetune.seeds`" in page
+
+
+def test_the_readmes_notebook_commands_run_a_notebook(tiny_corpus, tmp_path):
+    """The README's two commands, with what `make setup` installs: jupytext writes the notebook,
+    jupyter nbconvert executes it in place (here Train-Tokenizer.py on a tiny corpus)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    commands = [line.split("#")[0].split() for line in readme.splitlines() if line.startswith(".venv/bin/jup")]
+    assert [c[0] for c in commands] == [".venv/bin/jupytext", ".venv/bin/jupyter"], commands
+    shutil.copy(ROOT / "Train-Tokenizer.py", tmp_path / "Train-Tokenizer.py")
+    tokenizer = tmp_path / "runs" / "tokenizer.json"
+    env = clean_env(DITBERT_PRESET="tiny", PYTHONPATH=str(ROOT),
+                    DITBERT_SET=f"data.corpus={tiny_corpus};tokenizer.vocab_size=300;train.tokenizer={tokenizer}")
+    for command in commands:
+        program = Path(sys.executable).parent / Path(command[0]).name
+        words = [w.replace("GLUE-Finetune", "Train-Tokenizer") for w in command[1:]]
+        run = subprocess.run([str(program), *words], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-3000:]
+    executed = json.loads((tmp_path / "Train-Tokenizer.ipynb").read_text())
+    assert any(cell.get("outputs") for cell in executed["cells"]), "the cells ran and kept their outputs"
+    assert len(json.loads(tokenizer.read_text())["model"]["vocab"]) == 300

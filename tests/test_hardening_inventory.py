@@ -17,7 +17,7 @@ README = REPO / "README.md"
 DOC_KINDS = {"faults": "fault", "distributed": "distributed", "bad inputs": "bad input",
              "runs never lost or silently changed": "run"}
 HARDENING_FILES = ("test_faults.py", "test_bad_inputs.py", "test_distributed.py", "test_run_safety.py",
-                   "test_glue_safety.py", "test_cli.py")
+                   "test_glue_safety.py", "test_cli.py", "test_run_lock.py")
 
 # (kind, what can go wrong, tests "file::function" that show it is handled)
 COVERED = [
@@ -87,6 +87,17 @@ COVERED = [
         "test_cli.py::test_the_settings_page_holds_the_environment_table",
     ]),
     ("run", "retraining over an existing tokenizer", ["test_cli.py::test_train_tokenizer_keeps_an_existing_tokenizer_unless_asked"]),
+    ("run", "a notebook executed from the command line", ["test_cli.py::test_the_readmes_notebook_commands_run_a_notebook"]),
+    ("run", "two pretraining runs into one folder at once", [
+        "test_run_lock.py::test_a_second_run_into_a_running_folder_stops_at_once_naming_the_holder",
+        "test_run_lock.py::test_a_lock_left_by_a_killed_run_is_taken_over",
+        "test_run_lock.py::test_the_lock_names_the_holder_and_is_released_when_the_block_ends",
+        "test_run_lock.py::test_a_refused_run_leaves_no_folder_behind",
+    ]),
+    ("run", "files only their owner can read", [
+        "test_run_lock.py::test_files_written_atomically_are_readable_by_others",
+        "test_run_lock.py::test_a_pretraining_run_writes_no_private_file",
+    ]),
     ("run", "a second pretraining run into a folder that holds one", [
         "test_run_safety.py::test_a_folder_holding_a_run_is_refused_without_resume_or_overwrite",
         "test_run_safety.py::test_overwrite_replaces_the_run_and_keeps_other_files",
@@ -128,7 +139,7 @@ COVERED = [
         "test_run_safety.py::test_bad_settings_on_the_command_line_stop_before_any_work",
         "test_run_safety.py::test_each_section_checks_its_values_naming_the_setting",
         "test_run_safety.py::test_saved_settings_are_checked_and_the_presets_pass",
-        "test_run_safety.py::test_the_choices_the_settings_are_checked_against_are_the_codes",
+        "test_architecture.py::test_every_choice_list_has_one_definition",
     ]),
     ("run", "a model source that is no model folder", ["test_glue_safety.py::test_a_hugging_face_source_that_is_no_model_is_named_as_such"]),
     ("run", "the base recipe and the GPU's precision paths never run", [
