@@ -139,7 +139,6 @@ COVERED = [
         "test_run_safety.py::test_bad_settings_on_the_command_line_stop_before_any_work",
         "test_run_safety.py::test_each_section_checks_its_values_naming_the_setting",
         "test_run_safety.py::test_saved_settings_are_checked_and_the_presets_pass",
-        "test_architecture.py::test_every_choice_list_has_one_definition",
     ]),
     ("run", "a model source that is no model folder", ["test_glue_safety.py::test_a_hugging_face_source_that_is_no_model_is_named_as_such"]),
     ("run", "the base recipe and the GPU's precision paths never run", [
