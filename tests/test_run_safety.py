@@ -24,6 +24,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import corpus
+import fileio
 import pretrain_data
 import runtime
 import train_model
@@ -54,7 +56,7 @@ def no_embedded_corpus(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the embedded corpus was read")
 
-    monkeypatch.setattr(pretrain_data, "EMBEDDED_CORPORA", {"wiki": refuse, "imdb": refuse})
+    monkeypatch.setattr(corpus, "EMBEDDED_CORPORA", {"wiki": refuse, "imdb": refuse})
 
 
 def argv(data, out: Path, steps: int | None, *extra: str, sets: tuple[str, ...] = ()) -> list[str]:
@@ -82,8 +84,9 @@ def log_steps(out: Path) -> list[int]:
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file under `folder` and its bytes."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    """Every file under `folder` and its bytes (the lock file, which names its last holder, aside)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != fileio.LOCK_NAME}
 
 
 def run_cli(capsys, args: list[str]) -> tuple[int, str, str]:
