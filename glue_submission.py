@@ -14,7 +14,7 @@ tasks, a score in [0, 5] for STS-B) and zips them. Torch-free: it reads text fil
 
 Which runs: a label's run folders (``<model>-seed<k>``) may hold runs of several models -- a new
 model fine-tuned beside the seeds of an earlier one, or one task fine-tuned again. A submission is
-built from one model only: by default the model of the newest finished run among the tasks asked for
+built from one model only: by default the model of the label's newest finished run, whatever its task
 (the one just fine-tuned), else the one whose fingerprint ``--fingerprint`` gives (a prefix of the
 model id the aggregated table's warnings, the manifest and run_info.json show). Within it, a task
 whose seeds were fine-tuned with different settings takes the newest run's settings. Per task the
@@ -250,18 +250,20 @@ def select(outputs: str | Path, model: str, which: str = "final", seed: int | No
     if seed is not None and seed not in runs:
         raise FileNotFoundError(f"no run folder {glue_runs.run_name(model, seed)} under {outputs}; seeds found: {sorted(runs)}")
     selection = Selection(model)
-    found = finished_runs(runs if seed is None else {seed: runs[seed]}, dict.fromkeys(map(dev_task, files)))
+    runs = runs if seed is None else {seed: runs[seed]}
+    every = finished_runs(runs, dict.fromkeys(map(dev_task, SERVER_FILES)))  # the label's runs of any task
+    found = [r for r in every if r.task in {dev_task(f) for f in files}]
     if not found:
         return selection
     if fingerprint:
-        matching = {r.fingerprint.model_id for r in found if r.fingerprint.model_id.startswith(fingerprint)}
+        matching = {r.fingerprint.model_id for r in every if r.fingerprint.model_id.startswith(fingerprint)}
         if len(matching) != 1:
             raise ValueError(f"{'no' if not matching else 'more than one'} model of {model} has the fingerprint "
-                             f"{fingerprint!r}: its runs' models are {_groups(found)}")
+                             f"{fingerprint!r}: its runs' models are {_groups(every)}")
         selection.model_id = matching.pop()
         selection.why = f"--fingerprint {fingerprint}"
     else:
-        newest = max(found, key=lambda r: r.finished)
+        newest = max(every, key=lambda r: r.finished)
         selection.model_id = newest.fingerprint.model_id
         selection.why = f"the model of the newest finished run, {newest.named()}"
     kept = []
@@ -402,8 +404,11 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     if not selection.tables:
-        print(f"error: no test predictions of {args.model} under {args.outputs} "
-              "(fine-tune with GLUE_DIR pointing at folders that hold test.tsv)", file=sys.stderr)
+        others = (f"; the runs of other models left out: {'; '.join(selection.left_out)} (choose one with "
+                  "--fingerprint)" if selection.left_out else "")
+        print(f"error: no test predictions of {args.model} under {args.outputs}"
+              + (f" from model {selection.model_id} ({selection.why})" if selection.model_id else "")
+              + f" (fine-tune with GLUE_DIR pointing at folders that hold test.tsv){others}", file=sys.stderr)
         return 1
     problems = report(selection.tables, selection)
     if problems:
