@@ -66,6 +66,12 @@ PLOTS_DIR = Path(notebook_input("GLUE_PLOTS_DIR", str(OUTPUT_DIR / "plots")))
 # `<model>-from-mnli`; the row `<model>+mnli-init` takes RTE, MRPC, STS-B and WNLI from those
 # runs and every other task from the model's own runs, as RoBERTa reports those tasks.
 #
+# Seeds are averaged only when they come from one model with the same settings (the fingerprint each
+# task's entry in `run_info.json` records): a label whose run folders hold runs of several models (a
+# new model fine-tuned beside the seeds of an earlier one) gets a row per model, `<label>@<fingerprint>`,
+# and a warning and a note under the table name each row's run folders. Runs recorded before
+# fingerprints are told apart by the model facts and settings they recorded.
+#
 # Only finished runs are aggregated: a task that `run_info.json` marks `running` or `interrupted`
 # is left out, and named under the table. The `recipe` column says which fine-tuning settings
 # each model's runs used (`preset`, or the authors' `bert` / `roberta` recipe); `collapsed` names
@@ -75,7 +81,7 @@ PLOTS_DIR = Path(notebook_input("GLUE_PLOTS_DIR", str(OUTPUT_DIR / "plots")))
 # %%
 results = glue_results.collect(OUTPUT_DIR)
 written = glue_results.write_report(results, AGGREGATED_CSV, PLOTS_DIR)
-print(glue_results.markdown_table(results.table, results.unfinished))
+print(glue_results.markdown_table(results.table, results.unfinished, results.apart))
 for name, path in written.items():
     print(f"wrote {name}: {path}")
 

@@ -32,9 +32,11 @@ demo: setup
 bench: setup
 	bash scripts/bench.sh
 
-# Fine-tune DitBERT on CoLA, SST-2, MRPC, STS-B, RTE and WNLI and write glue_submission.zip (needs GLUE_DIR).
+# Fine-tune DitBERT on GLUE_TASKS (default CoLA, SST-2, MRPC, STS-B, RTE and WNLI) and write glue_submission.zip
+# from those runs (needs GLUE_DIR). MODEL: the run folders' label (default MODEL_LABEL or ditbert-<preset>), e.g.
+#   GLUE_DIR=../shared/glue_data make submission GLUE_TASKS=rte,mrpc MODEL=ditbert-mine
 submission: setup
-	bash scripts/submission.sh
+	GLUE_TASKS="$(GLUE_TASKS)" MODEL="$(MODEL)" bash scripts/submission.sh
 
 clean:
 	rm -rf runs .pytest_cache

@@ -15,6 +15,7 @@ import textwrap
 from fnmatch import fnmatch
 from pathlib import Path
 
+from fileio import FolderBusy
 from params import ENVIRONMENT, notebook_input
 
 REPO = Path(__file__).resolve().parent
@@ -42,8 +43,8 @@ def notebook_arguments(notebook: str, settings: str = "", argv: list[str] | None
 
 
 # What a notebook run as a script reports in one line: errors that name the user's input (a missing
-# file, results that would be replaced, a bad setting), not faults in the code.
-INPUT_ERRORS = (FileNotFoundError, FileExistsError, ValueError, KeyError)
+# file, results that would be replaced, a bad setting, a folder another run is writing), not faults in the code.
+INPUT_ERRORS = (FileNotFoundError, FileExistsError, ValueError, KeyError, FolderBusy)
 
 
 def script_errors(fallback):

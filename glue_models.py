@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 import fileio
+import glue_runs
 import model_defs
 import tokenization
 from glue_heads import DitBertClassifier, HeadConfig, classifier_config, load_classifier, save_classifier
@@ -78,7 +79,7 @@ def hf_source(spec: str) -> ModelSource:
 
 def from_mnli_source(base: ModelSource, output_dir: str, mnli_dir: str = "") -> ModelSource:
     """Start from `base`'s MNLI fine-tuned model (default ``<output_dir>/<label>-seed{seed}/best_mnli``)."""
-    path = mnli_dir or str(Path(output_dir) / f"{base.label}-seed{{seed}}" / "best_mnli")
+    path = mnli_dir or str(glue_runs.best_model_dir(glue_runs.run_dir(output_dir, base.label, "{seed}"), "mnli"))
     return ModelSource(base.kind, path, f"{base.label}-from-mnli", init="mnli")
 
 
@@ -155,6 +156,40 @@ def check_source(source: ModelSource, seeds) -> None:
             raise ValueError(f"unknown model kind {resolved.kind!r}: expected 'ditbert' or 'hf'")
 
 
+def model_fingerprint(source: ModelSource, revision: str | None = None) -> dict:
+    """What identifies the model a fine-tuning of `source` (resolved for its seed) starts from, the
+    model part of the run's fingerprint (glue_runs.Fingerprint), read from files without loading it:
+
+    * DitBERT: the hash of ``model.safetensors``, the tokenizer's fingerprint, the pretraining tokens
+      seen; the random-init control: the hash of the architecture instead of the weights;
+    * a Hugging Face folder: the hashes of its weight files and of its tokenizer files; a hub model: its
+      name and `revision` (the commit the hub served, known once loaded);
+    * a model fine-tuned on MNLI: the model of the run that saved it, with that run's settings
+      (``from_mnli``), so that every seed's MNLI model counts as one; a folder that no finished run
+      saved is known by its weights' hash.
+
+    Weight files are hashed once per process (glue_runs.file_hash)."""
+    path = Path(source.path).expanduser()
+    if source.init == "mnli":
+        saved = glue_runs.saved_model_fingerprint(path)
+        if saved is not None:
+            return {**{k: v for k, v in saved.model.items() if k != "from_mnli"}, "from_mnli": saved.settings_id}
+    if source.kind == "ditbert":
+        tokenizer = tokenization.tokenizer_fingerprint(_tokenizer_path(source)) if _tokenizer_path(source).is_file() else None
+        if source.init == "mnli":
+            return {"kind": "ditbert", "init": "mnli", "weights": glue_runs.weights_digest(path), "tokenizer": tokenizer}
+        if source.init == "random":  # fresh weights per seed: the architecture is what the seeds share
+            architecture = glue_runs.fingerprint_id(_model_config(path).get("model"))
+            return {"kind": "ditbert", "init": "random", "weights": "random init", "architecture": architecture,
+                    "tokenizer": tokenizer, "pretrain_tokens_seen": 0}
+        return {"kind": "ditbert", "init": source.init, "weights": glue_runs.weights_digest(path), "tokenizer": tokenizer,
+                "pretrain_tokens_seen": _tokens_seen(path)}
+    if path.is_dir():
+        return {"kind": source.kind, "init": source.init, "weights": glue_runs.weights_digest(path),
+                "tokenizer": glue_runs.tokenizer_files_digest(path)}
+    return {"kind": source.kind, "init": source.init, "hub": source.path, "revision": revision}
+
+
 def _from_hf(loader, path: str, **kwargs):
     """``loader.from_pretrained(path)``, with a hub failure named by the model asked for."""
     try:
@@ -173,7 +208,7 @@ class Loaded:
     encode: object  # (texts_a, texts_b or None) -> {"input_ids": [[...]], maybe "token_type_ids"}
     pad_id: int
     save: object  # (folder) -> None
-    info: dict  # facts for run_info.json
+    info: dict  # facts for run_info.json, the model's fingerprint (`model_fingerprint`) among them
 
 
 def load_for_task(source: ModelSource, task: Task, ft: FinetuneConfig, seed: int) -> Loaded:
@@ -234,7 +269,7 @@ def _load_ditbert(source: ModelSource, task: Task, ft: FinetuneConfig, seed: int
         save_classifier(model, out_dir, tokenizer_path, {"task": task.name, "tokens_seen": tokens})
 
     info = {"kind": "ditbert", "source": str(path), "tokenizer": str(tokenizer_path), "pretrain_tokens_seen": tokens,
-            "max_len": max_len, "model_config": dataclasses.asdict(model.cfg)}
+            "max_len": max_len, "model_config": dataclasses.asdict(model.cfg), "fingerprint": model_fingerprint(source)}
     return Loaded(model, encode, PAD_ID, save, info)
 
 
@@ -275,7 +310,8 @@ def _load_hf(source: ModelSource, task: Task, ft: FinetuneConfig) -> Loaded:
         tokenizer.save_pretrained(out_dir)
 
     info = {"kind": "hf", "source": source.path, "tokenizer": source.path, "max_len": max_len,
-            "pretrain_tokens_seen": None, "model_type": model.config.model_type}
+            "pretrain_tokens_seen": None, "model_type": model.config.model_type,
+            "fingerprint": model_fingerprint(source, getattr(model.config, "_commit_hash", None))}
     return Loaded(model, encode, tokenizer.pad_token_id or 0, save, info)
 
 

@@ -1,7 +1,7 @@
 """Aggregate GLUE fine-tuning results into one comparison table, a markdown table and plots.
 
-The fine-tuning loop writes one folder per run, ``GLUE-Outputs/<model>-seed<seed>/``, holding a
-``run_info.json`` and one ``results_<task>.csv`` per task (a row per epoch, columns ``epoch``,
+The fine-tuning loop writes one folder per run, ``GLUE-Outputs/<model>-seed<seed>/`` (read through
+glue_runs), holding a ``run_info.json`` and one ``results_<task>.csv`` per task (a row per epoch, columns ``epoch``,
 ``train_<metric>``, ``validation_<metric>``). Read top to bottom: finding and validating those
 files -> per-epoch task scores -> best and final epoch per run -> the table over seeds -> markdown
 and plots.
@@ -22,6 +22,11 @@ Conventions (the README repeats them):
   matched and mismatched (the GLUE paper's macro-average). A model missing any of the eight has no
   GLUE score (NaN); ``GLUE_partial_*`` then averages the tasks it has and ``GLUE_tasks`` counts
   them. Missing tasks are NaN (``–`` in markdown), never zero. Custom tasks never enter GLUE.
+* Seeds are averaged only when they come from the same model with the same settings (their
+  fingerprints in run_info.json, glue_runs.Fingerprint). A label whose runs come from several models
+  gets a row per model, ``<label>@<fingerprint>``, and a task fine-tuned with different settings a row
+  per settings; a warning and a note under the table name each row's run folders (`name_rows`). Runs
+  recorded before fingerprints are identified by the model facts and settings they recorded.
 * A run whose ``init`` is ``mnli`` gets its own label, ``<model>-from-mnli``. Each model that has
   such runs also gets a row ``<model>+mnli-init``: its own runs, with RTE, MRPC, STS-B and WNLI
   taken from the MNLI-initialised runs where they exist (how RoBERTa reports those tasks).
@@ -40,7 +45,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +52,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+import glue_runs
 from glue_tasks import GLUE_TASKS, MNLI_INIT_TASKS, TASKS, Task, compute_metrics, main_score
 
 GLUE_SCORE_TASKS = tuple(t for t in GLUE_TASKS if t != "wnli")  # WNLI is left out of the average
@@ -62,8 +67,12 @@ PRETTY = {column: TASKS[task].folder + column.removeprefix(task).replace("_", "-
           for task in GLUE_TASKS for column in TASKS[task].report_columns()}
 
 RUN_KEYS = ["run", "model", "base_model", "init", "seed", "task", "recipe"]
-FINISHED = ("complete", "unrecorded")  # statuses aggregated: complete, or a run_info.json that keeps none
-RUN_DIR_NAME = re.compile(r"^(?P<model>.+)-seed(?P<seed>\d+)$")
+# Which model and settings each run's task comes from (glue_runs.Fingerprint): label is the row's name
+# before any fingerprint suffix, main is False for a task kept apart for its settings, finished is
+# when the task's fine-tuning ended (seconds since the epoch).
+GROUP_KEYS = ["label", "model_id", "settings_id", "base_id", "main", "recorded", "finished"]
+FINISHED = glue_runs.FINISHED  # statuses aggregated: complete, or a run_info.json that keeps none
+GROUP_SUFFIX = "@"  # <label>@<fingerprint>: the row of one of a label's models, when it has several
 
 
 @dataclass
@@ -74,6 +83,15 @@ class Aggregation:
     selected: pd.DataFrame  # the best and the final epoch of every run and task
     table: pd.DataFrame  # models as rows, both conventions as columns
     unfinished: list = field(default_factory=list)  # "<results file> (<status>)" of the runs left out
+    apart: list = field(default_factory=list)  # labels whose runs form several rows: which and why
+
+    def newest_row(self, label: str, task: str | None = None) -> str:
+        """The table row of `label`'s most recently finished run (of `task`, if given): the row of the
+        model fine-tuned last, whether or not the label has others."""
+        rows = self.scores[(self.scores["label"] == label) & ((self.scores["task"] == task) if task else True)]
+        if rows.empty:
+            raise KeyError(f"no finished run of {label}" + (f" on {task}" if task else ""))
+        return str(rows.loc[rows["finished"].idxmax(), "model"])
 
 
 # --------------------------------------------------------------------------- reading runs
@@ -87,56 +105,19 @@ def find_results(root: str | Path) -> list[Path]:
             f"GLUE outputs folder {root} does not exist: run the fine-tuning notebooks first, "
             "or point GLUE_OUTPUT_DIR at the folder they wrote"
         )
-    files = sorted(root.rglob("results_*.csv"))
+    files = glue_runs.results_files(root)
     if not files:
         raise FileNotFoundError(f"no results_<task>.csv files found anywhere under {root}")
     return files
 
 
 def read_run_info(run_dir: str | Path) -> dict:
-    """The run's model name, seed and initialisation from ``run_info.json``.
-
-    Without that file the folder name ``<model>-seed<N>`` (the layout the fine-tuning loop
-    writes) still identifies the run, so it is used with a warning and ``init`` "unknown";
-    any other folder name is an error, because guessing would mix runs of different models.
-    """
-    run_dir = Path(run_dir)
-    path = run_dir / "run_info.json"
-    if not path.exists():
-        match = RUN_DIR_NAME.match(run_dir.name)
-        if match is None:
-            raise FileNotFoundError(
-                f"{path} is missing and the folder name {run_dir.name!r} is not "
-                "'<model>-seed<N>', so the results beside it cannot be given a model and seed"
-            )
-        warnings.warn(f"{path} is missing; labelling the run from its folder name (whether it finished is "
-                      "unknown)", stacklevel=2)
-        return {"model": match["model"], "seed": int(match["seed"]), "init": "unknown", "tasks": None}
-    try:
-        info = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from err
-    missing = [key for key in ("model", "seed") if key not in info]
-    if missing:
-        raise ValueError(f"{path} lacks {missing}; keys present: {sorted(info)}")
-    try:
-        seed = int(info["seed"])
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{path}: seed {info['seed']!r} is not an integer") from err
-    tasks = info.get("tasks") if isinstance(info.get("tasks"), dict) else None
-    return {"model": str(info["model"]), "seed": seed, "init": str(info.get("init", "unknown")), "tasks": tasks}
+    """The run's model name, seed and initialisation from ``run_info.json`` (glue_runs.run_identity:
+    without that file, from the folder name ``<model>-seed<N>``, with a warning)."""
+    return glue_runs.run_identity(run_dir)
 
 
-def task_status(info: dict, task: str) -> str:
-    """Whether a task of a run finished: its status in run_info.json (``running``, ``interrupted``,
-    ``complete``); ``complete`` for an entry that predates statuses (written only at the end);
-    ``unfinished`` when the file lists other tasks but not this one; ``unrecorded`` when it lists none."""
-    tasks = info.get("tasks")
-    if tasks is None:
-        return "unrecorded"
-    if task not in tasks:
-        return "unfinished"
-    return str(tasks[task].get("status", "complete"))
+task_status = glue_runs.task_status
 
 
 def task_recipe(info: dict, task: str) -> str:
@@ -228,34 +209,106 @@ def epoch_scores(task: str, frame: pd.DataFrame, path: str | Path = "") -> pd.Da
 
 def load_scores(root: str | Path = "GLUE-Outputs") -> pd.DataFrame:
     """The per-epoch scores of every finished run under ``root``: columns run, model, base_model,
-    init, seed, task, recipe, epoch, column, value. Unfinished runs are left out with a warning."""
+    init, seed, task, recipe, the model and settings they come from (`GROUP_KEYS`), epoch, column,
+    value. Unfinished runs are left out with a warning; a label whose runs come from several models
+    or settings gets several rows (`name_rows`), with a warning."""
     return _load_scores(root)[0]
 
 
-def _load_scores(root: str | Path) -> tuple[pd.DataFrame, list[str]]:
-    """(the scores of finished runs, "<results file> (<status>)" of those left out)."""
+def _load_scores(root: str | Path) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """(the scores of finished runs, "<results file> (<status>)" of those left out, what was kept apart)."""
     root = Path(root)
     infos: dict[Path, dict] = {}
-    parts, unfinished = [], []
+    parts, runs, unfinished = [], [], []
     for path in find_results(root):
         if path.parent not in infos:
             infos[path.parent] = read_run_info(path.parent)
         info = infos[path.parent]
-        task = path.stem.removeprefix("results_")
+        task = glue_runs.results_task(path)
         status = task_status(info, task)
         if status not in FINISHED:
             unfinished.append(f"{path.relative_to(root).as_posix()} ({status})")
             continue
-        label = model_label(info["model"], info["init"])
+        init = glue_runs.task_init(info["info"], task) if info["info"] else info["init"]
+        label = model_label(info["model"], init)
+        fingerprint = glue_runs.task_fingerprint(info["info"], task)
+        run = path.parent.relative_to(root).as_posix()
+        runs.append({"run": run, "task": task, "label": label, "model_id": fingerprint.model_id,
+                     "settings_id": fingerprint.settings_id, "group_id": fingerprint.id, "base_id": fingerprint.base_id,
+                     "recorded": fingerprint.recorded, "fingerprint": fingerprint,
+                     "finished": glue_runs.finished_at(path.parent, task, info["info"])})
         scores = epoch_scores(task, read_task_csv(path), path)
-        parts.append(scores.assign(run=path.parent.relative_to(root).as_posix(), model=label, base_model=base_model(label),
-                                   init=info["init"], seed=info["seed"], task=task, recipe=task_recipe(info, task)))
+        parts.append(scores.assign(run=run, base_model=base_model(label), init=init, seed=info["seed"], task=task,
+                                   recipe=task_recipe(info, task)))
     if unfinished:
         warnings.warn(f"left out, not finished (see run_info.json): {', '.join(unfinished)}", stacklevel=3)
     if not parts:
         raise FileNotFoundError(f"no finished run under {root}: every results file belongs to an unfinished run "
                                 f"({', '.join(unfinished)})")
-    return pd.concat(parts, ignore_index=True)[RUN_KEYS + ["epoch", "column", "value"]], unfinished
+    groups = pd.DataFrame(runs)
+    names, apart = name_rows(groups)
+    for note in apart:
+        warnings.warn(f"kept apart: {note}", stacklevel=3)
+    keys = groups.drop(columns=["group_id", "fingerprint"]).merge(names, on=["run", "task"])
+    scores = pd.concat(parts, ignore_index=True).merge(keys, on=["run", "task"], how="left")
+    return scores[RUN_KEYS + GROUP_KEYS + ["epoch", "column", "value"]], unfinished, apart
+
+
+def name_rows(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The table row of every run's task (`runs`: one row per run and task, with its label and
+    glue_runs.Fingerprint), so that no row averages seeds of different models or settings:
+
+    * a label whose runs all come from one model is one row, named by the label;
+    * a label whose runs come from several models gets a row per model, ``<label>@<model id>``;
+    * within a model, a task whose seeds were fine-tuned with different settings gets a row per
+      settings, ``<label>@<id>`` (the id of model and settings), holding that task only, and the
+      model's row leaves the task out.
+
+    Returns (run, task, model, main) and one line per label kept apart, naming the rows, their run
+    folders and tasks, and what differs."""
+    rows, notes = [], []
+    for label, of_label in runs.groupby("label", sort=True):
+        order = of_label.groupby("model_id")["finished"].max().sort_values(ascending=False).index
+        several = len(order) > 1
+        described = []
+        for position, model_id in enumerate(order):
+            of_model = of_label[of_label["model_id"] == model_id]
+            row = f"{label}{GROUP_SUFFIX}{model_id[:8]}" if several else label
+            described.append((row + (" (newest)" if position == 0 else ""), of_model))
+            for task, of_task in of_model.groupby("task", sort=True):
+                settings = list(dict.fromkeys(of_task.sort_values("finished", ascending=False)["settings_id"]))
+                if len(settings) == 1:
+                    rows += [(r.run, task, row, True) for r in of_task.itertuples()]
+                    continue
+                split = []
+                for settings_id in settings:
+                    group = of_task[of_task["settings_id"] == settings_id]
+                    name = f"{label}{GROUP_SUFFIX}{group['group_id'].iloc[0][:8]}"
+                    rows += [(r.run, task, name, False) for r in group.itertuples()]
+                    split.append((name, group))
+                notes.append(f"{label}: {task} of {row} was fine-tuned with different settings "
+                             f"({_differences([g['fingerprint'].iloc[0].settings for _, g in split])}); rows "
+                             + "; ".join(_described(name, group) for name, group in split)
+                             + f"; {row} leaves {task} out")
+        if several:
+            models = [group["fingerprint"].iloc[0].model for _, group in described]
+            notes.append(f"{label}: the runs come from {len(order)} different models ({_differences(models)}); rows "
+                         + "; ".join(_described(name, group) for name, group in described))
+    return pd.DataFrame(rows, columns=["run", "task", "model", "main"]), notes
+
+
+def _described(name: str, group: pd.DataFrame) -> str:
+    """"<row> = <run folders> (<tasks>)", noting runs recorded before fingerprints."""
+    legacy = "" if group["recorded"].all() else ", recorded before fingerprints"
+    return (f"{name} = {', '.join(sorted(set(group['run'])))} ({', '.join(sorted(set(group['task'])))}{legacy})")
+
+
+def _differences(facts: list[dict], most: int = 6) -> str:
+    """The keys whose values differ between the dicts `facts`: "differ in weights, epochs"."""
+    keys = sorted({k for f in facts for k in f})
+    differ = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in facts}) > 1]
+    shown = ", ".join(differ[:most]) + (f" and {len(differ) - most} more" if len(differ) > most else "")
+    return f"they differ in {shown}" if differ else "they differ"
 
 
 # --------------------------------------------------------------------------- epochs and seeds
@@ -272,24 +325,37 @@ def select_epochs(scores: pd.DataFrame) -> pd.DataFrame:
     best = ranked.drop_duplicates(keys)[keys + ["epoch"]].assign(selection="best")
     final = task_rows.sort_values("epoch").drop_duplicates(keys, keep="last")[keys + ["epoch"]]
     chosen = pd.concat([best, final.assign(selection="final")], ignore_index=True)
-    return chosen.merge(scores, on=keys + ["epoch"])[RUN_KEYS + ["selection", "epoch", "column", "value"]]
+    return chosen.merge(scores, on=keys + ["epoch"])[RUN_KEYS + GROUP_KEYS + ["selection", "epoch", "column", "value"]]
 
 
 def with_mnli_init_rows(selected: pd.DataFrame) -> pd.DataFrame:
     """Add a ``<model>+mnli-init`` row for every model that has MNLI-initialised runs.
 
     It holds the model's own runs, with each of RTE, MRPC, STS-B and WNLI replaced by the
-    MNLI-initialised runs of that task where those exist.
+    MNLI-initialised runs of that task where those exist. The MNLI-initialised runs pair with the
+    model their MNLI model was fine-tuned from (their fingerprints say which); runs recorded before
+    fingerprints pair as long as each label is one row.
     """
     parts = [selected]
-    labels = set(selected["model"])
+    main = selected[selected["main"]]
+    labels = set(main["label"])
     for label in sorted(labels):
         base = base_model(label)
         if label == base or base not in labels:
             continue
-        from_mnli = selected[(selected["model"] == label) & selected["task"].isin(MNLI_INIT_TASKS)]
-        own = selected[(selected["model"] == base) & ~selected["task"].isin(set(from_mnli["task"]))]
-        parts.append(pd.concat([own, from_mnli]).assign(model=base + COMBINED_SUFFIX, base_model=base))
+        own_rows, from_rows = main[main["label"] == base], main[main["label"] == label]
+        unrecorded = not (own_rows["recorded"].all() and from_rows["recorded"].all())
+        one_each = own_rows["model"].nunique() == 1 and from_rows["model"].nunique() == 1
+        for _, from_model in from_rows.groupby("model", sort=True):
+            own = own_rows[own_rows["model_id"] == from_model["base_id"].iloc[0]]
+            if own.empty and unrecorded and one_each:
+                own = own_rows
+            if own.empty:
+                continue
+            name = own["model"].iloc[0] + COMBINED_SUFFIX
+            from_mnli = from_model[from_model["task"].isin(MNLI_INIT_TASKS)]
+            own = own[~own["task"].isin(set(from_mnli["task"]))]
+            parts.append(pd.concat([own, from_mnli]).assign(model=name, base_model=base))
     return pd.concat(parts, ignore_index=True)
 
 
@@ -311,7 +377,7 @@ def _glue_average(task_scores: pd.DataFrame) -> tuple[pd.Series, pd.Series, pd.S
 def constant_predictions(run_dir: Path, task: str) -> bool:
     """Whether a run's final validation predictions of `task` are all one class or value (from its
     prediction files; False where there are none)."""
-    for path in sorted((Path(run_dir) / "predictions").glob(f"{task}_validation*_final.tsv")):
+    for path in glue_runs.prediction_files(run_dir, task, "validation", "final"):
         frame = pd.read_csv(path, sep="\t", dtype={"prediction": str}, keep_default_na=False)
         if len(frame) > 1 and frame["prediction"].nunique() == 1:
             return True
@@ -392,10 +458,11 @@ def aggregate(selected: pd.DataFrame) -> pd.DataFrame:
 def collect(root: str | Path = "GLUE-Outputs", mnli_init_rows: bool = True) -> Aggregation:
     """Read every finished run under ``root`` and build the table (with ``+mnli-init`` rows unless
     disabled); the unfinished runs left out are listed in the result."""
-    scores, unfinished = _load_scores(root)
+    scores, unfinished, apart = _load_scores(root)
     selected = mark_collapsed(select_epochs(scores), root)
     table_rows = with_mnli_init_rows(selected) if mnli_init_rows else selected
-    return Aggregation(scores=scores, selected=selected, table=aggregate(table_rows), unfinished=unfinished)
+    return Aggregation(scores=scores, selected=selected, table=aggregate(table_rows), unfinished=unfinished,
+                       apart=apart)
 
 
 # --------------------------------------------------------------------------- re-scoring from predictions
@@ -439,10 +506,10 @@ def rescore_run(run_dir: str | Path) -> pd.DataFrame:
     results file records: columns task, split, which (final, best), epoch, metric, recorded,
     recomputed. A finished task whose prediction file is missing is an error naming the file."""
     run_dir = Path(run_dir)
-    info = json.loads((run_dir / "run_info.json").read_text())
+    info = glue_runs.read_info(run_dir)
     rows = []
-    for path in sorted(run_dir.glob("results_*.csv")):
-        name = path.stem.removeprefix("results_")
+    for path in glue_runs.run_results(run_dir):
+        name = glue_runs.results_task(path)
         entry = (info.get("tasks") or {}).get(name)
         if task_status(info, name) not in FINISHED:
             continue
@@ -451,7 +518,7 @@ def rescore_run(run_dir: str | Path) -> pd.DataFrame:
         for which, epoch in epochs.items():
             recorded = frame.set_index("epoch").loc[epoch]
             for split in task.eval_splits:
-                file = run_dir / "predictions" / f"{name}_{split}_{which}.tsv"
+                file = glue_runs.prediction_path(run_dir, name, split, which)
                 if not file.is_file():
                     raise FileNotFoundError(f"{file} does not exist: {path} cannot be re-scored")
                 metrics = compute_metrics(task, *read_prediction_values(task, file))
@@ -474,8 +541,8 @@ def rescore(root: str | Path = "GLUE-Outputs") -> pd.DataFrame:
     """`rescore_run` over every run folder under ``root`` that has prediction files (a ``run`` column
     added); a ``difference`` column holds |recorded - recomputed| (0 where both are NaN)."""
     parts = [rescore_run(folder).assign(run=Path(folder).relative_to(root).as_posix())
-             for folder in sorted({p.parent for p in Path(root).rglob("results_*.csv")})
-             if (folder / "predictions").is_dir() and (folder / "run_info.json").is_file()]
+             for folder in sorted({p.parent for p in glue_runs.results_files(root)})
+             if glue_runs.predictions_dir(folder).is_dir() and glue_runs.info_path(folder).is_file()]
     table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
         columns=["task", "split", "which", "epoch", "metric", "recorded", "recomputed", "run"])
     both_nan = table["recorded"].isna() & table["recomputed"].isna()
@@ -509,9 +576,10 @@ def _seed_range(row: pd.Series, columns: list[str]) -> str:
     return str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
 
 
-def markdown_table(table: pd.DataFrame, unfinished=()) -> str:
-    """Both conventions as two markdown tables, each headed by what its numbers mean, and the
-    unfinished runs that were left out (`Aggregation.unfinished`)."""
+def markdown_table(table: pd.DataFrame, unfinished=(), apart=()) -> str:
+    """Both conventions as two markdown tables, each headed by what its numbers mean, the
+    unfinished runs that were left out (`Aggregation.unfinished`) and the labels whose runs were kept
+    apart in several rows (`Aggregation.apart`)."""
     columns = _task_columns(table)
     custom = [c for c in columns if c not in GLUE_COLUMNS]
     partial = bool((table["GLUE_tasks"] < len(GLUE_SCORE_TASKS)).any())
@@ -552,6 +620,8 @@ def markdown_table(table: pd.DataFrame, unfinished=()) -> str:
         "roberta: the authors' recipes of glue_models.RECIPES). collapsed: seeds whose final score is NaN (left "
         "out of the mean, counted in seeds) or whose final predictions are all one class or value."
         + (f" Left out, not finished: {', '.join(unfinished)}." if unfinished else "")
+        + (" Kept apart, runs of different models or settings under one label (never averaged together): "
+           + " ".join(f"{note}." for note in apart) if apart else "")
     )
     return "\n\n".join(sections + [notes]) + "\n"
 
@@ -639,7 +709,7 @@ def write_report(
     for folder in (csv_path.parent, markdown_path.parent, plots_dir):
         folder.mkdir(parents=True, exist_ok=True)
     result.table.round(2).to_csv(csv_path, index=False)
-    markdown_path.write_text(markdown_table(result.table, result.unfinished))
+    markdown_path.write_text(markdown_table(result.table, result.unfinished, result.apart))
     paths = {"csv": csv_path, "markdown": markdown_path}
     for name, figure in (("task_scores", plot_task_scores(result.selected)), ("curves", plot_curves(result.scores))):
         paths[name] = plots_dir / f"{name.replace('_', '-')}.png"

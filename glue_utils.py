@@ -16,10 +16,11 @@ What a run writes, under ``<finetune.output_dir>/<model label>-seed<seed>/``:
   ``validation_mismatched_<metric>``). Metric names: ``accuracy``, ``f1``, ``mcc``,
   ``pearson``, ``spearman``, as fractions (not percent). Train metrics come from
   the predictions made while training that epoch (dropout on).
-* ``run_info.json`` -- the run's model (label, seed, init, source, tokenizer, pretraining tokens
-  seen) and, per task: its status (``running``, ``interrupted``, ``complete``: only a complete
-  task is aggregated), the fine-tuning settings and the recipe they came from, device and dtype,
-  data sizes, bad rows, the best epoch and the prediction files.
+* ``run_info.json`` -- the run's label and seed and, per task: its status (``running``,
+  ``interrupted``, ``complete``: only a complete task is aggregated), the model it started from
+  (init, source, tokenizer, pretraining tokens seen) and that model's fingerprint, the fine-tuning
+  settings and the recipe they came from, device and dtype, data sizes, bad rows, the best epoch,
+  when it finished and the prediction files; the top level repeats the model facts the tasks share.
 * ``best_<task>/`` -- the fine-tuned model of the best epoch (mean of the task's
   validation metrics), as safetensors: DitBERT as ``model.safetensors`` +
   ``config.json`` + ``tokenizer.json``, Hugging Face models via ``save_pretrained``.
@@ -31,15 +32,15 @@ What a run writes, under ``<finetune.output_dir>/<model label>-seed<seed>/``:
   files into a GLUE server submission.
 
 A folder that already holds a task's results is not fine-tuned into again unless asked
-(``overwrite=True``; the notebooks' ``DITBERT_OVERWRITE=1``), which replaces that task's files.
+(``overwrite=True``; the notebooks' ``DITBERT_OVERWRITE=1``), which replaces that task's files. The
+folder's names and paths, run_info.json, the fingerprints and the lock that keeps a second fine-tuning
+out of a folder being written are glue_runs'.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import fileio
+import glue_runs
 import runtime
 from glue_models import (PRESET, Loaded, ModelSource, apply_recipe, check_source, load_for_task, logits_of,
                          recipe_for)
@@ -230,36 +232,13 @@ def uses_similarity_head(model: nn.Module) -> bool:
 
 
 # --------------------------------------------------------------------------- run folders
-
-WHICH = ("final", "best")  # the final epoch's model and the best epoch's
-
-
-def run_folder(ft: FinetuneConfig, label: str, seed: int) -> Path:
-    return Path(ft.output_dir) / f"{label}-seed{seed}"
-
-
-def prediction_splits(task: Task) -> list[tuple[Task, str]]:
-    """(task, split) of every prediction file a fine-tuning of `task` writes: its evaluation and test
-    splits, and the test sets its model predicts for another task (the diagnostic set, after MNLI)."""
-    own = [(task, split) for split in [*task.eval_splits, *task.test_splits]]
-    return own + [(TASKS[name], split) for name in EXTRA_TEST_TASKS.get(task.name, ()) for split in TASKS[name].test_splits]
-
-
-def prediction_path(run_dir: Path, task: Task, split: str, which: str) -> Path:
-    return run_dir / "predictions" / f"{task.name}_{split}_{which}.tsv"
-
-
-def task_outputs(run_dir: Path, task: Task) -> list[Path]:
-    """The files and folders an earlier fine-tuning of `task` left in `run_dir`."""
-    paths = [run_dir / f"results_{task.name}.csv", run_dir / f"best_{task.name}"]
-    paths += [prediction_path(run_dir, t, split, which) for t, split in prediction_splits(task) for which in WHICH]
-    return [p for p in paths if p.exists()]
+# The folder's layout, run_info.json, fingerprints and the lock are glue_runs'; what the loop records is here.
 
 
 def check_no_results(pairs) -> None:
     """Refuse to fine-tune into run folders that hold results of the same task: `pairs` are (run
     folder, task); every one is checked before any work, and the error names what is there."""
-    found = [(run_dir, task, task_outputs(run_dir, task)) for run_dir, task in pairs]
+    found = [(run_dir, task, glue_runs.task_outputs(run_dir, task)) for run_dir, task in pairs]
     found = [(run_dir, task, paths) for run_dir, task, paths in found if paths]
     if found:
         listed = "; ".join(f"{paths[0]} ({task.name})" for _, task, paths in found[:5])
@@ -269,41 +248,22 @@ def check_no_results(pairs) -> None:
             "(run_glue(..., overwrite=True)) to replace them, or choose another GLUE_OUTPUT_DIR or MODEL_LABEL")
 
 
-def clear_task_outputs(run_dir: Path, task: Task) -> None:
-    """Remove what an earlier fine-tuning of `task` wrote in `run_dir` (asked for with overwrite)."""
-    for path in task_outputs(run_dir, task):
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-
-
-def _read_run_info(run_dir: Path) -> dict:
-    path = run_dir / "run_info.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _record_task(run_dir: Path, facts: dict, task: str, entry: dict) -> None:
-    """Write this task's entry into ``run_info.json`` (one file per run folder, shared by its tasks:
-    the model's facts at the top, each task's settings, status and outcome under ``tasks``)."""
-    run = _read_run_info(run_dir)
-    run.update(facts)
-    run.setdefault("tasks", {})[task] = entry
-    fileio.atomic_write_bytes(run_dir / "run_info.json", json.dumps(run, indent=2, default=str).encode())
-
-
-def _run_facts(source: ModelSource, seed: int, info: dict, precision: runtime.Precision) -> dict:
-    facts = {"model": source.label, "seed": seed, "init": source.init, "kind": source.kind,
-             "model_source": info["source"], "tokenizer": info["tokenizer"],
+def _model_facts(source: ModelSource, info: dict, precision: runtime.Precision) -> dict:
+    """The facts of the model a task starts from, as its run_info.json entry keeps them."""
+    facts = {"init": source.init, "kind": source.kind, "model_source": info["source"], "tokenizer": info["tokenizer"],
              "pretrain_tokens_seen": info.get("pretrain_tokens_seen"), "max_len": info["max_len"],
              "device": precision.device.type, "dtype": str(precision.dtype).removeprefix("torch."),
              "torch": torch.__version__}
     return facts | ({"model_config": info["model_config"]} if "model_config" in info else {})
 
 
-def _task_entry(task: Task, ft: FinetuneConfig, recipe: dict | None, facts: dict, encoded: dict, reports: dict) -> dict:
+def _task_entry(task: Task, ft: FinetuneConfig, recipe: dict | None, facts: dict, fingerprint: glue_runs.Fingerprint,
+                encoded: dict, reports: dict) -> dict:
     """A task's entry in run_info.json as its fine-tuning starts (status ``running``)."""
     return {"status": "running", "epochs_done": 0, "finetune": dataclasses.asdict(ft),
             "recipe": recipe or {"name": PRESET, "label": PRESET},
             "task": {"num_labels": task.num_labels, "label_names": list(task.label_names), "metrics": list(task.metrics)},
-            **{k: facts[k] for k in ("max_len", "device", "dtype")},
+            **facts, "model_id": fingerprint.model_id, "fingerprint": fingerprint.record(),
             "train_examples": len(encoded["train"]["input_ids"]),
             **{f"{s}_examples": len(encoded[s]["input_ids"]) for s in task.eval_splits},
             "data": {s: dataclasses.asdict(r) for s, r in reports.items()}}
@@ -380,12 +340,12 @@ def _train_epochs(task: Task, loaded: Loaded, encoded: dict, ft: FinetuneConfig,
         progress.last_outputs = outputs
         print(f"{desc}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch"))
         frame = pd.DataFrame(progress.rows, columns=task.column_names())
-        fileio.atomic_write_bytes(run_dir / f"results_{task.name}.csv", frame.to_csv(index=False).encode())
+        fileio.atomic_write_bytes(glue_runs.results_path(run_dir, task.name), frame.to_csv(index=False).encode())
         if progress.best_state is None or main_score(row, task) > progress.best_score:
             progress.best_epoch, progress.best_score, progress.best_outputs = epoch, main_score(row, task), outputs
             progress.best_state = {k: v.detach().cpu().clone() for k, v in loaded.model.state_dict().items()}
             if ft.save_best:
-                loaded.save(run_dir / f"best_{task.name}")
+                loaded.save(glue_runs.best_model_dir(run_dir, task.name))
     return frame
 
 
@@ -397,13 +357,13 @@ def _write_all_predictions(task: Task, loaded: Loaded, encoded: dict, tests, ft:
     for which, outputs in (("final", progress.last_outputs), ("best", progress.best_outputs)):
         for split, predictions in outputs.items():
             frame = prediction_frame(task, encoded[split]["idx"], predictions, encoded[split]["labels"])
-            written.append(write_predictions(prediction_path(run_dir, task, split, which), frame))
+            written.append(write_predictions(glue_runs.prediction_path(run_dir, task.name, split, which), frame))
     final = predict_test_sets(loaded, tests, ft, precision)
     loaded.model.load_state_dict(progress.best_state)
     best = final if progress.best_epoch == len(progress.rows) else predict_test_sets(loaded, tests, ft, precision)
     for which, tables in (("final", final), ("best", best)):
         for (_, split), (test_task, frame) in tables.items():
-            written.append(write_predictions(prediction_path(run_dir, test_task, split, which), frame))
+            written.append(write_predictions(glue_runs.prediction_path(run_dir, test_task.name, split, which), frame))
     return [p.relative_to(run_dir).as_posix() for p in written]
 
 
@@ -422,13 +382,17 @@ def finetune_task(task: Task, source: ModelSource, ft: FinetuneConfig, seed: int
     read the files once for many seeds. `precision` is the device and autocast dtype (default:
     runtime.Precision.choose(), "auto"). A run folder holding this task's results is an error
     unless `overwrite`, which replaces them. `recipe` is the record of `apply_recipe`, kept in
-    run_info.json. Ctrl-C records the task as interrupted and raises `FinetuneInterrupted`.
+    run_info.json with the model's facts and fingerprint. The run folder is locked while the task
+    writes it (glue_runs.lock): a run folder another process is fine-tuning into stops this one with
+    fileio.FolderBusy, before any work. Ctrl-C records the task as interrupted and raises
+    `FinetuneInterrupted`.
     """
     _check_trainable(task)
     check_finetune_settings(ft)
     precision = precision or runtime.Precision.choose()
     source = source.resolved(seed)
-    run_dir = run_folder(ft, source.label, seed)
+    run_dir = glue_runs.run_dir(ft.output_dir, source.label, seed)
+    glue_runs.check_not_busy([run_dir])
     if not overwrite:
         check_no_results([(run_dir, task)])
     splits, reports = data or load_task(task, glue_dir, ft.max_bad_fraction)
@@ -437,10 +401,20 @@ def finetune_task(task: Task, source: ModelSource, ft: FinetuneConfig, seed: int
     loaded = load_for_task(source, task, ft, seed)
     loaded.model.to(precision.device)
     encoded = {s: encode_split(loaded, ds) for s, ds in splits.items()}
-    clear_task_outputs(run_dir, task)
-    facts = _run_facts(source, seed, loaded.info, precision)
-    entry = _task_entry(task, ft, recipe, facts, encoded, reports)
-    _record_task(run_dir, facts, task.name, entry)
+    with glue_runs.lock(run_dir):
+        if not overwrite:
+            check_no_results([(run_dir, task)])  # again, now that no other run can write the folder
+        return _finetune_locked(task, source, ft, seed, precision, recipe, tests, run_dir, loaded, encoded, reports)
+
+
+def _finetune_locked(task: Task, source: ModelSource, ft: FinetuneConfig, seed: int, precision: runtime.Precision,
+                     recipe: dict | None, tests, run_dir: Path, loaded: Loaded, encoded: dict, reports: dict) -> pd.DataFrame:
+    """`finetune_task`'s writing part, under the run folder's lock."""
+    glue_runs.clear_task_outputs(run_dir, task)
+    fingerprint = glue_runs.new_fingerprint(loaded.info["fingerprint"], dataclasses.asdict(ft),
+                                            str(precision.dtype).removeprefix("torch."))
+    entry = _task_entry(task, ft, recipe, _model_facts(source, loaded.info, precision), fingerprint, encoded, reports)
+    glue_runs.record_task(run_dir, source.label, seed, task.name, entry)
     progress, started = Progress(), time.time()
     try:
         frame = _train_epochs(task, loaded, encoded, ft, seed, precision, run_dir,
@@ -448,14 +422,14 @@ def finetune_task(task: Task, source: ModelSource, ft: FinetuneConfig, seed: int
         predictions = _write_all_predictions(task, loaded, encoded, tests, ft, precision, run_dir, progress)
     except KeyboardInterrupt:
         entry.update(status="interrupted", epochs_done=len(progress.rows), seconds=round(time.time() - started, 1))
-        _record_task(run_dir, facts, task.name, entry)
+        glue_runs.record_task(run_dir, source.label, seed, task.name, entry)
         raise FinetuneInterrupted(
             f"fine-tuning interrupted: {source.label} seed {seed} on {task.name} stopped after {len(progress.rows)} of "
-            f"{ft.epochs} epochs. {run_dir / 'run_info.json'} marks {task.name} 'interrupted', and aggregation leaves "
-            f"it out; fine-tune it again with DITBERT_OVERWRITE=1 (run_glue(..., overwrite=True))") from None
+            f"{ft.epochs} epochs. {glue_runs.info_path(run_dir)} marks {task.name} 'interrupted', and aggregation "
+            f"leaves it out; fine-tune it again with DITBERT_OVERWRITE=1 (run_glue(..., overwrite=True))") from None
     entry.update(status="complete", epochs_done=len(progress.rows), best_epoch=progress.best_epoch,
-                 seconds=round(time.time() - started, 1), predictions=predictions)
-    _record_task(run_dir, facts, task.name, entry)
+                 seconds=round(time.time() - started, 1), finished_at=glue_runs.now(), predictions=predictions)
+    glue_runs.record_task(run_dir, source.label, seed, task.name, entry)
     return frame
 
 
@@ -482,8 +456,10 @@ def run_glue(source: ModelSource, tasks, ft: FinetuneConfig, glue_dir=None, data
     check_finetune_settings(ft)
     check_source(source, ft.seeds)
     ft, record = apply_recipe(ft, recipe_for(source.resolved(ft.seeds[0])) if recipe == "auto" else recipe, explicit)
+    folders = [glue_runs.run_dir(ft.output_dir, source.resolved(seed).label, seed) for seed in ft.seeds]
+    glue_runs.check_not_busy(folders)  # another fine-tuning writing one of them stops this one at once
     if not overwrite:
-        check_no_results([(run_folder(ft, source.resolved(seed).label, seed), task) for task in resolved for seed in ft.seeds])
+        check_no_results([(folder, task) for task in resolved for folder in folders])
     try:
         return _run_tasks(source, resolved, ft, glue_dir, precision, overwrite, record)
     except KeyboardInterrupt as stop:
@@ -501,7 +477,7 @@ def _run_tasks(source: ModelSource, tasks: list[Task], ft: FinetuneConfig, glue_
         for seed in ft.seeds:
             finetune_task(task, source, ft, seed, glue_dir, data=data, precision=precision, overwrite=overwrite,
                           recipe=record, tests=tests)
-            run = run_folder(ft, source.resolved(seed).label, seed)
+            run = glue_runs.run_dir(ft.output_dir, source.resolved(seed).label, seed)
             runs += [run] if run not in runs else []
     return runs
 
@@ -510,9 +486,9 @@ def summarize(run_dirs) -> pd.DataFrame:
     """One row per (run, task, validation metric): value at the best epoch and at the last."""
     rows = []
     for run in map(Path, run_dirs):
-        for csv_path in sorted(run.glob("results_*.csv")):
+        for csv_path in glue_runs.run_results(run):
             frame = pd.read_csv(csv_path)
-            name = csv_path.stem.removeprefix("results_")
+            name = glue_runs.results_task(csv_path)
             metric_cols = [c for c in frame.columns if c.startswith("validation")]
             best = frame.loc[frame[metric_cols].fillna(-np.inf).mean(axis=1).idxmax()]
             for col in metric_cols:

@@ -50,6 +50,7 @@ import corpus
 import fileio
 import glue_models
 import glue_results
+import glue_runs
 import glue_tasks
 import glue_utils
 import model_defs
@@ -421,7 +422,7 @@ def finetune_movement(source: glue_models.ModelSource, task_name: str, ft, seed:
     """`update_ratios` between a run's starting weights (rebuilt as the loop built them, same
     seed) and its saved best model, if that run kept one (``finetune.save_best``)."""
     task = glue_tasks.get_task(task_name, data_dir)
-    best = Path(ft.output_dir) / f"{source.label}-seed{seed}" / f"best_{task.name}"
+    best = glue_runs.best_model_dir(glue_runs.run_dir(ft.output_dir, source.label, seed), task.name)
     if not (best / "model.safetensors").is_file():
         return {}
     from safetensors.torch import load_file
@@ -446,12 +447,12 @@ def final_scores(run_dirs, task: str) -> dict[int, float]:
     """{seed: task score in % at the last epoch}, scored as the aggregated GLUE table scores it."""
     out = {}
     for run in map(Path, run_dirs):
-        path = run / f"results_{task}.csv"
+        path = glue_runs.results_path(run, task)
         if not path.is_file():
             continue
         scores = glue_results.epoch_scores(task, glue_results.read_task_csv(path), path)
         task_rows = scores[scores["column"] == task].sort_values("epoch")
-        out[int(json.loads((run / "run_info.json").read_text())["seed"])] = float(task_rows["value"].iloc[-1])
+        out[glue_runs.run_identity(run)["seed"]] = float(task_rows["value"].iloc[-1])
     return out
 
 
@@ -476,7 +477,7 @@ def finetune_snapshot(snapshot: dict, experiment: str, tokenizer: str, tasks: li
         if todo:
             glue_utils.run_glue(source, [task], dataclasses.replace(task_ft, seeds=todo), glue_dir, data_dir, precision,
                                 overwrite=True)  # an unfinished run, or one of other settings, is done again
-        runs = [Path(task_ft.output_dir) / f"{source.label}-seed{seed}" for seed in task_ft.seeds]
+        runs = [glue_runs.run_dir(task_ft.output_dir, source.label, seed) for seed in task_ft.seeds]
         for seed, score in sorted(final_scores(runs, task).items()):
             rows.append({"task": task, "method": "finetune", "init": "random" if control else "pretrained",
                          "seed": seed, "score": score})
@@ -485,21 +486,17 @@ def finetune_snapshot(snapshot: dict, experiment: str, tokenizer: str, tasks: li
 
 def finished_run(source: glue_models.ModelSource, task: str, ft, seed: int) -> bool:
     """Whether this run folder already holds every epoch of `task`, fine-tuned to the end with the
-    same settings: then it is reused, not repeated. Seeds, output folder, model saving and the
-    training subsample are left out of the comparison (only CoLA and SST-2 are subsampled)."""
-    run = Path(ft.output_dir) / f"{source.label}-seed{seed}"
-    info_path, results = run / "run_info.json", run / f"results_{task}.csv"
-    if not info_path.is_file() or not results.is_file():
+    same settings from the same model (where the run recorded its fingerprint): then it is reused,
+    not repeated. Seeds, output folder, model saving and the training subsample are left out of the
+    comparison (only CoLA and SST-2 are subsampled)."""
+    run = glue_runs.run_dir(ft.output_dir, source.label, seed)
+    if not glue_runs.results_path(run, task).is_file():
         return False
-    ignore = ("seeds", "output_dir", "save_best", "max_train_examples")
-    info = json.loads(info_path.read_text())
-    entry = info.get("tasks", {}).get(task)
-    if entry is None or entry.get("status", "complete") != "complete":
-        return False
-    settings = entry.get("finetune", info.get("finetune", {}))  # per task; one block per folder before
-    done = {k: v for k, v in settings.items() if k not in ignore}
-    wanted = {k: v for k, v in dataclasses.asdict(ft).items() if k not in ignore}
-    return done == wanted and len(pd.read_csv(results)) >= ft.epochs
+    model = glue_models.model_fingerprint(source.resolved(seed))
+    return glue_runs.finished_with(run, task, dataclasses.asdict(ft), ft.epochs, FINISHED_RUN_IGNORES, model)
+
+
+FINISHED_RUN_IGNORES = ("seeds", "output_dir", "save_best", "max_train_examples")
 
 
 # --------------------------------------------------------------------------- the experiment

@@ -51,6 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 import glue_models  # noqa: E402
+import glue_runs  # noqa: E402
 import glue_tasks  # noqa: E402
 import glue_utils  # noqa: E402
 import runtime  # noqa: E402
@@ -301,7 +302,7 @@ def report_rows(params: Params, work: Path, minutes: float, tasks: list[str], mo
     ft, rows = params.finetune, []
     glue = [t for t in tasks if t in GLUE_SMALL]
     for snapshot in snapshots(work, minutes, models):
-        runs = [Path(ft.output_dir) / f"{snapshot.label}-seed{seed}" for seed in ft.seeds]
+        runs = [glue_runs.run_dir(ft.output_dir, snapshot.label, seed) for seed in ft.seeds]
         per_task = {task: final_scores(runs, task) for task in tasks}
         glue_means = [sum(per_task[t][seed] for t in glue) / len(glue) for seed in ft.seeds
                       if glue and all(seed in per_task[t] for t in glue)]

@@ -1,25 +1,35 @@
 """Fine-tuning never loses or silently changes a run: results are not overwritten unless asked, a
 model is refused with another tokenizer, malformed rows are counted, Ctrl-C stops cleanly and
-leaves the run marked unfinished (and out of the table), and a model folder that is no model is
-named as such."""
+leaves the run marked unfinished (and out of the table), a model folder that is no model is
+named as such, the runs of two models under one label are never averaged or submitted together,
+and a run folder has one fine-tuning writing it at a time."""
 
+import dataclasses
 import json
 import os
+import re
+import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 import warnings
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+import cli
+import fileio
 import glue_results
 import glue_submission
 import glue_tasks
 import glue_models
 import glue_utils
 from conftest import TINY_VOCAB, tiny_model_config
+from test_glue_finetune import write_test_files
 from model_defs import DitBertForMLM, save_model
 from params import FinetuneConfig
 from tokenization import tokenizer_fingerprint, train_tokenizer
@@ -261,3 +271,151 @@ def test_a_hugging_face_source_that_is_no_model_is_named_as_such(glue_layout, tm
         with pytest.raises(FileNotFoundError, match=rf"model folder {missing} does not exist"):
             glue_utils.run_glue(glue_models.hf_source(f"x={missing}"), "rte", tiny_ft(tmp_path), glue_dir=glue_layout)
     assert not list(tmp_path.glob("*-seed1"))  # refused before any work
+
+
+# --------------------------------------------------------------------------- one label, two models
+
+
+@pytest.fixture(scope="module")
+def two_models(ditbert, glue_layout, tmp_path_factory):
+    """Run folders as a fresh clone holds them after a new model is fine-tuned: the committed seeds 2 and
+    3 of `ditbert-tiny` (model A, recorded before fingerprints), and seed 1 fine-tuned here from another
+    model (B, the tiny test model) under the same label, on WNLI with a test file of the official size."""
+    root = tmp_path_factory.mktemp("two-models")
+    outputs = root / "GLUE-Outputs"
+    for seed in (2, 3):
+        shutil.copytree(ROOT / "GLUE-Outputs" / f"ditbert-tiny-seed{seed}", outputs / f"ditbert-tiny-seed{seed}")
+    glue = root / "glue"
+    shutil.copytree(glue_layout / "WNLI", glue / "WNLI")
+    write_test_files(glue, {"WNLI": glue_submission.BY_NAME["WNLI.tsv"].rows})
+    model_b = dataclasses.replace(ditbert, label="ditbert-tiny")
+    glue_utils.run_glue(model_b, "wnli", tiny_ft(outputs, max_train_examples=20), glue_dir=glue)
+    return outputs
+
+
+def test_a_submission_after_a_new_model_holds_only_the_new_models_runs(two_models, tmp_path, capsys):
+    """The zip is built from the model of the newest run alone (B: WNLI), never from the committed
+    seeds of model A; the output names the folder and epoch of every file, and the folders left out."""
+    out = tmp_path / "glue_submission.zip"
+    assert glue_submission.main(["--model", "ditbert-tiny", "--outputs", str(two_models), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert sorted(glue_submission.read_zip(out)) == ["WNLI.tsv"]
+    assert "WNLI.tsv" in printed and "ditbert-tiny-seed1, final (epoch 1)" in printed
+    left_out = next(line for line in printed.splitlines() if line.startswith("left out"))
+    assert "ditbert-tiny-seed2 (cola)" in left_out and "ditbert-tiny-seed3 (wnli)" in left_out
+    assert "recorded before fingerprints" in left_out and "ditbert-tiny-seed1" not in left_out
+    manifest = pd.read_csv(tmp_path / "glue_submission.manifest.tsv", sep="\t")
+    assert manifest[["file", "run", "which", "epoch"]].values.tolist() == [["WNLI.tsv", "ditbert-tiny-seed1", "final", 1]]
+
+    # model A's runs are still there for the asking, by the fingerprint the left-out line names
+    model_a = re.search(r"ditbert-tiny-seed2 \(cola\): model ([0-9a-f]+)", left_out).group(1)
+    chosen = glue_submission.select(two_models, "ditbert-tiny", fingerprint=model_a[:8])
+    assert {p.run.folder.name for p in chosen.picks.values()} <= {"ditbert-tiny-seed2", "ditbert-tiny-seed3"}
+    assert sorted(chosen.picks) == sorted(["CoLA.tsv", "SST-2.tsv", "MRPC.tsv", "STS-B.tsv", "RTE.tsv", "WNLI.tsv"])
+    assert glue_submission.check_tables(chosen.tables) == []
+    assert glue_submission.collect(two_models, "ditbert-tiny", tasks="cola,rte") == {}  # B has neither: no A instead
+    assert glue_submission.main(["--model", "ditbert-tiny", "--outputs", str(two_models), "--tasks", "cola,rte",
+                                 "--out", str(tmp_path / "none.zip")]) == 1
+    assert "no test predictions of ditbert-tiny" in capsys.readouterr().err and not (tmp_path / "none.zip").exists()
+    with pytest.raises(ValueError, match=r"no model of ditbert-tiny has the fingerprint 'ffffffff'.*ditbert-tiny-seed1"):
+        glue_submission.select(two_models, "ditbert-tiny", fingerprint="ffffffff")
+
+
+def test_runs_of_two_models_under_one_label_are_never_averaged(two_models):
+    """The aggregated table gives each model its own row, named by the label and the model's
+    fingerprint, and a warning and the note under the table name each row's folders."""
+    with pytest.warns(UserWarning, match=r"kept apart: ditbert-tiny: the runs come from 2 different models") as caught:
+        result = glue_results.collect(two_models)
+    message = next(str(w.message) for w in caught if "kept apart" in str(w.message))
+    assert "ditbert-tiny-seed1 (wnli)" in message and "ditbert-tiny-seed2, ditbert-tiny-seed3 (cola, demo" in message
+    table = result.table.set_index("model")
+    assert "ditbert-tiny" not in table.index and len(table) == 2
+    new = result.newest_row("ditbert-tiny")
+    (old,) = set(table.index) - {new}
+    assert new.startswith("ditbert-tiny@") and old.startswith("ditbert-tiny@")
+    assert table.loc[new, "wnli_seeds"] == 1 and table.loc[new, "sst2_seeds"] == 0
+    assert table.loc[old, "wnli_seeds"] == 2 and table.loc[old, "sst2_seeds"] == 2
+    committed = [100 * pd.read_csv(two_models / f"ditbert-tiny-seed{s}" / "results_sst2.csv")["validation_accuracy"].iloc[-1]
+                 for s in (2, 3)]
+    assert table.loc[old, "sst2_final_mean"] == pytest.approx(sum(committed) / 2)
+    assert f"{new} (newest) = ditbert-tiny-seed1 (wnli)" in glue_results.markdown_table(result.table, (), result.apart)
+
+
+# --------------------------------------------------------------------------- one fine-tuning per run folder
+
+HOLDER = textwrap.dedent("""
+    import sys, time
+    import glue_models, glue_utils
+    from params import FinetuneConfig
+
+    model, tokenizer, glue, out = sys.argv[1:5]
+
+    def stalled(*args, **kwargs):  # the first epoch holds on, as a long one would
+        print("training", flush=True)
+        time.sleep(120)
+
+    glue_utils.train_epoch = stalled
+    ft = FinetuneConfig(lr=1e-3, warmup_epochs=0.5, epochs=1, batch_size=8, seeds=[1], output_dir=out, save_best=False)
+    glue_utils.run_glue(glue_models.ditbert_source(model, tokenizer, "ditbert-test"), "rte", ft, glue_dir=glue)
+""")
+
+
+def start_holder(tiny_model_dir, tiny_tokenizer, glue_layout, out) -> subprocess.Popen:
+    """A fine-tuning of ditbert-test seed 1 on RTE into `out`, in another process, held in its first
+    epoch: returned once it trains (it has the run folder's lock then)."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tiny_model_dir), str(tiny_tokenizer), str(glue_layout),
+                               str(out)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(120, holder.kill)  # a holder that never gets there does not hang the tests
+    watchdog.daemon = True
+    watchdog.start()
+    for line in holder.stdout:
+        if line.strip() == "training":
+            return holder
+    pytest.fail(f"the holding fine-tuning did not start: {holder.stderr.read()[-3000:]}")
+
+
+def test_a_second_fine_tuning_into_a_run_folder_stops_at_once_naming_the_first(ditbert, tiny_model_dir, tiny_tokenizer,
+                                                                             glue_layout, tmp_path, monkeypatch, capsys):
+    holder = start_holder(tiny_model_dir, tiny_tokenizer, glue_layout, tmp_path)
+    try:
+        run = tmp_path / "ditbert-test-seed1"
+        before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+        assert json.loads(before["run_info.json"])["tasks"]["rte"]["status"] == "running"
+
+        def no_data(*args, **kwargs):
+            raise AssertionError("the second fine-tuning read the task's data")
+
+        monkeypatch.setattr(glue_utils, "load_task", no_data)
+        started = time.monotonic()
+        with pytest.raises(fileio.FolderBusy, match=rf"ditbert-test-seed1 is in use by another fine-tuning run "
+                                                    rf"\(pid {holder.pid} on ") as busy:
+            glue_utils.run_glue(ditbert, "rte", tiny_ft(tmp_path), glue_dir=glue_layout, overwrite=True)
+        assert time.monotonic() - started < 5
+        with pytest.raises(fileio.FolderBusy, match=rf"pid {holder.pid} "):  # a task fine-tuned on its own alike
+            glue_utils.finetune_task(glue_tasks.TASKS["wnli"], ditbert, tiny_ft(tmp_path), 1, glue_layout)
+        assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before  # nothing touched
+
+        fallback = []
+        cli.script_errors(lambda *args: fallback.append(args))(fileio.FolderBusy, busy.value, None)
+        err = capsys.readouterr().err
+        assert not fallback and err.startswith("error: ") and err.count("\n") == 1 and f"pid {holder.pid}" in err
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_lock_left_by_a_killed_fine_tuning_is_taken_over(ditbert, tiny_model_dir, tiny_tokenizer, glue_layout,
+                                                           tmp_path):
+    holder = start_holder(tiny_model_dir, tiny_tokenizer, glue_layout, tmp_path)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+    run = tmp_path / "ditbert-test-seed1"
+    assert f"pid {holder.pid} " in (run / ".lock").read_text()  # the dead run's stamp is still there
+    glue_utils.run_glue(ditbert, "rte", tiny_ft(tmp_path), glue_dir=glue_layout)
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["tasks"]["rte"]["status"] == "complete"
+    assert f"pid {os.getpid()} " in (run / ".lock").read_text()
+    # the lock file is no part of the results: the table and a submission read the folder as before
+    assert glue_results.collect(tmp_path).table.set_index("model").loc["ditbert-test", "rte_seeds"] == 1
+    assert glue_submission.select(tmp_path, "ditbert-test").picks == {}  # no test file, no test predictions

@@ -141,6 +141,14 @@ COVERED = [
         "test_run_safety.py::test_saved_settings_are_checked_and_the_presets_pass",
     ]),
     ("run", "a model source that is no model folder", ["test_glue_safety.py::test_a_hugging_face_source_that_is_no_model_is_named_as_such"]),
+    ("run", "runs of different models under one label", [
+        "test_glue_safety.py::test_a_submission_after_a_new_model_holds_only_the_new_models_runs",
+        "test_glue_safety.py::test_runs_of_two_models_under_one_label_are_never_averaged",
+    ]),
+    ("run", "two fine-tunings into one run folder", [
+        "test_glue_safety.py::test_a_second_fine_tuning_into_a_run_folder_stops_at_once_naming_the_first",
+        "test_glue_safety.py::test_a_lock_left_by_a_killed_fine_tuning_is_taken_over",
+    ]),
     ("run", "the base recipe and the GPU's precision paths never run", [
         "test_run_safety.py::test_base_batch_arithmetic_on_1_to_16_gpus",
         "test_run_safety.py::test_base_recipe_takes_two_optimizer_steps_on_the_cpu_with_accumulation",
