@@ -192,7 +192,7 @@ PROBE = textwrap.dedent(
         "pooling": fresh.config.pooling,
         "encoder_dropouts": sorted({m.p for m in fresh.ditbert.modules() if isinstance(m, torch.nn.Dropout)}),
         "attention_dropout": fresh.ditbert.encoder.blocks[0].attn.dropout,
-        "head_dropout": fresh.dropout.p,
+        "head_dropout": fresh.classifier.dropout.p,
         "classifier_in": fresh.classifier.in_features,
     }
     fresh.eval()
@@ -206,7 +206,7 @@ PROBE = textwrap.dedent(
     for task in ("mrpc", "rte", "sst2"):
         config = AutoConfig.from_pretrained(folder, num_labels=2, finetuning_task=task, **R)
         clf = AutoModelForSequenceClassification.from_pretrained(folder, config=config, **R).eval()
-        report["by_task"][task] = [clf.classifier.in_features, clf.pair_encoding]
+        report["by_task"][task] = [clf.classifier.in_features, clf.classifier.config.pair_encoding]
         with torch.no_grad():
             tensors[f"{task}_logits"] = clf(**pairs).logits
         tensors[f"{task}_weight"], tensors[f"{task}_bias"] = clf.classifier.weight, clf.classifier.bias
@@ -397,7 +397,7 @@ def test_hidden_states_and_attentions_are_returned_on_request(probe):
     block = core.encoder.blocks[0]
     with torch.no_grad():  # the first block's weights, written out here from the core model's parameters
         q, k, _ = block.attn.qkv(block.ln_attn(hidden[0])).view(2, -1, 3, 2, 16).permute(2, 0, 3, 1, 4)
-        expected = block.attn.attention_weights(q, k, core.encoder.attention_bias(mask, q.dtype))
+        expected = block.attn.attention_weights(q, k, core.encoder.attention_bias(mask, hidden[0]))
     torch.testing.assert_close(attention, expected, rtol=1e-5, atol=1e-6)
     assert report["mlm_outputs"] == [core.cfg.n_layers + 1, core.cfg.n_layers]
     assert report["config_hidden_states"] == core.cfg.n_layers + 1, "config.output_hidden_states was ignored"
@@ -590,8 +590,8 @@ TRAINER = textwrap.dedent(
         "losses": losses,
         "eval_loss": metrics["eval_loss"],
         "changed": [k for k, v in model.named_parameters() if not torch.equal(before[k], v.detach())],
-        "pair_head": [model.classifier.in_features, model.pair_encoding],
-        "reloaded_head": [again.classifier.in_features, again.pair_encoding, again.config.finetuning_task],
+        "pair_head": [model.classifier.in_features, model.classifier.config.pair_encoding],
+        "reloaded_head": [again.classifier.in_features, again.classifier.config.pair_encoding, again.config.finetuning_task],
         "same_weights": all(torch.equal(again.state_dict()[k], v) for k, v in model.state_dict().items()),
     }))
     """
