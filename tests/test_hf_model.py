@@ -213,6 +213,23 @@ PROBE = textwrap.dedent(
     own = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2, text_pairs=True, **R)
     report["text_pairs_in"] = own.classifier.in_features
 
+    # transformers' run_glue.py: AutoConfig.from_pretrained(config_name or model, num_labels=...,
+    # finetuning_task=task_name), where task_name is None with --train_file / --validation_file
+    def run_glue_head(config_folder, task_name, num_labels=2):
+        config = AutoConfig.from_pretrained(config_folder, num_labels=num_labels, finetuning_task=task_name, **R)
+        clf = AutoModelForSequenceClassification.from_pretrained(folder, config=config, **R)
+        return [type(clf.classifier).__name__, clf.classifier.in_features, clf.classifier.config.pair_encoding]
+    import shutil
+    pairs_folder = os.path.join(os.path.dirname(out_path), "text-pairs")  # config.json saying "text_pairs": true
+    shutil.copytree(folder, pairs_folder)
+    with open(os.path.join(pairs_folder, "config.json"), encoding="utf-8") as fh:
+        config_json = json.load(fh)
+    with open(os.path.join(pairs_folder, "config.json"), "w", encoding="utf-8") as fh:
+        json.dump({**config_json, "text_pairs": True}, fh)
+    report["run_glue"] = {"task_name": run_glue_head(folder, "mrpc"), "stsb": run_glue_head(folder, "stsb", 1),
+                          "local_files": run_glue_head(folder, None),
+                          "local_files_text_pairs": run_glue_head(pairs_folder, None)}
+
     # length
     long_text = " ".join(["the river"] * 40)
     report["model_max_length"] = tok.model_max_length
@@ -462,6 +479,22 @@ def test_classifier_for_a_task_is_the_projects_loop_classifier(probe, task, enco
         expected = project(t["pair_ids"], t["pair_mask"])
     torch.testing.assert_close(t[f"{task}_logits"], expected, rtol=1e-5, atol=1e-5)
     assert report["text_pairs_in"] == 4 * core.cfg.d_model, "text_pairs=True did not give the pair head"
+
+
+def test_run_glue_uses_the_pair_head_where_the_card_says(probe):
+    """run_glue.py names the task only with --task_name: with local files the classifier pools the joint
+    input into one vector, unless config.json says text_pairs (which run_glue.py does not pass)."""
+    core, _, report, _ = probe
+    d = core.cfg.d_model
+    assert report["run_glue"] == {"task_name": ["LinearHead", 4 * d, "separate"],
+                                  "stsb": ["LinearHead", 4 * d, "separate"],  # the pair head, not the similarity head
+                                  "local_files": ["LinearHead", d, "joint"],
+                                  "local_files_text_pairs": ["LinearHead", 4 * d, "joint"]}
+    card = " ".join(report["card"].split())
+    assert "`--task_name mrpc` gets the pair head" in card
+    assert "it passes `finetuning_task=None`, and the classifier pools `[START] a [DOC] b [END]` into one vector" in card
+    assert "unless this folder's `config.json` says `\"text_pairs\": true`" in card
+    assert "This config leaves it off (`similarity_head: false`)" in card
 
 
 # --------------------------------------------------------------------------- 4. length
