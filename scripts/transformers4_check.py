@@ -132,11 +132,18 @@ def check(root: Path) -> int:
     return 1 if failures else 0
 
 
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", choices=("make", "check"), help="make: this repository's half; check: the other release's")
+    parser.add_argument("folder", type=Path, help="where `make` writes the exports and `check` reads them")
+    args = parser.parse_args(argv)
+    if args.mode == "make":
+        make(args.folder)
+        return 0
+    return check(args.folder)
+
+
 if __name__ == "__main__":
-    mode, folder = sys.argv[1:3]
-    if mode == "make":
-        make(Path(folder))
-    elif mode == "check":
-        sys.exit(check(Path(folder)))
-    else:
-        sys.exit(f"usage: {sys.argv[0]} make|check DIR")
+    sys.exit(main())
