@@ -176,3 +176,23 @@ def test_export_needs_a_tokenizer_where_the_folder_has_none(tiny_model_dir, tmp_
     with pytest.raises(FileNotFoundError, match="holds no tokenizer.json"):
         hf_export.export(tiny_model_dir, None, tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
+
+
+def test_loops_hugging_face_path_fits_the_similarity_head_of_an_export(tiny_model_dir, tiny_tokenizer, glue_layout,
+                                                                       tmp_path):
+    """HF_MODELS=<export>: the loop builds the transformers classifier with finetune.similarity_head, finds its
+    similarity head as it finds its own classifier's, and fits the scale and bias before fine-tuning."""
+    folder = hf_export.export(tiny_model_dir, tiny_tokenizer, tmp_path / "hf")
+    ft = dataclasses.replace(get_params("tiny").finetune, epochs=1, batch_size=16, seeds=[1], max_train_examples=24,
+                             max_eval_examples=12, output_dir=str(tmp_path / "out"), save_best=False)
+    loaded = glue_models.load_for_task(glue_models.hf_source(str(folder)), TASKS["stsb"], ft, seed=1)
+    assert isinstance(loaded.model.classifier, glue_heads.SimilarityHead)
+    assert glue_utils.uses_similarity_head(loaded.model)
+    splits, _ = load_task(TASKS["stsb"], glue_layout, ft.max_bad_fraction)
+    enc = glue_utils.encode_split(loaded, splits["train"])
+    scale, bias = glue_utils.fit_similarity(loaded, enc, 8)
+    assert (loaded.model.classifier.scale.item(), loaded.model.classifier.bias.item()) == pytest.approx((scale, bias))
+    assert (scale, bias) != (1.0, 0.0)
+    plain = glue_models.load_for_task(glue_models.hf_source(str(folder)), TASKS["stsb"],
+                                      dataclasses.replace(ft, similarity_head=False), seed=1)
+    assert isinstance(plain.model.classifier, glue_heads.LinearHead) and not glue_utils.uses_similarity_head(plain.model)
