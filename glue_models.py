@@ -266,7 +266,8 @@ def _load_ditbert(source: ModelSource, task: Task, ft: FinetuneConfig, seed: int
         return {"input_ids": [[START_ID, *a, DOC_ID, *b, END_ID] for a, b in pairs]}
 
     def save(out_dir):
-        save_classifier(model, out_dir, tokenizer_path, {"task": task.name, "tokens_seen": tokens})
+        save_classifier(model, out_dir, tokenizer_path, {"task": task.name, "label_names": list(task.label_names),
+                                                         "tokens_seen": tokens})
 
     info = {"kind": "ditbert", "source": str(path), "tokenizer": str(tokenizer_path), "pretrain_tokens_seen": tokens,
             "max_len": max_len, "model_config": dataclasses.asdict(model.cfg), "fingerprint": model_fingerprint(source)}
@@ -293,8 +294,9 @@ def _load_hf(source: ModelSource, task: Task, ft: FinetuneConfig) -> Loaded:
     folder = Path(source.path).expanduser()
     target, kwargs = (str(folder), {"local_files_only": True}) if folder.is_dir() else (source.path, {})
     tokenizer = _from_hf(AutoTokenizer, target, **kwargs)
-    if _hf_model_type(source.path) == "ditbert":  # an exported DitBERT builds its pair head for the task's texts
-        kwargs |= {"finetuning_task": task.name, "text_pairs": len(task.text_columns) == 2}
+    if _hf_model_type(source.path) == "ditbert":  # an exported DitBERT builds the loop's head for the task's texts
+        kwargs |= {"finetuning_task": task.name, "text_pairs": len(task.text_columns) == 2,
+                   "similarity_head": ft.similarity_head}  # fitted before fine-tuning, as DitBERT's (glue_utils)
     model = _from_hf(AutoModelForSequenceClassification, target, num_labels=task.num_labels,
                      ignore_mismatched_sizes=True, **kwargs)  # a head of another size (e.g. MNLI's 3 labels) is replaced
     model.config.problem_type = None  # the loop computes the loss; nothing to infer from labels

@@ -58,7 +58,7 @@ import glue_runs
 import runtime
 from glue_models import (PRESET, Loaded, ModelSource, apply_recipe, check_source, load_for_task, logits_of,
                          recipe_for)
-from glue_heads import DitBertClassifier, fit_similarity_head
+from glue_heads import fit_similarity_head, similarity_head_of
 from glue_tasks import (EXTRA_TEST_TASKS, TASKS, Task, compute_metrics, get_task, label_name, load_task, load_test_splits,
                         main_score, parse_tasks, subsample)
 from params import PAIR_ENCODINGS, FinetuneConfig
@@ -174,7 +174,7 @@ def predict(loaded: Loaded, enc: dict, batch_size: int, regression: bool, precis
 def fit_similarity(loaded: Loaded, enc: dict, batch_size: int, precision: runtime.Precision = CPU_FP32):
     """Fit the similarity head's scale and bias to the training pairs under the frozen model
     (glue_heads.fit_similarity_head); returns (scale, bias)."""
-    head = loaded.model.head
+    head = similarity_head_of(loaded.model)
     with torch.no_grad():  # scale 1, bias 0: the model then outputs the cosine itself
         head.scale.fill_(1.0)
         head.bias.fill_(0.0)
@@ -227,8 +227,9 @@ def check_finetune_settings(ft: FinetuneConfig) -> None:
 
 
 def uses_similarity_head(model: nn.Module) -> bool:
-    """Whether `model` scores pairs by their cosine, with a scale and bias to fit before fine-tuning."""
-    return isinstance(model, DitBertClassifier) and model.head_config.similarity_head
+    """Whether `model` scores pairs by their cosine, with a scale and bias to fit before fine-tuning: the
+    repository's classifier or the transformers one (an exported DitBERT) with the similarity head."""
+    return similarity_head_of(model) is not None
 
 
 # --------------------------------------------------------------------------- run folders

@@ -1,7 +1,9 @@
 """DitBERT as a Hugging Face ``transformers`` model.
 
 Inside this repository the classes below wrap the one encoder of ``model_defs.py``
-(`DitBertEncoder`, `MLMHead`) and the pair handling of ``glue_heads.py``, and are registered
+(`DitBertEncoder`, `MLMHead`) and the task heads of ``glue_heads.py`` (the sequence classifier's
+head is the one the repository's loop trains: pooling, pair features, the pair encodings and
+the similarity head), and are registered
 with the Auto classes on import (the bare encoder, masked LM, sequence and token classification,
 question answering, multiple choice), so ``AutoModelForMaskedLM.from_pretrained(dir)`` works
 after ``import hf_ditbert``. They take transformers' standard forward arguments
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from pathlib import Path
 
 import torch
@@ -48,9 +49,9 @@ import glue_tasks
 import model_defs
 import params
 import tokenization
-from glue_heads import pool_texts, split_pair
-from model_defs import DitBertEncoder, MLMHead, pool_hidden, set_dropout
-from params import PAD_ID, FinetuneConfig, ModelConfig
+from glue_heads import DitBertClassifier, HeadConfig, SimilarityHead, task_head
+from model_defs import DitBertEncoder, MLMHead, init_weights, pool_hidden, set_dropout
+from params import PAD_ID, PAIR_ENCODINGS, POOLINGS, FinetuneConfig, ModelConfig
 
 # --------------------------------------------------------------------------- configuration
 
@@ -67,9 +68,10 @@ class DitBertConfig(PretrainedConfig):
     encoder keep), `classifier_dropout` (before the task layer), and for two-text tasks
     `pair_features` (the head reads ``[u, v, |u - v|, u * v]`` of the two texts pooled apart) with
     `pair_encoding` (``joint``: one input ``[START] a [DOC] b [END]``; ``separate``: each text
-    encoded on its own; ``by_task``: separate for the similarity tasks, joint for the others).
+    encoded on its own; ``by_task``: separate for the similarity tasks, joint for the others), and
+    `similarity_head` (a regression on two texts scores ``scale * cosine + bias`` of the texts).
     Whether a task has two texts, and which it is, comes from `text_pairs` or else from
-    ``finetuning_task`` (a GLUE name, as run_glue.py sets it).
+    ``finetuning_task`` (a GLUE name, as run_glue.py sets it with ``--task_name``): `head_config`.
     """
 
     model_type = "ditbert"
@@ -99,14 +101,15 @@ class DitBertConfig(PretrainedConfig):
         finetune_dropout: float = 0.1,
         pair_features: bool = False,
         pair_encoding: str = "joint",
+        similarity_head: bool = False,
         text_pairs: bool | None = None,
         finetuning_task: str | None = None,
         **kwargs,
     ):
-        if pooling not in ("cls", "mean"):
-            raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
-        if pair_encoding not in ("joint", "separate", "by_task"):
-            raise ValueError(f"pair_encoding must be 'joint', 'separate' or 'by_task', got {pair_encoding!r}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if pair_encoding not in PAIR_ENCODINGS:
+            raise ValueError(f"pair_encoding must be one of {PAIR_ENCODINGS}, got {pair_encoding!r}")
         self.vocab_size = vocab_size
         self.seq_len = seq_len  # text tokens per sequence; the model holds seq_len + 2 positions
         self.n_layers = n_layers
@@ -123,6 +126,7 @@ class DitBertConfig(PretrainedConfig):
         self.finetune_dropout = finetune_dropout  # encoder dropout of the task models
         self.pair_features = pair_features  # two-text tasks: the head reads [u, v, |u - v|, u * v]
         self.pair_encoding = pair_encoding  # two-text tasks with pair features: joint | separate | by_task
+        self.similarity_head = similarity_head  # regression on two texts: scale * cosine + bias
         self.text_pairs = text_pairs  # the task has two texts; None = decided by finetuning_task
         kwargs.setdefault("pad_token_id", 0)  # [PAD]
         kwargs.setdefault("bos_token_id", 1)  # [START]
@@ -147,20 +151,20 @@ def core_config(config: DitBertConfig) -> ModelConfig:
     return ModelConfig(**{f.name: getattr(config, f.name, f.default) for f in dataclasses.fields(ModelConfig)})
 
 
-def pair_recipe(config: DitBertConfig) -> tuple[bool, str]:
-    """(pair features, pair encoding) of a classifier for the task of `config`: the recipe's on a task
-    with two texts (`text_pairs`, or else a two-text GLUE task named by ``finetuning_task``), where
-    ``by_task`` encodes a similarity task's texts separately and the others' jointly; one pooled
-    vector of the joint input otherwise."""
+def head_config(config: DitBertConfig) -> HeadConfig:
+    """The head of a sequence classifier for the task of `config`, decided as the repository's loop
+    decides it (`glue_heads.HeadConfig.recipe`): the pair features, the similarity head and the pair
+    encoding of the recipe on a task with two texts -- `text_pairs`, or else a two-text GLUE task named
+    by ``finetuning_task`` -- where ``by_task`` encodes a similarity task's texts separately and the
+    others' jointly; one pooled vector of the joint input otherwise (a task of one text, or one the
+    config does not name: run_glue.py with local files sets no ``finetuning_task``)."""
     task = str(getattr(config, "finetuning_task", None) or "").lower()
     text_pairs = getattr(config, "text_pairs", None)
-    two_texts = text_pairs if text_pairs is not None else task in GLUE_TWO_TEXT_TASKS
-    if not (two_texts and getattr(config, "pair_features", False)):
-        return False, "joint"
-    encoding = getattr(config, "pair_encoding", "joint")
-    if encoding == "by_task":
-        encoding = "separate" if task in SIMILARITY_TASKS else "joint"
-    return True, encoding
+    return HeadConfig.recipe(
+        config.num_labels, two_texts=text_pairs if text_pairs is not None else task in GLUE_TWO_TEXT_TASKS,
+        similar_texts=task in SIMILARITY_TASKS, pooling=config.pooling,
+        pair_features=getattr(config, "pair_features", False), similarity_head=getattr(config, "similarity_head", False),
+        pair_encoding=getattr(config, "pair_encoding", "joint"), dropout=config.classifier_dropout)
 
 
 def real_tokens(input_ids, attention_mask, inputs_embeds=None) -> torch.Tensor:
@@ -173,28 +177,15 @@ def real_tokens(input_ids, attention_mask, inputs_embeds=None) -> torch.Tensor:
     return torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
 
 
-def stacked_texts(input_ids, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows ``[START] a [DOC] b [END]`` -> the rows ``[START] a [END]`` then ``[START] b [END]``
-    (`split_pair`), padded to one width and stacked into one batch of 2B rows, and their mask:
-    both texts of every pair go through the encoder on their own, in one pass."""
-    (a, a_mask), (b, b_mask) = split_pair(input_ids, attention_mask)
-    width = max(a.shape[1], b.shape[1])
-
-    def widen(x, fill):
-        return F.pad(x, (0, width - x.shape[1]), value=fill)
-
-    ids = torch.cat([widen(a, PAD_ID), widen(b, PAD_ID)])
-    return ids, torch.cat([widen(a_mask.long(), 0), widen(b_mask.long(), 0)])
-
-
 def chosen(value, default):
     """A forward argument, or the config's setting when it is None (transformers' convention)."""
     return default if value is None else value
 
 
 class DitBertPreTrainedModel(PreTrainedModel):
-    """Shared base: new weights get transformers' default init, which is BERT's normal(0, 0.02),
-    zero biases and unit LayerNorms -- the same as `model_defs.init_weights`.
+    """Shared base: new weights (a task head on a pretrained encoder, every weight of a model made
+    from a config) get `model_defs.init_weights`, BERT's normal(0, initializer_range) with zero
+    biases and unit LayerNorms, and a new similarity head scale 1 and bias 0 (`_init_weights`).
 
     Attention: ``attn_implementation="sdpa"`` (the default) runs torch's scaled_dot_product_attention;
     ``"eager"`` the written-out softmax, which forms the weights. ``output_attentions=True`` computes
@@ -207,6 +198,18 @@ class DitBertPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _no_split_modules = ["Block"]
+
+    def _init_weights(self, module):
+        """Initialise `module`'s new weights. transformers calls this for the modules whose weights a
+        checkpoint did not hold; 5.x also for modules whose own weights it has read, marked
+        ``_is_hf_initialized``, which are left as they are."""
+        own = list(module.parameters(recurse=False))
+        if own and all(getattr(p, "_is_hf_initialized", False) for p in own):
+            return
+        if isinstance(module, SimilarityHead):
+            module.reset_parameters()
+        else:
+            init_weights(module, self.config.initializer_range)
 
     def encoder_outputs(self, input_ids, attention_mask, inputs_embeds, output_attentions, output_hidden_states):
         """The bare encoder's `BaseModelOutput` for a task head (`self.ditbert`)."""
@@ -281,8 +284,8 @@ class DitBertForMaskedLM(DitBertPreTrainedModel):
 
 
 class DitBertTaskModel(DitBertPreTrainedModel):
-    """Base of the fine-tuning heads: the encoder with the recipe's dropout (config.finetune_dropout)
-    and dropout before the task layer (config.classifier_dropout)."""
+    """Base of the fine-tuning heads: the encoder with the recipe's dropout (config.finetune_dropout);
+    each head adds dropout before its task layer (config.classifier_dropout)."""
 
     _keys_to_ignore_on_load_unexpected = [r"^head\."]  # the MLM head is replaced by the task's
 
@@ -291,17 +294,18 @@ class DitBertTaskModel(DitBertPreTrainedModel):
         self.num_labels = config.num_labels
         self.ditbert = DitBertModel(config)
         set_dropout(self.ditbert, config.finetune_dropout)
-        self.dropout = nn.Dropout(config.classifier_dropout)
 
 
 class DitBertForSequenceClassification(DitBertTaskModel):
-    """Encoder -> pooled vector (config.pooling) -> dropout -> linear layer to `num_labels` scores.
+    """The encoder with the head of the repository's own classifier (glue_heads.DitBertClassifier):
+    `classifier` is a `glue_heads.LinearHead` -- pooled vector (config.pooling) -> dropout -> linear
+    layer to `num_labels` scores -- or a `glue_heads.SimilarityHead`, as `head_config` decides from
+    the config.
 
-    On a task with two texts and config.pair_features (`pair_recipe`), each text is pooled on its own
-    into u and v, both scaled to length sqrt(d_model), and the layer reads ``[u, v, |u - v|, u * v]``:
-    what the repository's fine-tuning loop does (glue_heads.DitBertClassifier). The texts are found
-    by the [DOC] token between them, in the joint input or, with the separate encoding, each encoded
-    on its own.
+    With pair features each text of a pair is pooled on its own into u and v, both scaled to length
+    sqrt(d_model), and the layer reads ``[u, v, |u - v|, u * v]``; the similarity head scores
+    ``scale * cosine + bias`` of the two texts. The texts are found by the [DOC] token between them,
+    in the joint input or, with the separate encoding, each encoded on its own.
 
     The loss follows transformers' convention: regression (MSE) for one label,
     cross-entropy for integer labels, BCE for multi-label float targets.
@@ -309,39 +313,26 @@ class DitBertForSequenceClassification(DitBertTaskModel):
 
     def __init__(self, config: DitBertConfig):
         super().__init__(config)
-        self.pair_features, self.pair_encoding = pair_recipe(config)
-        self.classifier = nn.Linear((4 if self.pair_features else 1) * config.d_model, config.num_labels)
+        self.classifier = task_head(config.d_model, head_config(config))
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, inputs_embeds=None, labels=None,
                 output_attentions=None, output_hidden_states=None, return_dict=None):
         """Scores (B, num_labels) and, with `labels`, the loss. With the separate encoding the texts are
         one batch of 2B rows, first texts then second texts, which `hidden_states` and `attentions` show."""
-        if self.pair_features and input_ids is None:
-            raise ValueError("pair features find the two texts by the [DOC] token in input_ids: give input_ids")
+        head = self.classifier
+        if head.config.reads_pairs and input_ids is None:
+            raise ValueError("the pair head finds the two texts by the [DOC] token in input_ids: give input_ids")
         ids, mask = input_ids, real_tokens(input_ids, attention_mask, inputs_embeds)
-        if self.pair_features and self.pair_encoding == "separate":
-            ids, mask = stacked_texts(input_ids, mask)
+        if input_ids is not None:
+            ids, mask = head.encoder_rows(input_ids, mask)
         out = self.encoder_outputs(ids, mask, inputs_embeds, output_attentions, output_hidden_states)
-        hidden = out.last_hidden_state
-        features = self.pair_vector(hidden, ids, mask) if self.pair_features else pool_hidden(hidden, mask, self.config.pooling)
-        logits = self.classifier(self.dropout(features))
+        embedded = self.ditbert.encoder.embed(ids) if head.reads_embeddings else None
+        logits = head(out.last_hidden_state, ids, mask, embedded)
         loss = None if labels is None else self.classification_loss(logits, labels)
         result = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states,
                                           attentions=out.attentions)
         return self.finish(result, return_dict)
-
-    def pair_vector(self, hidden, ids, mask) -> torch.Tensor:
-        """``[u, v, |u - v|, u * v]`` (B, 4 d_model) of the two texts, pooled apart and scaled to length
-        sqrt(d_model), so that the sum of u * v is d_model times their cosine."""
-        pooling = self.config.pooling
-        if self.pair_encoding == "separate":
-            half = hidden.shape[0] // 2
-            u, v = pool_hidden(hidden[:half], mask[:half], pooling), pool_hidden(hidden[half:], mask[half:], pooling)
-        else:
-            u, v = pool_texts(hidden, ids, mask, pooling)
-        u, v = (F.normalize(x, dim=-1) * math.sqrt(self.config.d_model) for x in (u, v))
-        return torch.cat([u, v, (u - v).abs(), u * v], dim=-1)
 
     def classification_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.config.problem_type is None:
@@ -364,6 +355,7 @@ class DitBertForTokenClassification(DitBertTaskModel):
 
     def __init__(self, config: DitBertConfig):
         super().__init__(config)
+        self.dropout = nn.Dropout(config.classifier_dropout)
         self.classifier = nn.Linear(config.d_model, config.num_labels)
         self.post_init()
 
@@ -385,6 +377,7 @@ class DitBertForQuestionAnswering(DitBertTaskModel):
 
     def __init__(self, config: DitBertConfig):
         super().__init__(config)
+        self.dropout = nn.Dropout(config.classifier_dropout)
         self.qa_outputs = nn.Linear(config.d_model, 2)
         self.post_init()
 
@@ -409,6 +402,7 @@ class DitBertForMultipleChoice(DitBertTaskModel):
 
     def __init__(self, config: DitBertConfig):
         super().__init__(config)
+        self.dropout = nn.Dropout(config.classifier_dropout)
         self.classifier = nn.Linear(config.d_model, 1)
         self.post_init()
 
@@ -536,10 +530,13 @@ def finetune_settings(extras: dict) -> dict:
 
 def recipe_config(finetune: dict) -> dict:
     """The DitBertConfig settings that make a fresh task model start as the repository's loop starts
-    one: its pooling, its dropout in the encoder and before the head, and its pair head."""
+    one: its pooling, its dropout in the encoder and before the head, and its pair head. The
+    similarity head stays off whatever the recipe says: the loop fits its scale and bias to the
+    training pairs before fine-tuning (glue_utils.fit_similarity), a step the Trainer does not take,
+    and a head left at scale 1 and bias 0 is worse than the pair head (glue_heads.SimilarityHead)."""
     return {"pooling": finetune["pooling"], "finetune_dropout": finetune["dropout"],
             "classifier_dropout": finetune["dropout"], "pair_features": finetune["pair_features"],
-            "pair_encoding": finetune["pair_encoding"]}
+            "pair_encoding": finetune["pair_encoding"], "similarity_head": False}
 
 
 def to_hf(core: model_defs.DitBertForMLM, recipe: dict | None = None) -> DitBertForMaskedLM:
@@ -550,3 +547,31 @@ def to_hf(core: model_defs.DitBertForMLM, recipe: dict | None = None) -> DitBert
     model.ditbert.encoder.load_state_dict(core.encoder.state_dict())
     model.head.load_state_dict(core.head.state_dict())
     return model.eval()
+
+
+def classifier_recipe(head: HeadConfig) -> dict:
+    """The DitBertConfig settings under which `head_config` gives `head` back exactly: its own settings,
+    its task's texts declared two (`text_pairs`) where it reads them apart, and its dropout in the
+    encoder too (the loop's finetune.dropout is both)."""
+    return {"pooling": head.pooling, "pair_features": head.pair_features, "similarity_head": head.similarity_head,
+            "pair_encoding": head.pair_encoding, "text_pairs": head.reads_pairs, "finetune_dropout": head.dropout,
+            "classifier_dropout": head.dropout}
+
+
+def classifier_to_hf(model: DitBertClassifier, task: str | None = None,
+                     label_names=()) -> DitBertForSequenceClassification:
+    """The transformers classifier holding exactly the weights of `model`, a classifier the repository's
+    loop fine-tuned on `task` (its name; `label_names` in label order name the outputs), with the
+    same head: the same scores for the same input ids."""
+    head = model.head_config
+    labels = {"id2label": dict(enumerate(label_names))} if len(label_names) == head.num_labels > 1 else {
+        "num_labels": head.num_labels}
+    config = DitBertConfig(**dataclasses.asdict(model.cfg), **classifier_recipe(head), finetuning_task=task,
+                           problem_type="regression" if head.regression else "single_label_classification",
+                           architectures=["DitBertForSequenceClassification"], **labels)
+    exported = DitBertForSequenceClassification(config)
+    if exported.classifier.config != head:
+        raise ValueError(f"the config gives the head {exported.classifier.config}, not the model's {head}")
+    exported.ditbert.encoder.load_state_dict(model.encoder.state_dict())
+    exported.classifier.load_state_dict(model.head.state_dict())
+    return exported.eval()

@@ -181,25 +181,26 @@ class DitBertEncoder(nn.Module):
         self.gradient_checkpointing = False  # recompute each block in the backward pass (`run_block`)
 
     def forward(self, input_ids, attention_mask=None, keep=None):
-        """input_ids (B, T) -> hidden states (B, T, D). attention_mask (B, T) is 1 for real tokens.
-        With `keep` (B, T bool), only the hidden states at those positions: (N, D); the last block
-        then skips its work after attention everywhere else (pretraining needs only masked ones)."""
+        """input_ids (B, T) -> hidden states (B, T, D). attention_mask (B, T) is 1 for real tokens;
+        None says that every token is real (pretraining's windows are never padded), so attention
+        runs without a mask. With `keep` (B, T bool), only the hidden states at those positions:
+        (N, D); the last block then skips its work after attention everywhere else (pretraining
+        needs only masked ones)."""
         self.check_length(input_ids.shape[1])
         x = self.drop(self.embed(input_ids))
-        mask = input_ids.ne(PAD_ID) if attention_mask is None else attention_mask
-        return self.ln_final(run_blocks(self.blocks, x, self.attention_bias(mask, x.dtype), keep))
+        return self.ln_final(run_blocks(self.blocks, x, self.attention_bias(attention_mask, x), keep))
 
     def layer_states(self, input_ids=None, attention_mask=None, inputs_embeds=None, need_weights=False):
         """What tools that look inside the encoder ask for: the hidden states after the embedding layer
         and after each block, the last one after the final LayerNorm (what `forward` returns), and with
         `need_weights` each block's attention weights (B, nh, T, T). `inputs_embeds` (B, T, D) stands for
-        the token embeddings of `input_ids`; without an attention_mask every position of it is real."""
+        the token embeddings of `input_ids`. Without an attention_mask the tokens of `input_ids` other than
+        [PAD] are real, and every position of `inputs_embeds`."""
         self.check_length((input_ids if inputs_embeds is None else inputs_embeds).shape[1])
         x = self.drop(self.embed(input_ids, inputs_embeds))
-        B, T = x.shape[:2]
-        if attention_mask is None:
-            attention_mask = input_ids.ne(PAD_ID) if input_ids is not None else torch.ones(B, T, device=x.device)
-        key_mask = self.attention_bias(attention_mask, x.dtype)
+        if attention_mask is None and input_ids is not None:
+            attention_mask = input_ids.ne(PAD_ID)
+        key_mask = self.attention_bias(attention_mask, x)
         states, weights = [x], []
         for block in self.blocks:
             x = self.run_block(block, x, key_mask, need_weights)
@@ -227,14 +228,16 @@ class DitBertEncoder(nn.Module):
             raise ValueError(f"sequence of {T} tokens is longer than the model's {self.cfg.max_positions} positions "
                              "(a learned position table): truncate it, e.g. tokenizer(..., truncation=True)")
 
-    def attention_bias(self, attention_mask, dtype):
-        """What SelfAttention takes as `key_mask`, from the (B, T) mask of real tokens: None, a bool mask
-        (B, 1, 1, T) of the real tokens, or, with ALiBi, a float bias -slope |i - j| (-inf at padding)."""
-        key_mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): who may be attended to
-        if bool(key_mask.all()):
-            key_mask = None  # no padding: lets SDPA pick its fastest kernel
+    def attention_bias(self, attention_mask, x):
+        """What SelfAttention takes as `key_mask` for the states `x` (B, T, D), from the (B, T) mask of
+        real tokens: a bool mask (B, 1, 1, T) of the real tokens or, with ALiBi, a float bias
+        -slope |i - j| with -inf at padding. Without a mask (None: no padding) it is None, or ALiBi's
+        bias alone. A given mask is always applied, even where it holds no padding: a branch on its
+        values would be a data-dependent Python branch, which torch.compile breaks its graph at and
+        a traced export freezes to the example it saw."""
+        key_mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # who may be attended to
         if self.pos_emb is None:  # ALiBi: positions enter as a distance penalty on every attention score
-            bias = alibi_bias(self.cfg.n_heads, attention_mask.shape[1], attention_mask.device).to(dtype)
+            bias = alibi_bias(self.cfg.n_heads, x.shape[1], x.device).to(x.dtype)
             key_mask = bias if key_mask is None else bias.masked_fill(~key_mask, float("-inf"))
         return key_mask
 

@@ -250,7 +250,7 @@ def encode_task(model_dir: str | Path, tokenizer: str | Path, task_name: str, pa
 def zero_shot_similarity(model_dir: str | Path, tokenizer: str | Path, params: Params, glue_dir,
                          data_dir: str | Path = "data") -> float:
     """STS-B validation score (x100, mean of Pearson and Spearman) of the two sentences' cosine as
-    the similarity head computes it (`glue_heads.DitBertClassifier.text_cosine`), encoded as
+    the similarity head computes it (`glue_heads.SimilarityHead.features`), encoded as
     fine-tuning encodes the pair, with no training: what the frozen encoder already knows about
     how alike two texts are -- the pair tasks' counterpart of the linear probe, and where the
     similarity head starts. Lexical overlap alone scores well here."""

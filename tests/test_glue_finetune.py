@@ -302,7 +302,7 @@ def test_pair_features_head_on_pair_tasks_only_and_saved_with_the_model(ditbert,
     u, v = glue_heads.pool_texts(model.encoder(pair, pair.ne(PAD_ID)), pair, pair.ne(PAD_ID), "mean")
     u, v = (torch.nn.functional.normalize(x, dim=-1) * 32**0.5 for x in (u, v))  # length sqrt(d_model)
     features = torch.cat([u, v, (u - v).abs(), u * v], dim=-1)
-    assert torch.allclose(model(pair), model.head(features), atol=1e-6)  # the head reads the four parts
+    assert torch.allclose(model(pair), model.head.scores(features), atol=1e-6)  # the head reads the four parts
     assert not torch.allclose(model(pair), model(swapped))
     glue_utils.run_glue(ditbert, "rte", ft, glue_dir=glue_layout)
     best = tmp_path / "ditbert-test-seed1" / "best_rte"
@@ -316,16 +316,21 @@ def test_pair_features_head_on_pair_tasks_only_and_saved_with_the_model(ditbert,
     assert torch.equal(kept.head.weight, reloaded.head.weight)  # same labels, same features: head kept
 
 
-def test_split_pair_frames_each_text_as_a_text_of_its_own():
+def test_stacked_texts_frame_each_text_as_a_text_of_its_own():
     ids = torch.tensor([[START_ID, 10, 11, 12, DOC_ID, 20, 21, END_ID, PAD_ID],
                         [START_ID, 13, DOC_ID, 22, 23, 24, 25, 26, END_ID],
                         [START_ID, 14, 15, END_ID, PAD_ID, PAD_ID, PAD_ID, PAD_ID, PAD_ID]])  # no [DOC]: b is empty
-    (a, mask_a), (b, mask_b) = glue_heads.split_pair(ids, ids.ne(PAD_ID))
-    assert a.tolist() == [[START_ID, 10, 11, 12, END_ID], [START_ID, 13, END_ID, PAD_ID, PAD_ID],
-                          [START_ID, 14, 15, END_ID, PAD_ID]]
-    assert b.tolist() == [[START_ID, 20, 21, END_ID, PAD_ID, PAD_ID, PAD_ID], [START_ID, 22, 23, 24, 25, 26, END_ID],
-                          [START_ID, END_ID, PAD_ID, PAD_ID, PAD_ID, PAD_ID, PAD_ID]]
-    assert torch.equal(mask_a, a.ne(PAD_ID)) and torch.equal(mask_b, b.ne(PAD_ID))
+    rows, mask = glue_heads.stacked_texts(ids, ids.ne(PAD_ID))
+    assert rows.tolist() == [[START_ID, 10, 11, 12, END_ID, PAD_ID, PAD_ID],  # first texts, as wide as the longest text
+                             [START_ID, 13, END_ID, PAD_ID, PAD_ID, PAD_ID, PAD_ID],
+                             [START_ID, 14, 15, END_ID, PAD_ID, PAD_ID, PAD_ID],
+                             [START_ID, 20, 21, END_ID, PAD_ID, PAD_ID, PAD_ID],  # then second texts
+                             [START_ID, 22, 23, 24, 25, 26, END_ID],
+                             [START_ID, END_ID, PAD_ID, PAD_ID, PAD_ID, PAD_ID, PAD_ID]]
+    assert torch.equal(mask.bool(), rows.ne(PAD_ID))
+    a, a_len, b, b_len = glue_heads.pair_rows(ids, ids.ne(PAD_ID))  # the input's width: what a traced graph reads
+    assert a.shape == b.shape == ids.shape and a_len.tolist() == [5, 3, 4] and b_len.tolist() == [4, 7, 2]
+    assert torch.equal(torch.cat([a, b])[:, :7], rows) and (torch.cat([a, b])[:, 7:] == PAD_ID).all()
 
 
 def test_separate_pair_encoding_reads_each_text_encoded_alone(ditbert, glue_layout, tmp_path):
@@ -337,14 +342,14 @@ def test_separate_pair_encoding_reads_each_text_encoded_alone(ditbert, glue_layo
     alone = [torch.tensor([[START_ID, *text, END_ID]]) for text in ([10, 11], [12, 13, 14])]
     pooled = [pool_hidden(model.encoder(x, x.ne(PAD_ID)), x.ne(PAD_ID), "mean") for x in alone]
     u, v = (torch.nn.functional.normalize(x, dim=-1) * 32**0.5 for x in pooled)
-    assert torch.allclose(model(pair), model.head(torch.cat([u, v, (u - v).abs(), u * v], dim=-1)), atol=1e-6)
+    assert torch.allclose(model(pair), model.head.scores(torch.cat([u, v, (u - v).abs(), u * v], dim=-1)), atol=1e-6)
     model.head_config = dataclasses.replace(model.head_config, pair_encoding="joint")
-    assert not torch.allclose(model(pair), model.head(torch.cat([u, v, (u - v).abs(), u * v], dim=-1)), atol=1e-4)
+    assert not torch.allclose(model(pair), model.head.scores(torch.cat([u, v, (u - v).abs(), u * v], dim=-1)), atol=1e-4)
 
     sim = glue_models.load_for_task(ditbert, TASKS["stsb"], similarity_ft(tmp_path, pair_encoding="separate"), seed=1).model.eval()
     cosine = sum(torch.nn.functional.cosine_similarity(*(pool_hidden(layer(x), x.ne(PAD_ID), "mean") for x in alone))
                  for layer in (lambda x: sim.encoder(x, x.ne(PAD_ID)), sim.encoder.embed)) / 2
-    assert torch.allclose(sim.text_cosine(pair, pair.ne(PAD_ID)), cosine, atol=1e-6)
+    assert torch.allclose(sim.features(pair, pair.ne(PAD_ID)), cosine, atol=1e-6)
 
     glue_utils.run_glue(ditbert, "rte", ft, glue_dir=glue_layout)
     assert glue_heads.load_classifier(tmp_path / "ditbert-test-seed1" / "best_rte").head_config.pair_encoding == "separate"

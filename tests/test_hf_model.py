@@ -192,7 +192,7 @@ PROBE = textwrap.dedent(
         "pooling": fresh.config.pooling,
         "encoder_dropouts": sorted({m.p for m in fresh.ditbert.modules() if isinstance(m, torch.nn.Dropout)}),
         "attention_dropout": fresh.ditbert.encoder.blocks[0].attn.dropout,
-        "head_dropout": fresh.dropout.p,
+        "head_dropout": fresh.classifier.dropout.p,
         "classifier_in": fresh.classifier.in_features,
     }
     fresh.eval()
@@ -206,12 +206,29 @@ PROBE = textwrap.dedent(
     for task in ("mrpc", "rte", "sst2"):
         config = AutoConfig.from_pretrained(folder, num_labels=2, finetuning_task=task, **R)
         clf = AutoModelForSequenceClassification.from_pretrained(folder, config=config, **R).eval()
-        report["by_task"][task] = [clf.classifier.in_features, clf.pair_encoding]
+        report["by_task"][task] = [clf.classifier.in_features, clf.classifier.config.pair_encoding]
         with torch.no_grad():
             tensors[f"{task}_logits"] = clf(**pairs).logits
         tensors[f"{task}_weight"], tensors[f"{task}_bias"] = clf.classifier.weight, clf.classifier.bias
     own = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2, text_pairs=True, **R)
     report["text_pairs_in"] = own.classifier.in_features
+
+    # transformers' run_glue.py: AutoConfig.from_pretrained(config_name or model, num_labels=...,
+    # finetuning_task=task_name), where task_name is None with --train_file / --validation_file
+    def run_glue_head(config_folder, task_name, num_labels=2):
+        config = AutoConfig.from_pretrained(config_folder, num_labels=num_labels, finetuning_task=task_name, **R)
+        clf = AutoModelForSequenceClassification.from_pretrained(folder, config=config, **R)
+        return [type(clf.classifier).__name__, clf.classifier.in_features, clf.classifier.config.pair_encoding]
+    import shutil
+    pairs_folder = os.path.join(os.path.dirname(out_path), "text-pairs")  # config.json saying "text_pairs": true
+    shutil.copytree(folder, pairs_folder)
+    with open(os.path.join(pairs_folder, "config.json"), encoding="utf-8") as fh:
+        config_json = json.load(fh)
+    with open(os.path.join(pairs_folder, "config.json"), "w", encoding="utf-8") as fh:
+        json.dump({**config_json, "text_pairs": True}, fh)
+    report["run_glue"] = {"task_name": run_glue_head(folder, "mrpc"), "stsb": run_glue_head(folder, "stsb", 1),
+                          "local_files": run_glue_head(folder, None),
+                          "local_files_text_pairs": run_glue_head(pairs_folder, None)}
 
     # length
     long_text = " ".join(["the river"] * 40)
@@ -397,7 +414,7 @@ def test_hidden_states_and_attentions_are_returned_on_request(probe):
     block = core.encoder.blocks[0]
     with torch.no_grad():  # the first block's weights, written out here from the core model's parameters
         q, k, _ = block.attn.qkv(block.ln_attn(hidden[0])).view(2, -1, 3, 2, 16).permute(2, 0, 3, 1, 4)
-        expected = block.attn.attention_weights(q, k, core.encoder.attention_bias(mask, q.dtype))
+        expected = block.attn.attention_weights(q, k, core.encoder.attention_bias(mask, hidden[0]))
     torch.testing.assert_close(attention, expected, rtol=1e-5, atol=1e-6)
     assert report["mlm_outputs"] == [core.cfg.n_layers + 1, core.cfg.n_layers]
     assert report["config_hidden_states"] == core.cfg.n_layers + 1, "config.output_hidden_states was ignored"
@@ -462,6 +479,22 @@ def test_classifier_for_a_task_is_the_projects_loop_classifier(probe, task, enco
         expected = project(t["pair_ids"], t["pair_mask"])
     torch.testing.assert_close(t[f"{task}_logits"], expected, rtol=1e-5, atol=1e-5)
     assert report["text_pairs_in"] == 4 * core.cfg.d_model, "text_pairs=True did not give the pair head"
+
+
+def test_run_glue_uses_the_pair_head_where_the_card_says(probe):
+    """run_glue.py names the task only with --task_name: with local files the classifier pools the joint
+    input into one vector, unless config.json says text_pairs (which run_glue.py does not pass)."""
+    core, _, report, _ = probe
+    d = core.cfg.d_model
+    assert report["run_glue"] == {"task_name": ["LinearHead", 4 * d, "separate"],
+                                  "stsb": ["LinearHead", 4 * d, "separate"],  # the pair head, not the similarity head
+                                  "local_files": ["LinearHead", d, "joint"],
+                                  "local_files_text_pairs": ["LinearHead", 4 * d, "joint"]}
+    card = " ".join(report["card"].split())
+    assert "`--task_name mrpc` gets the pair head" in card
+    assert "it passes `finetuning_task=None`, and the classifier pools `[START] a [DOC] b [END]` into one vector" in card
+    assert "unless this folder's `config.json` says `\"text_pairs\": true`" in card
+    assert "This config leaves it off (`similarity_head: false`)" in card
 
 
 # --------------------------------------------------------------------------- 4. length
@@ -590,8 +623,8 @@ TRAINER = textwrap.dedent(
         "losses": losses,
         "eval_loss": metrics["eval_loss"],
         "changed": [k for k, v in model.named_parameters() if not torch.equal(before[k], v.detach())],
-        "pair_head": [model.classifier.in_features, model.pair_encoding],
-        "reloaded_head": [again.classifier.in_features, again.pair_encoding, again.config.finetuning_task],
+        "pair_head": [model.classifier.in_features, model.classifier.config.pair_encoding],
+        "reloaded_head": [again.classifier.in_features, again.classifier.config.pair_encoding, again.config.finetuning_task],
         "same_weights": all(torch.equal(again.state_dict()[k], v) for k, v in model.state_dict().items()),
     }))
     """
