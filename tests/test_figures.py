@@ -770,3 +770,27 @@ def test_benchmarks_peer_prose_is_the_csvs():
     assert doc.count(f"{f1(leads[1])} points ahead of a `Trainer` user") == 1
     assert f"how the {f1(leads[1])} splits over the tasks" in doc
     assert f"its planned steps ended at {f1(float(own[('hf-mlm40', 'B')]['minutes']))} of its 20 minutes" in doc
+
+
+def test_pretraining_doc_prose_is_the_budget_files():
+    doc = flat(text(ROOT / "docs" / "pretraining.md"))
+    runs = by(rows(BUDGET / "schedule.csv"), "run")
+    linear = [r for name, r in runs.items() if r["schedule"] == "linear"]
+    triangle = runs["triangle-20min"]
+    assert (f"({f1(float(triangle['val_ppl']))} after {triangle['steps']} steps, against "
+            f"{f1(min(float(r['val_ppl']) for r in linear))} to {f1(max(float(r['val_ppl']) for r in linear))} for the "
+            f"linear runs of {min(int(r['steps']) for r in linear)} and {max(int(r['steps']) for r in linear)} steps)") in doc
+    at_common = [float(r["val_ppl_at_common_step"]) for r in linear]
+    assert (f"At step {triangle['common_step']}, the one step the file records for every run, it is still at "
+            f"{f1(float(triangle['val_ppl_at_common_step']))}, within the linear runs' {f1(min(at_common))} to "
+            f"{f1(max(at_common))}") in doc
+    assert min(at_common) <= float(triangle["val_ppl_at_common_step"]) <= max(at_common)
+    clock, steps = runs["linear-20min"], runs[f"steps-{runs['linear-20min']['steps']}"]
+    assert (f"{f1(float(clock['val_ppl']))} by the clock against {f1(float(steps['val_ppl']))} by steps, "
+            f"{clock['steps']} steps each: within {round(100 * (float(clock['val_ppl']) / float(steps['val_ppl']) - 1))} %") in doc
+    assert f"(the steps run had a quieter machine: {f1(float(steps['train_minutes']))} minutes)" in doc
+    assert {f1(float(r["train_minutes"])) for r in runs.values() if r["counted_by"] == "clock"} == {"20.0"}
+    domain = rows(BUDGET / "domain.csv")
+    as_is, general, task = domain[0], domain[1], domain[3]
+    assert (f"(+{f1(float(task['demo_mean']) - float(as_is['demo_mean']))} over the model as it is, "
+            f"+{f1(float(task['demo_mean']) - float(general['demo_mean']))} over the same minutes of the general mix)") in doc
