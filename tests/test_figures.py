@@ -794,3 +794,51 @@ def test_pretraining_doc_prose_is_the_budget_files():
     as_is, general, task = domain[0], domain[1], domain[3]
     assert (f"(+{f1(float(task['demo_mean']) - float(as_is['demo_mean']))} over the model as it is, "
             f"+{f1(float(task['demo_mean']) - float(general['demo_mean']))} over the same minutes of the general mix)") in doc
+
+
+def test_results_log_figures_are_their_files():
+    log = text(ROOT / "docs" / "results-log.md")
+    short = flat(section(log, "## Does pretraining pay? In short", "```bash"))
+    table = by(rows(AGGREGATED), "model")
+    ditbert, twin = table["ditbert-tiny"], table["ditbert-tiny-random-init"]
+    assert (f"({f2(float(ditbert['demo_final_mean']))} +- {f2(float(ditbert['demo_final_std']))} against "
+            f"{f2(float(twin['demo_final_mean']))} +- {f2(float(twin['demo_final_std']))}, `GLUE-aggregated-results.csv`)") in short
+    curve = by([r for r in rows(VALUE / "tokens-2x256" / "summary.csv") if r["task"] == "demo" and r["method"] == "finetune"],
+               "step")
+    lead = float(curve["4000"]["mean"]) - float(curve["0"]["mean"])
+    assert f"(+{f1(lead)} at {round(int(curve['4000']['tokens_seen']) / 1e6)}M, `results/pretraining-value/tokens-2x256/`" in short
+    two_hour = by(rows(AGGREGATED), "model")
+    demo_lead = float(two_hour["ditbert-tiny-two-hour-step13000"]["demo_final_mean"]) - \
+        float(two_hour["ditbert-tiny-two-hour-random-init"]["demo_final_mean"])
+    assert f"+{f1(demo_lead)} at 54M, `results/pretraining-value/ditbert-tiny-two-hour/`" in short
+    bytask = VALUE / "glue-v4096-13k-bytask" / "results.csv"
+    five = {seeds: [statistics.mean(five_task_means(bytask, step, seeds)) for step in ("13000", "0")]
+            for seeds in (("1", "2", "3"), ("1", "2", "3", "4", "5"))}
+    three, all_five = five[("1", "2", "3")], five[("1", "2", "3", "4", "5")]
+    assert (f"**+{f1(three[0] - three[1])} on 3 seeds and +{f1(all_five[0] - all_five[1])} on 5** "
+            f"({f2(all_five[0])} against {f2(all_five[1])}; `results/pretraining-value/glue-v4096-13k-bytask/`), with "
+            f"{round(max(float(r['pretrain_s']) for r in rows(VALUE / 'glue-v4096-13k-bytask' / 'summary.csv')) / 60)} minutes of "
+            f"pretraining") in short
+    fp32 = rows(VALUE / "glue-v4096-13k-bf16" / "val-ppl.csv")[-1]
+    assert f"which pretrained in {round(float(fp32['elapsed_s_fp32']) / 60)} minutes here" in flat(log)
+
+
+def test_results_log_old_tables_are_the_aggregated_table_of_their_commit():
+    """The section on `make demo` before pairs were encoded by task shows the aggregated markdown of the
+    commit it names, table for table."""
+    log = text(ROOT / "docs" / "results-log.md")
+    old = section(log, "## `make demo` before `tiny` encoded pairs by task")
+    commit = re.search(r"held up to commit `([0-9a-f]{7,40})`", old).group(1)
+    assert f"`GLUE-aggregated-results.md` at that commit" in flat(old)
+    then = subprocess.run(["git", "show", f"{commit}:GLUE-aggregated-results.md"], cwd=ROOT, capture_output=True, text=True)
+    shown = [line for line in old.splitlines() if line.startswith("|")]
+    assert len(shown) == 2 * 5
+    if then.returncode == 0:  # a shallow clone may not hold the commit
+        kept = [line for line in then.stdout.splitlines() if line.startswith("|")]
+        assert shown == kept, f"the tables differ from GLUE-aggregated-results.md at commit {commit}"
+    final = by(table_after(old, "**Final epoch: mean ± std over seeds**"), "model")
+    leads = {column: float(final["ditbert-tiny"][column].split(" ")[0]) - float(final["ditbert-tiny-random-init"][column].split(" ")[0])
+             for column in ("SST-2", "RTE", "CoLA", "MRPC")}
+    prose = flat(section(old, "On the demo task DitBERT was ahead"))
+    assert (f"ahead on SST-2 (+{f1(leads['SST-2'])}) and RTE (+{f1(leads['RTE'])}), behind on CoLA ({f1(leads['CoLA'])}), "
+            f"MRPC ({f1(leads['MRPC'])})") in prose
