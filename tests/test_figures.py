@@ -569,6 +569,7 @@ def test_pretraining_doc_tables_are_the_budget_files():
         counted_by = "clock" if "by the clock" in row["run"] else "steps"
         source = schedule[(row["steps"], "triangle" if "triangle" in row["run"] else "linear", counted_by)]
         assert row["tokens"] == f"{f2(int(source['tokens_seen']) / 1e6)}M"
+        assert float(row["rate at the end"]) == float(source["end_lr_share"])
         assert row["val ppl"] == f1(float(source["val_ppl"]))
         assert row[f"val ppl at step {source['common_step']}"] == f1(float(source["val_ppl_at_common_step"]))
         demo = "–" if source["demo_seeds"] == "0" else f"{f2(float(source['demo_mean']))} ± {f2(float(source['demo_std']))}"
@@ -789,7 +790,17 @@ def test_pretraining_doc_prose_is_the_budget_files():
     assert (f"{f1(float(clock['val_ppl']))} by the clock against {f1(float(steps['val_ppl']))} by steps, "
             f"{clock['steps']} steps each: within {round(100 * (float(clock['val_ppl']) / float(steps['val_ppl']) - 1))} %") in doc
     assert f"(the steps run had a quieter machine: {f1(float(steps['train_minutes']))} minutes)" in doc
-    assert {f1(float(r["train_minutes"])) for r in runs.values() if r["counted_by"] == "clock"} == {"20.0"}
+    by_clock = {f1(float(r["train_minutes"])) for r in runs.values() if r["counted_by"] == "clock"}
+    assert len(by_clock) == 1 and f"Every run by the clock ended at {by_clock.pop()} minutes of training" in doc
+    assert {float(r["end_lr_share"]) for r in runs.values() if r["counted_by"] == "clock"} == {0.0}
+
+    def demo(run: dict) -> str:
+        return f"{f1(float(run['demo_mean']))} ± {f1(float(run['demo_std']))}"
+
+    first, steps_1750 = runs["linear-from-start-20min"], runs["steps-1750"]
+    assert (f"ended at a lower perplexity ({f1(float(steps_1750['val_ppl']))} against {f1(float(first['val_ppl']))}), "
+            f"though not at a better demo score ({demo(steps_1750)} against {demo(first)})") in doc
+    assert f"the demo task ({demo(triangle)} against {demo(first)} and {demo(steps_1750)})" in doc
     domain = rows(BUDGET / "domain.csv")
     as_is, general, task = domain[0], domain[1], domain[3]
     assert (f"(+{f1(float(task['demo_mean']) - float(as_is['demo_mean']))} over the model as it is, "
