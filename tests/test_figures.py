@@ -8,6 +8,7 @@ new results without the document that reports them, fails here. Pure file readin
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import re
 import statistics
@@ -853,3 +854,23 @@ def test_results_log_old_tables_are_the_aggregated_table_of_their_commit():
     prose = flat(section(old, "On the demo task DitBERT was ahead"))
     assert (f"ahead on SST-2 (+{f1(leads['SST-2'])}) and RTE (+{f1(leads['RTE'])}), behind on CoLA ({f1(leads['CoLA'])}), "
             f"MRPC ({f1(leads['MRPC'])})") in prose
+
+
+def test_model_sizes_file_is_the_presets():
+    """bench/results/model_sizes.csv against the presets it was derived from: each configuration's shape and
+    its FLOPs (arithmetic only; the parameter counts are checked against the timed files above)."""
+    spec = importlib.util.spec_from_file_location("model_sizes", ROOT / "bench" / "model_sizes.py")
+    model_sizes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(model_sizes)
+    from params import get_params
+
+    written_rows = {(r["config"], r["model"]): r for r in rows(BENCH / "model_sizes.csv")}
+    for config, (preset, overrides) in model_sizes.CONFIGS.items():
+        p = get_params(preset, overrides)
+        row = written_rows[(config, "DitBERT")]
+        assert (int(row["n_layers"]), int(row["d_model"]), int(row["d_ff"]), int(row["vocab_size"]), row["position"],
+                float(row["mask_prob"])) == (p.model.n_layers, p.model.d_model, p.model.d_ff, p.model.vocab_size,
+                                             p.model.position, p.train.mask_prob), f"{config}: rerun bench/model_sizes.py"
+        full, masked_only = model_sizes.step_flops(p.model, p.train.mask_prob)
+        assert (int(row["step_flops_full"]), int(row["step_flops_masked_only"])) == (full, masked_only)
+        assert float(row["flops_ratio"]) == round(masked_only / full, 4)
