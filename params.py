@@ -461,7 +461,8 @@ ENVIRONMENT: dict[str, tuple[str, str, str]] = {
     "GLUE_OUTPUT_DIR": ("finetune.output_dir", "the folder of run folders, written by fine-tuning and read by "
                         "aggregation", f"{GLUE_NOTEBOOKS}, Aggregate-GLUE-results.py"),
     "GLUE_TASKS": ("", "comma-separated tasks: GLUE names, `demo`, or a folder with `train.csv`/`dev.csv`; default "
-                   "all nine GLUE tasks (from MNLI: rte,mrpc,stsb,wnli)", GLUE_NOTEBOOKS),
+                   "all nine GLUE tasks (from MNLI: rte,mrpc,stsb,wnli; make submission: the six small ones)",
+                   f"{GLUE_NOTEBOOKS}, scripts/submission.sh"),
     "GLUE_DIR": ("", "a folder in the original GLUE download layout; empty = the Hugging Face hub (Pretraining-Value "
                  "and pretraining_value.py: default `../shared/glue_data`)",
                  f"{GLUE_NOTEBOOKS}, Pretraining-Value.py, pretraining_value.py, bench/finetune.py"),
@@ -493,6 +494,8 @@ ENVIRONMENT: dict[str, tuple[str, str, str]] = {
     "GLUE_SMALL_TASKS": ("", "the GLUE tasks fine-tuned when `GLUE_DIR` is set; default "
                          "`rte,mrpc,stsb,cola,sst2,wnli`", "scripts/demo.sh"),
     "GLUE_SMALL_SEEDS": ("", "their seeds; default `1,2`", "scripts/demo.sh"),
+    "MODEL": ("", "the label of the run folders a submission is built from; default `MODEL_LABEL` or "
+              "`ditbert-<preset>`", "scripts/submission.sh (make submission)"),
 }
 
 
