@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import glue_runs  # noqa: E402  (the repository's module: run folders are read through it)
 
 
 def end_lr_share(log: pd.DataFrame, peak: float) -> float:
@@ -57,9 +61,9 @@ def schedule_rows(runs: Path) -> list[dict]:
 def demo_scores(outputs: Path, label: str) -> pd.Series:
     """Final-epoch demo accuracy (x100) of each seed's run of `label`."""
     scores = {}
-    for run in sorted(outputs.glob(f"{label}-seed*")):
-        results = run / "results_demo.csv"
-        if results.is_file():
+    for run in glue_runs.label_runs(outputs, label).values():
+        results = glue_runs.results_path(run, "demo")
+        if glue_runs.is_finished(run, "demo"):
             scores[run.name] = 100 * pd.read_csv(results)["validation_accuracy"].iloc[-1]
     return pd.Series(scores, dtype=float)
 
