@@ -323,10 +323,15 @@ def test_write_report_writes_csv_markdown_and_plots(tmp_path):
     paths = gr.write_report(result, tmp_path / "out" / "table.csv", root / "plots")
     csv = pd.read_csv(paths["csv"])
     assert list(csv["model"]) == ["a", "full", "partial"]
-    assert list(csv.columns[:6]) == ["model", "init", "recipe", "collapsed", "cola_best", "cola_final_mean"]
+    assert list(csv.columns[:10]) == ["model", "init", "recipe", "train_examples", "dtype", "collapsed", "best_skipped",
+                                      "baseline", "cola_best", "cola_final_mean"]
     assert pd.isna(csv.set_index("model").loc["partial", "qqp_best"])
     assert paths["markdown"] == tmp_path / "out" / "table.md"
     assert paths["markdown"].read_text() == gr.markdown_table(result.table)
+    assert paths["significance"] == tmp_path / "out" / "GLUE-significance.csv"
+    assert paths["significance"].read_text() == gr.significance_csv(result.significance)
+    assert paths["significance_markdown"].read_text() == gr.significance_markdown(result.significance)
+    assert "No pair to compare" in paths["significance_markdown"].read_text()  # no model has its twin here
     for name in ("task_scores", "curves"):
         assert paths[name].parent == root / "plots"
         assert paths[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
