@@ -90,6 +90,9 @@ NAMED_SETTINGS = ("max_train_examples", "dtype")
 DTYPE_NAMES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 FINISHED = glue_runs.FINISHED  # statuses aggregated: complete, or a run_info.json that keeps none
 GROUP_SUFFIX = "@"  # <label>@<fingerprint>: the row of one of a label's models, when it has several
+LEVEL = 0.95  # the confidence level of the significance intervals
+BOOTSTRAP = 1000  # resamples of the paired bootstrap over seeds and dev examples (`paired_bootstrap`)
+BOOTSTRAP_SEED = 0
 
 
 @dataclass
@@ -785,14 +788,15 @@ def aggregate(selected: pd.DataFrame) -> pd.DataFrame:
 
 
 def collect(root: str | Path = "GLUE-Outputs", mnli_init_rows: bool = True, glue_dir: str | Path | None = None,
-            compare=()) -> Aggregation:
+            compare=(), bootstrap: int = BOOTSTRAP) -> Aggregation:
     """Read every finished run under ``root`` and build the table (with ``+mnli-init`` rows unless
     disabled), its trivial baseline row and the significance of the differences between models.
 
     `glue_dir` (a GLUE download) gives the baseline the training labels, else the counts the runs
     recorded, else the dev labels (`trivial_baseline`); it also gives the dev labels where no run kept
     prediction files. `compare`: pairs of table rows to compare besides each model and its random-init
-    twin (`comparisons`), as ``[(a, b), ...]`` or the text ``"a:b;c:d"``. The unfinished runs left out
+    twin (`comparisons`), as ``[(a, b), ...]`` or the text ``"a:b;c:d"``; `bootstrap`: the resamples of
+    their paired bootstrap (`paired_bootstrap`; 0: Welch's intervals only). The unfinished runs left out
     are listed in the result."""
     scores, unfinished, apart = _load_scores(root)
     cache = PredictionCache()
@@ -803,7 +807,7 @@ def collect(root: str | Path = "GLUE-Outputs", mnli_init_rows: bool = True, glue
     table = with_baseline(aggregate(table_rows), trivial_baseline(scores, root, dev, glue_dir))
     pairs = comparisons(table, compare)
     return Aggregation(scores=scores, selected=selected, table=table, unfinished=unfinished, apart=apart,
-                       significance=significance(table_rows, table, pairs))
+                       significance=significance(table_rows, table, pairs, root, bootstrap, cache))
 
 
 # --------------------------------------------------------------------------- re-scoring from predictions
@@ -890,10 +894,10 @@ def rescore(root: str | Path = "GLUE-Outputs") -> pd.DataFrame:
 
 # --------------------------------------------------------------------------- significance
 
-LEVEL = 0.95  # the confidence level of the intervals
 STEP_LABEL = re.compile(r"-step\d+$")
 SIGNIFICANCE_COLUMNS = ["a", "b", "pair", "column", "tasks", "seeds_a", "seeds_b", "mean_a", "mean_b", "baseline",
-                        "difference", "ci_low", "ci_high", "p", "df", "method"]
+                        "difference", "ci_low", "ci_high", "p", "df", "method", "boot_low", "boot_high", "boot_p"]
+
 
 
 def welch_interval(a, b, level: float = LEVEL) -> dict:
@@ -1013,14 +1017,173 @@ def _reference(table: pd.DataFrame, column: str) -> float:
     return float(row.get(f"{column}_final_mean", math.nan))
 
 
-def significance(table_rows: pd.DataFrame, table: pd.DataFrame, pairs) -> pd.DataFrame:
+def _batch_confusion(P: np.ndarray, Y: np.ndarray, k: int):
+    """Per row of (B, N) class arrays and per class c < k: (predicted c, labelled c, both), each (k, B)."""
+    k = max(k, 2, int(max(P.max(initial=0), Y.max(initial=0))) + 1)
+    predicted = np.stack([(P == c).sum(1) for c in range(k)]).astype(np.float64)
+    labelled = np.stack([(Y == c).sum(1) for c in range(k)]).astype(np.float64)
+    both = np.stack([((P == c) & (Y == c)).sum(1) for c in range(k)]).astype(np.float64)
+    return predicted, labelled, both
+
+
+def _batch_accuracy(P, Y, k):
+    return (P == Y).mean(1)
+
+
+def _batch_f1(P, Y, k):
+    predicted, labelled, both = _batch_confusion(P, Y, k)
+    denominator = predicted + labelled
+    f1 = np.divide(2 * both, denominator, out=np.zeros_like(both), where=denominator > 0)
+    if k <= 2:
+        return f1[1]
+    present = denominator > 0
+    return (f1 * present).sum(0) / present.sum(0)
+
+
+def _batch_mcc(P, Y, k):
+    predicted, labelled, both = _batch_confusion(P, Y, k)
+    total, correct = P.shape[1], both.sum(0)
+    denominator = np.sqrt((total**2 - (predicted**2).sum(0)) * (total**2 - (labelled**2).sum(0)))
+    numerator = correct * total - (predicted * labelled).sum(0)
+    return np.divide(numerator, denominator, out=np.zeros_like(numerator), where=denominator > 0)
+
+
+def _batch_pearson(P, Y, k):
+    x, y = P - P.mean(1, keepdims=True), Y - Y.mean(1, keepdims=True)
+    denominator = np.sqrt((x * x).sum(1) * (y * y).sum(1))
+    return np.divide((x * y).sum(1), denominator, out=np.full(len(P), math.nan), where=denominator > 0)
+
+
+def _codes(values: np.ndarray, examples: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """(the position of each value among the distinct values, how many are distinct), of `values` or, with
+    `examples`, of the resamples values[examples]: sorting the one vector, not each resample."""
+    unique, inverse = np.unique(values, return_inverse=True)
+    inverse = inverse.reshape(np.shape(values))
+    return (inverse if examples is None else inverse[examples]), len(unique)
+
+
+def _batch_ranks(codes: np.ndarray, width: int) -> np.ndarray:
+    """The ranks 1..N within each row, from its values' `_codes`, ties given the mean of the ranks they
+    share (as scipy.stats.rankdata), by counting each distinct value per row."""
+    rows = codes.shape[0]
+    counts = np.bincount((np.arange(rows)[:, None] * width + codes).ravel(), minlength=rows * width)
+    counts = counts.reshape(rows, width)
+    ranks = np.cumsum(counts, axis=1) - counts + (counts + 1) / 2
+    return np.take_along_axis(ranks, codes, axis=1)
+
+
+BATCH_METRICS = {"accuracy": _batch_accuracy, "f1": _batch_f1, "mcc": _batch_mcc, "pearson": _batch_pearson}
+
+
+def batch_metrics(task: Task, predictions, labels, examples: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """`compute_metrics` for many resamples at once: {metric: (B,) values}, as compute_metrics gives them
+    resample by resample. Each row of the (B, N) arrays `predictions` and `labels` is one resample; or,
+    with `examples` (B, N indices), `predictions` and `labels` are one run's (N,) vectors and resample b
+    is their values at examples[b]."""
+    kind = np.float64 if task.is_regression else np.int64
+    predictions, labels = np.asarray(predictions).astype(kind), np.asarray(labels).astype(kind)
+    if examples is None:
+        P, Y = np.atleast_2d(predictions), np.atleast_2d(labels)
+    else:
+        P, Y = predictions[examples], labels[examples]
+    found = {}
+    for metric in task.metrics:
+        if metric == "spearman":
+            if examples is None:
+                ranks = [_batch_ranks(*_codes(X)) for X in (P, Y)]
+            else:
+                ranks = [_batch_ranks(*_codes(x, examples)) for x in (predictions, labels)]
+            found[metric] = _batch_pearson(*ranks, task.num_labels)
+        else:
+            found[metric] = BATCH_METRICS[metric](P, Y, task.num_labels)
+    return found
+
+
+def _final_predictions(table_rows: pd.DataFrame, root: Path, cache: "PredictionCache", model: str, task: Task,
+                       split: str) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """{seed: (predictions, labels, example ids)} of a model's final validation predictions on one split
+    ({} for a seed whose file is missing: then none)."""
+    rows = table_rows[(table_rows["selection"] == "final") & (table_rows["model"] == model)
+                      & (table_rows["task"] == task.name) & (table_rows["column"] == task.name)]
+    found = {}
+    for row in rows.drop_duplicates("seed").itertuples():
+        path = glue_runs.prediction_path(root / row.run, task.name, split, "final")
+        if not path.is_file():
+            return {}
+        frame = cache.frame(path)
+        predictions, labels = read_prediction_values(task, path, frame)
+        found[int(row.seed)] = (predictions, labels, frame["index"].to_numpy())
+    return found
+
+
+def _rng(*keys) -> np.random.Generator:
+    """A generator seeded by `BOOTSTRAP_SEED` and the text of `keys`: the same draws whatever else is compared."""
+    import zlib
+
+    return np.random.default_rng([BOOTSTRAP_SEED, zlib.crc32("|".join(map(str, keys)).encode())])
+
+
+def paired_bootstrap(units, a: dict, b: dict, resamples: int = BOOTSTRAP, level: float = LEVEL, key: str = "",
+                     memo: dict | None = None) -> dict:
+    """The paired bootstrap of mean score(a) - mean score(b) over seeds and dev examples.
+
+    `units`: the (task, split) a score averages (one split for a task's column; every split of several
+    tasks for the GLUE tasks' mean, each task the mean of its splits); `a`, `b`: {(task name, split):
+    {seed: (predictions, labels, ids)}} of each model. Each resample draws the dev examples of every split with replacement, the same for
+    both models (paired), and each model's seeds with replacement; a model's score is the mean over its
+    drawn seeds of the mean over tasks. Returns the percentile interval at `level` (boot_low,
+    boot_high) and the two-sided p, twice the share of resampled differences on the far side of 0 (at
+    most 1); NaN where a split's examples differ between runs or a model has fewer than two seeds. The
+    draws follow `key` (the pair) and the split, so one pair's columns and its GLUE mean share them;
+    `memo` keeps each run's resampled scores for the next call of the same pair."""
+    nothing = {"boot_low": math.nan, "boot_high": math.nan, "boot_p": math.nan}
+    seeds_a = sorted(set.intersection(*(set(runs) for runs in a.values())))
+    seeds_b = sorted(set.intersection(*(set(runs) for runs in b.values())))
+    if resamples <= 0 or len(seeds_a) < 2 or len(seeds_b) < 2:
+        return nothing
+    draw_a = _rng(key, "seeds", len(seeds_a)).integers(0, len(seeds_a), size=(resamples, len(seeds_a)))
+    draw_b = _rng(key, "seeds-b", len(seeds_b)).integers(0, len(seeds_b), size=(resamples, len(seeds_b)))
+    splits_of: dict[str, int] = {}
+    for task, _ in units:
+        splits_of[task.name] = splits_of.get(task.name, 0) + 1
+    total_a, total_b = np.zeros(resamples), np.zeros(resamples)
+    for task, split in units:
+        runs_a, runs_b = a[(task.name, split)], b[(task.name, split)]
+        ids, labels = runs_a[seeds_a[0]][2], runs_a[seeds_a[0]][1]
+        if any(len(r[2]) != len(ids) or (r[2] != ids).any() or (r[1] != labels).any()
+               for runs in (runs_a, runs_b) for r in runs.values()):
+            return nothing
+        examples = _rng(key, task.name, split).integers(0, len(ids), size=(resamples, len(ids)))
+        weight = 1.0 / (len(splits_of) * splits_of[task.name])
+        memo = {} if memo is None else memo
+        for side, runs, seeds, draw, total in ((0, runs_a, seeds_a, draw_a, total_a), (1, runs_b, seeds_b, draw_b, total_b)):
+            for s in seeds:
+                if (side, s, task.name, split, resamples) not in memo:
+                    scores = batch_metrics(task, runs[s][0], labels, examples).values()
+                    memo[(side, s, task.name, split, resamples)] = 100 * np.mean(list(scores), axis=0)
+            per_seed = np.stack([memo[(side, s, task.name, split, resamples)] for s in seeds])  # (seeds, resamples)
+            total += weight * np.take_along_axis(per_seed, draw.T, axis=0).mean(0)
+    difference = total_a - total_b
+    difference = difference[~np.isnan(difference)]
+    if not len(difference):
+        return nothing
+    low, high = np.percentile(difference, [50 * (1 - level), 50 * (1 + level)])
+    p = min(1.0, 2 * min(float(np.mean(difference <= 0)), float(np.mean(difference >= 0))))
+    return {"boot_low": float(low), "boot_high": float(high), "boot_p": p}
+
+
+def significance(table_rows: pd.DataFrame, table: pd.DataFrame, pairs, root: str | Path | None = None,
+                 bootstrap: int = 0, cache: "PredictionCache | None" = None) -> pd.DataFrame:
     """For each pair (a, b, why) of `comparisons`, a's final-epoch score minus b's on every column both
     have, and on the mean of the GLUE tasks both have (``GLUE partial``; ``GLUE`` with all eight): the
     mean over seeds of each seed's mean over those tasks. Each with its `welch_interval` over seeds; b the
-    trivial baseline's row gives a's one-sample interval against its fixed score. Columns
+    trivial baseline's row gives a's one-sample interval against its fixed score. With `bootstrap`
+    resamples and the runs' folder `root`, also the `paired_bootstrap` over seeds and dev examples of two
+    models (boot_*; NaN against the baseline, or where prediction files are missing). Columns
     `SIGNIFICANCE_COLUMNS`; ``baseline`` is the trivial baseline's score on that column, for reference."""
     finals = _seed_finals(table_rows)
     recipes = table.set_index("model")["recipe"]
+    cache = cache or PredictionCache()
     rows = []
 
     def seeds_of(model: str) -> pd.DataFrame:
@@ -1031,10 +1194,22 @@ def significance(table_rows: pd.DataFrame, table: pd.DataFrame, pairs) -> pd.Dat
             return not math.isnan(_reference(table, column))
         return column in seeds.columns and bool(seeds[column].notna().any())
 
+    def splits(column: str, tasks: list[str]) -> list[tuple[Task, str]]:
+        if len(tasks) > 1:
+            return [unit for t in tasks for unit in splits(t, [t])]
+        name = next((t for t in GLUE_TASKS if column == t or column in TASKS[t].report_columns()), column)
+        spec = _task_spec(name, set(table_rows.loc[table_rows["task"] == name, "run"]), root or ".", cache)
+        if spec is None:
+            return []
+        if column == name:
+            return [(spec, split) for split in spec.eval_splits]
+        return [(spec, dict(zip(spec.report_columns(), spec.eval_splits))[column])]
+
     for a, b, why in pairs:
         fixed = recipes[b] == BASELINE_RECIPE
         seeds_a, seeds_b = seeds_of(a), (None if fixed else seeds_of(b))
         method = f"{'one-sample' if fixed else 'Welch'} t, {round(100 * LEVEL)} %"
+        memo: dict = {}
 
         def compare(column: str, tasks: list[str]):
             if len(tasks) == 1:
@@ -1045,8 +1220,15 @@ def significance(table_rows: pd.DataFrame, table: pd.DataFrame, pairs) -> pd.Dat
                 theirs = (float(np.mean([_reference(table, t) for t in tasks])) if fixed
                           else seeds_b[tasks].dropna().mean(axis=1).to_numpy())
             reference = float(np.mean([_reference(table, t) for t in tasks]))
+            boot = {"boot_low": math.nan, "boot_high": math.nan, "boot_p": math.nan}
+            units = splits(column, tasks) if bootstrap and root is not None and not fixed else []
+            if units:
+                runs = [{(spec.name, split): _final_predictions(table_rows, Path(root), cache, model, spec, split)
+                         for spec, split in units} for model in (a, b)]
+                if all(found for side in runs for found in side.values()):
+                    boot = paired_bootstrap(units, *runs, resamples=bootstrap, key=f"{a}|{b}", memo=memo)
             rows.append({"a": a, "b": b, "pair": why, "column": column, "tasks": ", ".join(tasks),
-                         "baseline": reference, "method": method, **welch_interval(ours, theirs)})
+                         "baseline": reference, "method": method, **welch_interval(ours, theirs), **boot})
 
         present = [c for c in finals.columns if has(seeds_a, c) and has(seeds_b, c)]
         for column in (c for c in GLUE_COLUMNS if c in present):
@@ -1085,7 +1267,9 @@ def significance_markdown(frame: pd.DataFrame) -> str:
                          BASELINE_ROW: _fmt(r.baseline) if not pd.isna(r.baseline) else "–",
                          "difference": f"**{shown}**" if excludes else shown,
                          "95 % interval": "–" if pd.isna(r.ci_low) else f"{r.ci_low:+.2f} to {r.ci_high:+.2f}",
-                         "p": _fmt_p(r.p)})
+                         "p": _fmt_p(r.p),
+                         "bootstrap interval": "–" if pd.isna(r.boot_low) else f"{r.boot_low:+.2f} to {r.boot_high:+.2f}",
+                         "bootstrap p": _fmt_p(r.boot_p)})
         head = f"**{a} vs {b}** ({pair['pair'].iloc[0]}; {pair['method'].iloc[0]})"
         sections.append(head + "\n\n" + pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True))
     tasks = "; ".join(sorted({f"{r.column}: {r.tasks}" for r in frame.itertuples() if r.column.startswith("GLUE")}))
@@ -1094,8 +1278,14 @@ def significance_markdown(frame: pd.DataFrame) -> str:
         "difference: the first model's mean minus the second's. 95 % interval and p: Welch's t interval and "
         "two-sided t-test over seeds (unequal variances, Welch-Satterthwaite degrees of freedom, scipy.stats.t); "
         "against the trivial baseline's row, the one-sample t interval of the first model's seeds against its "
-        "fixed score. The seeds are the only samples: the interval measures how much fine-tuning seeds move the "
-        "score, not the sampling of the dev set. Bold: the interval excludes 0. A task's score is the mean of its "
+        "fixed score. There the seeds are the only samples: the interval measures how much fine-tuning seeds move "
+        "the score, not the sampling of the dev set. Bootstrap: the paired bootstrap over seeds and dev examples "
+        f"({BOOTSTRAP} resamples where computed; each draws the dev examples with replacement, the same for both "
+        "models, and each model's seeds with replacement), its 95 % percentile interval and two-sided p (twice the "
+        "share of resampled differences on the far side of 0); it adds the dev set's sampling, and with three "
+        "seeds it understates their spread (a resample of three values keeps two thirds of their variance "
+        "on average), so read it beside Welch's; – against the baseline's row. Bold: Welch's interval excludes 0. "
+        "A task's score is the mean of its "
         "official metrics, as in the aggregated table. GLUE partial (GLUE with all eight): per seed, the mean over "
         "the GLUE tasks both models have, without WNLI"
         + (f" ({tasks})" if tasks else "") + "; then compared over seeds. "
