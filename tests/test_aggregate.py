@@ -429,14 +429,22 @@ def test_notebook_runs_as_a_script_with_settings_from_the_environment(tmp_path):
         "GLUE_OUTPUT_DIR": str(tmp_path / "runs-here"),
         "GLUE_AGGREGATED_CSV": str(tmp_path / "tables" / "glue.csv"),
         "GLUE_PLOTS_DIR": str(tmp_path / "figures"),
+        "GLUE_COMPARE": "tiny:full",
     }
     done = subprocess.run([sys.executable, str(NOTEBOOK)], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert "| tiny" in done.stdout
+    assert "| tiny" in done.stdout and "**tiny vs full** (named; Welch t, 95 %)" in done.stdout
     table = pd.read_csv(tmp_path / "tables" / "glue.csv").set_index("model")
     assert table.loc["tiny", "demo_final_mean"] == pytest.approx(100 * (0.71 + 0.72) / 2)
     assert (tmp_path / "tables" / "glue.md").exists()
     assert (tmp_path / "figures" / "curves.png").exists()
+    compared = pd.read_csv(tmp_path / "tables" / "GLUE-significance.csv")
+    assert compared[["a", "b", "column"]].values.tolist() == [["tiny", "full", "demo"]]
+    assert compared.loc[0, "difference"] == pytest.approx(100 * (0.71 + 0.72) / 2 - 100)
+    assert (tmp_path / "tables" / "GLUE-significance.md").exists()
+    env["GLUE_COMPARE"] = "tiny:nobody"
+    refused = subprocess.run([sys.executable, str(NOTEBOOK)], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert refused.returncode == 1 and "error: comparison tiny:nobody: nobody is not a row of the table" in refused.stderr
 
 
 def test_aggregation_imports_no_torch_and_scores_tasks_as_the_task_table_declares(monkeypatch):
