@@ -554,11 +554,21 @@ def _task_spec(task: str, runs, root: str | Path, cache: PredictionCache) -> Tas
     return None
 
 
+def _run_dev_labels(spec: Task, folder: Path, cache: PredictionCache) -> dict[str, np.ndarray] | None:
+    """{split: labels} of one run's final validation prediction files, or None where one is missing."""
+    paths = {split: glue_runs.prediction_path(folder, spec.name, split, "final") for split in spec.eval_splits}
+    if not all(path.is_file() for path in paths.values()):
+        return None
+    return {split: read_prediction_values(spec, path, cache.frame(path))[1] for split, path in paths.items()}
+
+
 def dev_labels(scores: pd.DataFrame, root: str | Path, glue_dir: str | Path | None = None,
-               cache: PredictionCache | None = None) -> dict[str, dict[str, np.ndarray]]:
+               cache: PredictionCache | None = None, notes: dict | None = None) -> dict[str, dict[str, np.ndarray]]:
     """Per task of `scores`, the labels of its evaluation splits ({split: labels}), as the runs were
-    scored on them: from the final validation prediction files of the first run (by folder) that has
-    them all, else from the dev files of a GLUE task in `glue_dir`. A task with neither is left out."""
+    scored on them: from the runs' final validation prediction files -- the dev set most of them share (the
+    first by folder on a tie; where they differ, e.g. runs with ``finetune.max_eval_examples``, `notes`
+    gets "<k> of <n> runs") --, else from the dev files of a GLUE task in `glue_dir`. A task with
+    neither is left out."""
     cache = cache or PredictionCache()
     found = {}
     for task in _tasks_in(scores):
@@ -566,17 +576,21 @@ def dev_labels(scores: pd.DataFrame, root: str | Path, glue_dir: str | Path | No
         spec = _task_spec(task, runs, root, cache)
         if spec is None:
             continue
+        sets: dict[tuple, list] = {}
         for run in runs:
-            paths = {split: glue_runs.prediction_path(Path(root) / run, task, split, "final") for split in spec.eval_splits}
-            if all(path.is_file() for path in paths.values()):
-                found[task] = {split: read_prediction_values(spec, path, cache.frame(path))[1] for split, path in paths.items()}
-                break
-        else:
-            if glue_dir and task in TASKS:
-                files = {split: Path(glue_dir) / spec.folder / spec.splits[split] for split in spec.eval_splits}
-                if all(path.is_file() for path in files.values()):
-                    found[task] = {split: np.asarray(read_split(spec, split, path)[0]["label"])
-                                   for split, path in files.items()}
+            labels = _run_dev_labels(spec, Path(root) / run, cache)
+            if labels is not None:
+                key = tuple((split, y.tobytes()) for split, y in labels.items())
+                sets.setdefault(key, [labels, 0])[1] += 1
+        if sets:
+            labels, count = max(sets.values(), key=lambda entry: entry[1])  # the first on a tie
+            found[task] = labels
+            if len(sets) > 1 and notes is not None:
+                notes[task] = f"the dev set of {count} of {sum(n for _, n in sets.values())} runs"
+        elif glue_dir and task in TASKS:
+            files = {split: Path(glue_dir) / spec.folder / spec.splits[split] for split in spec.eval_splits}
+            if all(path.is_file() for path in files.values()):
+                found[task] = {split: np.asarray(read_split(spec, split, path)[0]["label"]) for split, path in files.items()}
     return found
 
 
@@ -624,8 +638,8 @@ def collapsed_epochs(scores: pd.DataFrame, root: str | Path, dev: dict | None = 
     (``best_epoch`` in run_info.json) -- is judged by them (`prediction_collapse`): one answer for every
     validation example, or for all but fewer than 1 %. The other epochs have only their scores in the
     results file: such an epoch collapsed when every report column is what answering one class for every
-    dev example scores ("a constant answer's scores", `constant_answers`: from the dev labels of `dev`,
-    or, without them, an MCC of exactly 0)."""
+    dev example scores ("a constant answer's scores", `constant_answers`: from the run's own dev labels in
+    its prediction files, else those of `dev`, or, without either, an MCC of exactly 0)."""
     cache = cache or PredictionCache()
     dev = dev or {}
     rows = []
@@ -639,7 +653,8 @@ def collapsed_epochs(scores: pd.DataFrame, root: str | Path, dev: dict | None = 
         loop_best = int(entry["best_epoch"]) if entry.get("best_epoch") else int(ranked.idxmax())
         files.setdefault(loop_best, [])
         files[loop_best] = files[loop_best] or glue_runs.prediction_files(folder, task, "validation", "best")
-        answers = constant_answers(spec, dev.get(task)) if spec is not None else []
+        own = _run_dev_labels(spec, folder, cache) if spec is not None else None
+        answers = constant_answers(spec, own if own is not None else dev.get(task)) if spec is not None else []
         for epoch, values in wide.iterrows():
             if files.get(epoch):
                 why = prediction_collapse(cache.frame(path) for path in files[epoch])
@@ -677,7 +692,7 @@ def _training_counts(task: Task, runs, root: str | Path, glue_dir, cache: Predic
 
 
 def trivial_baseline(scores: pd.DataFrame, root: str | Path, dev: dict, glue_dir: str | Path | None = None,
-                     cache: PredictionCache | None = None) -> dict:
+                     cache: PredictionCache | None = None, notes: dict | None = None) -> dict:
     """The trivial baseline of every task in `scores`: the majority class of the training labels answered
     for every dev example (`dev`: the labels the runs were scored on), scored with the task's own metrics.
 
@@ -686,7 +701,8 @@ def trivial_baseline(scores: pd.DataFrame, root: str | Path, dev: dict, glue_dir
     which is labelled so. Ties go to the first class. A regression (STS-B) answers a constant, whose
     correlation with the labels is undefined (NaN): it is scored 0, as CoLA's MCC of a constant answer is.
 
-    Returns {"scores": {report column and task: score in %}, "answers": ["<task>: <answer> (<source>)", ...]}.
+    Returns {"scores": {report column and task: score in %}, "answers": ["<task>: <answer> (<source>)", ...]};
+    a task's `notes` (`dev_labels`: which dev set, where the runs' differ) follow its answer.
     """
     cache = cache or PredictionCache()
     values, answers = {}, []
@@ -709,6 +725,8 @@ def trivial_baseline(scores: pd.DataFrame, root: str | Path, dev: dict, glue_dir
             answer = int(np.argmax(counts))
             split_scores = {split: _split_score(spec, np.full(len(y), answer), y) for split, y in labels.items()}
             answers.append(f"{task}: {label_name(spec, answer)} ({source})")
+        if (notes or {}).get(task):
+            answers[-1] += f", on {notes[task]}"
         for split, score in split_scores.items():
             values[columns[split]] = score
         values[task] = float(np.mean(list(split_scores.values())))
@@ -799,12 +817,12 @@ def collect(root: str | Path = "GLUE-Outputs", mnli_init_rows: bool = True, glue
     their paired bootstrap (`paired_bootstrap`; 0: Welch's intervals only). The unfinished runs left out
     are listed in the result."""
     scores, unfinished, apart = _load_scores(root)
-    cache = PredictionCache()
-    dev = dev_labels(scores, root, glue_dir, cache)
+    cache, notes = PredictionCache(), {}
+    dev = dev_labels(scores, root, glue_dir, cache, notes)
     collapsed = collapsed_epochs(scores, root, dev, cache)
     selected = mark_collapsed(select_epochs(scores, collapsed), collapsed)
     table_rows = with_mnli_init_rows(selected) if mnli_init_rows else selected
-    table = with_baseline(aggregate(table_rows), trivial_baseline(scores, root, dev, glue_dir))
+    table = with_baseline(aggregate(table_rows), trivial_baseline(scores, root, dev, glue_dir, cache, notes))
     pairs = comparisons(table, compare)
     return Aggregation(scores=scores, selected=selected, table=table, unfinished=unfinished, apart=apart,
                        significance=significance(table_rows, table, pairs, root, bootstrap, cache))

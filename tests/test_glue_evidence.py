@@ -263,6 +263,20 @@ def test_the_baseline_answers_the_training_majority_and_says_where_it_came_from(
     assert dev_only["baseline"] == "rte: entailment (dev majority: no training labels)"
 
 
+def test_the_baseline_takes_the_dev_set_most_runs_were_scored_on(tmp_path):
+    for seed in (1, 2):
+        rte_run(tmp_path, f"m-seed{seed}", seed, {"entailment": 30, "not_entailment": 10})
+    short = write_run(tmp_path, "m-seed3", {"rte": {"validation_accuracy": [1.0]}}, model="m", seed=3,
+                      tasks={"rte": {"status": "complete", "best_epoch": 1}})
+    write_predictions(short, "rte", "validation", "final", ["not_entailment"] * 2, ["not_entailment"] * 2)
+    notes = {}
+    dev = gr.dev_labels(gr.load_scores(tmp_path), tmp_path, notes=notes)
+    assert list(dev["rte"]["validation"]) == [0, 0, 0, 1] and notes == {"rte": "the dev set of 2 of 3 runs"}
+    row = gr.collect(tmp_path).table.set_index("model").loc[gr.BASELINE_ROW]
+    assert row["rte_final_mean"] == pytest.approx(75.0)
+    assert row["baseline"] == "rte: entailment (training majority), on the dev set of 2 of 3 runs"
+
+
 def test_the_baseline_scores_with_the_tasks_own_metrics(tmp_path):
     run = write_run(tmp_path, "m-seed1", {"mrpc": same_metrics("mrpc", [0.5]), "stsb": same_metrics("stsb", [0.5]),
                                           "cola": {"validation_mcc": [0.1]}}, model="m",
