@@ -396,8 +396,7 @@ def select_epochs(scores: pd.DataFrame, collapsed: pd.DataFrame | None = None) -
     final = task_rows.sort_values("epoch").drop_duplicates(keys, keep="last")[keys + ["epoch"]]
     chosen = pd.concat([best, final.assign(selection="final")], ignore_index=True)
     selected = chosen.merge(scores, on=keys + ["epoch"])[columns]
-    skipped = flagged[flagged["why"] != ""].merge(best[keys + ["epoch"]].rename(columns={"epoch": "best_epoch"}),
-                                                  on=keys, how="left")
+    skipped = flagged[flagged["why"] != ""]
     if skipped.empty:
         return selected
     best_value = ranked[ranked["why"] == ""].drop_duplicates(keys)[keys + ["value"]].rename(columns={"value": "best_value"})
