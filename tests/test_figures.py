@@ -996,7 +996,7 @@ def test_results_log_old_tables_are_the_aggregated_table_of_their_commit():
     log = text(ROOT / "docs" / "results-log.md")
     old = section(log, "## `make demo` before `tiny` encoded pairs by task")
     commit = re.search(r"held up to commit `([0-9a-f]{7,40})`", old).group(1)
-    assert f"`GLUE-aggregated-results.md` at that commit" in flat(old)
+    assert "`GLUE-aggregated-results.md` at that commit" in flat(old)
     then = subprocess.run(["git", "show", f"{commit}:GLUE-aggregated-results.md"], cwd=ROOT, capture_output=True, text=True)
     shown = [line for line in old.splitlines() if line.startswith("|")]
     assert len(shown) == 2 * 5

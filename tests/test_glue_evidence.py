@@ -18,7 +18,7 @@ from scipy import stats
 import glue_results as gr
 import glue_runs
 from glue_tasks import TASKS, Task, compute_metrics
-from test_aggregate import cell, markdown_rows, same_metrics, write_predictions, write_run
+from test_aggregate import markdown_rows, same_metrics, write_predictions, write_run
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "GLUE-Outputs"
