@@ -464,8 +464,10 @@ ENVIRONMENT: dict[str, tuple[str, str, str]] = {
                    "all nine GLUE tasks (from MNLI: rte,mrpc,stsb,wnli; make submission: the six small ones)",
                    f"{GLUE_NOTEBOOKS}, scripts/submission.sh"),
     "GLUE_DIR": ("", "a folder in the original GLUE download layout; empty = the Hugging Face hub (Pretraining-Value "
-                 "and pretraining_value.py: default `../shared/glue_data`)",
-                 f"{GLUE_NOTEBOOKS}, Pretraining-Value.py, pretraining_value.py, bench/finetune.py"),
+                 "and pretraining_value.py: default `../shared/glue_data`; aggregation: the training labels of the "
+                 "trivial baseline, else the counts the runs recorded)",
+                 f"{GLUE_NOTEBOOKS}, Pretraining-Value.py, pretraining_value.py, bench/finetune.py, "
+                 "Aggregate-GLUE-results.py"),
     "DITBERT_MODEL": ("", "the pretrained model folder; default `<train.out_dir>/final`", "GLUE-Finetune.py"),
     "DITBERT_TOKENIZER": ("", "its tokenizer; default `train.tokenizer`", "GLUE-Finetune.py"),
     "RANDOM_INIT": ("", "`1` = the same config with random weights: the control for what pretraining gives",
@@ -480,6 +482,9 @@ ENVIRONMENT: dict[str, tuple[str, str, str]] = {
                             "`GLUE-aggregated-results.csv`", "Aggregate-GLUE-results.py"),
     "GLUE_PLOTS_DIR": ("", "where aggregation's plots go; default `<finetune.output_dir>/plots`",
                        "Aggregate-GLUE-results.py"),
+    "GLUE_COMPARE": ("", "pairs of table rows to compare with a 95 % interval, `a:b` separated by `;` or `,` (b may be "
+                     "`trivial-majority`), besides each model and its random-init twin; default none",
+                     "Aggregate-GLUE-results.py"),
     "VALUE_STEPS": ("", "snapshot step counts, 0 = the random-init control; default `0,700,1400,2800`",
                     "Pretraining-Value.py"),
     "VALUE_SEEDS": ("", "its fine-tuning seeds (set as finetune.seeds); default `1,2,3`", "Pretraining-Value.py"),

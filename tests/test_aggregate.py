@@ -323,10 +323,15 @@ def test_write_report_writes_csv_markdown_and_plots(tmp_path):
     paths = gr.write_report(result, tmp_path / "out" / "table.csv", root / "plots")
     csv = pd.read_csv(paths["csv"])
     assert list(csv["model"]) == ["a", "full", "partial"]
-    assert list(csv.columns[:6]) == ["model", "init", "recipe", "collapsed", "cola_best", "cola_final_mean"]
+    assert list(csv.columns[:10]) == ["model", "init", "recipe", "train_examples", "dtype", "collapsed", "best_skipped",
+                                      "baseline", "cola_best", "cola_final_mean"]
     assert pd.isna(csv.set_index("model").loc["partial", "qqp_best"])
     assert paths["markdown"] == tmp_path / "out" / "table.md"
     assert paths["markdown"].read_text() == gr.markdown_table(result.table)
+    assert paths["significance"] == tmp_path / "out" / "GLUE-significance.csv"
+    assert paths["significance"].read_text() == gr.significance_csv(result.significance)
+    assert paths["significance_markdown"].read_text() == gr.significance_markdown(result.significance)
+    assert "No pair to compare" in paths["significance_markdown"].read_text()  # no model has its twin here
     for name in ("task_scores", "curves"):
         assert paths[name].parent == root / "plots"
         assert paths[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -424,14 +429,22 @@ def test_notebook_runs_as_a_script_with_settings_from_the_environment(tmp_path):
         "GLUE_OUTPUT_DIR": str(tmp_path / "runs-here"),
         "GLUE_AGGREGATED_CSV": str(tmp_path / "tables" / "glue.csv"),
         "GLUE_PLOTS_DIR": str(tmp_path / "figures"),
+        "GLUE_COMPARE": "tiny:full",
     }
     done = subprocess.run([sys.executable, str(NOTEBOOK)], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert "| tiny" in done.stdout
+    assert "| tiny" in done.stdout and "**tiny vs full** (named; Welch t, 95 %)" in done.stdout
     table = pd.read_csv(tmp_path / "tables" / "glue.csv").set_index("model")
     assert table.loc["tiny", "demo_final_mean"] == pytest.approx(100 * (0.71 + 0.72) / 2)
     assert (tmp_path / "tables" / "glue.md").exists()
     assert (tmp_path / "figures" / "curves.png").exists()
+    compared = pd.read_csv(tmp_path / "tables" / "GLUE-significance.csv")
+    assert compared[["a", "b", "column"]].values.tolist() == [["tiny", "full", "demo"]]
+    assert compared.loc[0, "difference"] == pytest.approx(100 * (0.71 + 0.72) / 2 - 100)
+    assert (tmp_path / "tables" / "GLUE-significance.md").exists()
+    env["GLUE_COMPARE"] = "tiny:nobody"
+    refused = subprocess.run([sys.executable, str(NOTEBOOK)], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert refused.returncode == 1 and "error: comparison tiny:nobody: nobody is not a row of the table" in refused.stderr
 
 
 def test_aggregation_imports_no_torch_and_scores_tasks_as_the_task_table_declares(monkeypatch):

@@ -156,7 +156,7 @@ def test_readme_spreads_and_sizes_beside_the_result_lines():
              if "two-hour" not in info.parent.name]
     examples = {info["tasks"]["demo"]["train_examples"] for info in infos}
     assert f"on {examples.pop()} demo sentences with {len(infos) // 2} seeds" in block and not examples
-    glue = flat(section(text(README), "Pretraining pays where meaning decides", "![demo accuracy"))
+    glue = flat(section(text(README), "Against its twin", "![demo accuracy"))
     assert f"`make demo`'s {steps}-step model" in glue
     minutes = re.search(r"took ([\d.]+) minutes for the nine runs", block).group(1)
     seconds = sum(json.loads(text(info))["tasks"]["demo"]["seconds"]
@@ -195,7 +195,7 @@ def test_readme_perplexities_say_where_they_come_from():
 
 
 def glue_table() -> list[dict]:
-    return table_after(text(README), "| model | recipe | seeds | CoLA")
+    return table_after(text(README), "| model | recipe | train examples | dtype | seeds | CoLA")
 
 
 def seed_scores(model: str, task: str) -> list[float]:
@@ -209,22 +209,44 @@ def one_decimal(cell: str, csv_value: str, exact: float) -> bool:
     return abs(float(cell) - float(csv_value)) <= 0.055 and cell == f1(exact)
 
 
+BASELINE = "trivial-majority"
+
+
+def baseline_mark(mean: float, std: float, baseline: float) -> str:
+    """The mark the table gives a score against the trivial baseline's: none where mean - std is above it,
+    ≈ where it is not but mean + std reaches it, ↓ where mean + std is below it."""
+    if mean - std > baseline:
+        return ""
+    return "≈" if mean + std >= baseline else "↓"
+
+
 def test_readme_glue_table_is_the_aggregated_csv():
     table = by(rows(AGGREGATED), "model")
     shown = glue_table()
     assert {row["model"] for row in shown} == set(table), "the README's rows are not the CSV's"
+    assert shown[0]["model"] == BASELINE and table[BASELINE]["recipe"] == "baseline"
+    base = table[BASELINE]
     for row in shown:
         source = table[row["model"]]
         assert row["recipe"] == source["recipe"]
+        assert row["train examples"] == (source["train_examples"] or "–")
+        assert row["dtype"] == (source["dtype"] or "–")
         for column, task in COLUMN_TASK.items():
             seeds = int(source[f"{task}_seeds"])
             cell = row[column]
+            if row["model"] == BASELINE:
+                value = source[f"{task}_final_mean"]
+                assert cell == (f1(float(value)) if value else "–"), f"{BASELINE} {column}: {cell!r}"
+                assert row["seeds"] == "–"
+                continue
             if seeds == 0:
                 assert cell == "–", f"{row['model']} {column}: {cell!r} where the CSV has no run"
                 continue
             mean, std = source[f"{task}_final_mean"], source[f"{task}_final_std"]
-            shown_mean, shown_std = cell.split(" ± ")
             scores = seed_scores(row["model"], task)
+            mark = baseline_mark(statistics.mean(scores), statistics.stdev(scores), float(base[f"{task}_final_mean"]))
+            assert cell.endswith(f" {mark}") if mark else cell[-1].isdigit(), f"{row['model']} {column}: {cell!r}"
+            shown_mean, shown_std = cell.removesuffix(f" {mark}").split(" ± ")
             assert one_decimal(shown_mean, mean, statistics.mean(scores)) and \
                 one_decimal(shown_std, std, statistics.stdev(scores)), \
                 f"{row['model']} {column}: README {cell!r}, CSV {mean} ± {std}"
@@ -234,9 +256,52 @@ def test_readme_glue_table_is_the_aggregated_csv():
             assert row["GLUE partial"] == "–", f"{row['model']} GLUE partial"
             continue
         shown_mean, tasks = re.fullmatch(r"(-?[\d.]+) \((\d)/8\)", row["GLUE partial"]).groups()
-        exact = statistics.mean(statistics.mean(seed_scores(row["model"], task)) for task in SMALL_GLUE)
         assert int(tasks) == int(source["GLUE_tasks"]) == len(SMALL_GLUE)
+        if row["model"] == BASELINE:
+            assert shown_mean == f1(statistics.mean(float(base[f"{task}_final_mean"]) for task in SMALL_GLUE))
+            continue
+        exact = statistics.mean(statistics.mean(seed_scores(row["model"], task)) for task in SMALL_GLUE)
         assert one_decimal(shown_mean, partial, exact), f"{row['model']} GLUE partial"
+
+
+def test_readme_table_is_the_committed_markdown_table():
+    """Each README row is the final-epoch table of GLUE-aggregated-results.md, cell for cell, on the columns
+    the README keeps."""
+    committed = by(table_after(text(ROOT / "GLUE-aggregated-results.md"), "**Final epoch"), "model")
+    for row in glue_table():
+        for column, cell in row.items():
+            assert committed[row["model"]][column] == cell, f"{row['model']} {column}"
+
+
+def test_readme_trivial_baseline_prose_is_the_table():
+    prose = flat(section(text(README), "At 2000 training examples the trivial row", "Against its twin"))
+    table = by(rows(AGGREGATED), "model")
+    base = {task: float(table[BASELINE][f"{task}_final_mean"]) for task in COLUMN_TASK.values()}
+    models = [m for m in table if m != BASELINE]
+
+    def finals(task):
+        return {m: (float(table[m][f"{task}_final_mean"]), float(table[m][f"{task}_final_std"]))
+                for m in models if int(table[m][f"{task}_seeds"])}
+
+    for task in ("sst2", "stsb", "demo"):  # every model well clear of it
+        assert all(mean - std > base[task] + 10 for mean, std in finals(task).values()), task
+    cola = finals("cola")
+    above = [m for m, (mean, std) in cola.items() if mean - std > base["cola"]]
+    assert above == ["ditbert-tiny-two-hour-step13000"] and all(mean <= base["cola"] for m, (mean, _) in cola.items()
+                                                                if m not in above)
+    assert f"every model but the two-hour one ({f1(cola[above[0]][0])} ± {f1(cola[above[0]][1])})" in prose
+    assert f"answer's MCC of {round(base['cola'])}" in prose
+    mrpc = max(mean for mean, _ in finals("mrpc").values()) - base["mrpc"]
+    assert f"no model is more than {f1(mrpc)} points above the all-\"equivalent\" answer's {f1(base['mrpc'])}" in prose
+    rte = finals("rte")
+    assert f"the all-\"entailment\" answer's {f1(base['rte'])}" in prose
+    pretrained = [m for m in rte if "random-init" not in m]
+    assert all(mean >= base["rte"] for m, (mean, _) in rte.items() if m in pretrained)
+    assert all(mean < base["rte"] for m, (mean, _) in rte.items() if m not in pretrained)
+    assert "(" + ", ".join(f"{f1(rte[m][0])} ± {f1(rte[m][1])}" for m in pretrained) + ")" in prose
+    wnli = finals("wnli")
+    assert all(mean + std < base["wnli"] - 30 for mean, std in wnli.values())
+    assert f"far below the majority's {f1(base['wnli'])}" in prose
 
 
 def test_aggregated_csv_is_the_mean_of_the_committed_run_folders():
@@ -252,15 +317,82 @@ def test_aggregated_csv_is_the_mean_of_the_committed_run_folders():
             assert abs(statistics.stdev(scores) - float(source[f"{task}_final_std"])) < 0.006
 
 
+SIGNIFICANCE = ROOT / "GLUE-significance.csv"
+TWINS = {"make demo": ("ditbert-tiny", "ditbert-tiny-random-init"),
+         "two-hour": ("ditbert-tiny-two-hour-step13000", "ditbert-tiny-two-hour-random-init")}
+
+
+def compared(pair: str, column: str) -> dict:
+    """The row of GLUE-significance.csv for a pair of `TWINS` and a column (a task, or GLUE partial)."""
+    a, b = TWINS[pair]
+    found = [r for r in rows(SIGNIFICANCE) if (r["a"], r["b"], r["column"]) == (a, b, column)]
+    assert len(found) == 1, f"{pair} {column}: {len(found)} rows in {SIGNIFICANCE.name}"
+    return found[0]
+
+
+def p_text(value: str) -> str:
+    """A p-value as the documents write it (two significant digits; below 0.001 as < 0.001)."""
+    p = float(value)
+    return "< 0.001" if p < 0.001 else f"{p:.2g}"
+
+
+def interval(row: dict, boot: bool = False) -> str:
+    low, high = (row["boot_low"], row["boot_high"]) if boot else (row["ci_low"], row["ci_high"])
+    return f"{float(low):+.2f} to {float(high):+.2f}"
+
+
+def significant(row: dict) -> bool:
+    """Whether Welch's 95 % interval excludes 0."""
+    return float(row["ci_low"]) > 0 or float(row["ci_high"]) < 0
+
+
 def test_readme_leads_quoted_beside_the_table():
     table = by(rows(AGGREGATED), "model")
-    prose = flat(section(text(README), "Pretraining pays where meaning decides", "![demo accuracy"))
+    prose = flat(section(text(README), "Against its twin", "![demo accuracy"))
     lead = {task: float(table["ditbert-tiny"][f"{task}_final_mean"]) -
-            float(table["ditbert-tiny-random-init"][f"{task}_final_mean"]) for task in ("sst2", "rte")}
-    assert f"SST-2 +{f1(lead['sst2'])}, RTE +{f1(lead['rte'])}" in prose
+            float(table["ditbert-tiny-random-init"][f"{task}_final_mean"]) for task in ("sst2", "rte", "stsb", "mrpc")}
+    sst2, rte = compared("make demo", "sst2"), compared("make demo", "rte")
+    assert (f"SST-2 +{f1(lead['sst2'])} ({interval(sst2)}, p {p_text(sst2['p'])}; bootstrap p {p_text(sst2['boot_p'])})"
+            in prose) and significant(sst2)
+    assert f"The RTE +{f1(lead['rte'])} ({interval(rte)}, p {p_text(rte['p'])})" in prose
+    assert (f"does not survive resampling RTE's 277 dev examples (bootstrap {interval(rte, boot=True)}, "
+            f"p {p_text(rte['boot_p'])})") in prose and float(rte["boot_low"]) < 0 < float(rte["boot_high"])
+    stsb, mrpc = compared("make demo", "stsb"), compared("make demo", "mrpc")
+    assert f"STS-B ({f1(lead['stsb'])}, p {p_text(stsb['p'])})" in prose and significant(stsb)
+    assert f"not significantly, MRPC ({f1(lead['mrpc'])}, p {p_text(mrpc['p'])})" in prose and not significant(mrpc)
     mean_lead = float(table["ditbert-tiny"]["GLUE_partial_final_mean"]) - \
         float(table["ditbert-tiny-random-init"]["GLUE_partial_final_mean"])
-    assert f"leads it by {f1(mean_lead)} on the five-task mean" in prose
+    five = compared("make demo", "GLUE partial")
+    assert five["tasks"] == ", ".join(SMALL_GLUE)
+    assert (f"leads it by {f1(mean_lead)} on the five-task mean, which is not significant ({interval(five)}, "
+            f"p {p_text(five['p'])})") in prose and not significant(five)
+
+
+def test_readme_demo_lead_says_it_is_not_significant():
+    block = flat(section(text(README), "## Results at CPU scale", "The committed GLUE table"))
+    demo = compared("make demo", "demo")
+    assert (f"DitBERT leads its twin by {f2(float(demo['difference']))}, more than either's seeds' spread" in block
+            and f"not significantly: Welch's 95 % interval over the seeds is {interval(demo)}, "
+                f"p {p_text(demo['p'])} (`GLUE-significance.csv`)" in block)
+    assert not significant(demo) and p_text(demo["p"]) == "0.11"
+    results = readme_results()
+    assert f2(float(results["demo_acc_ditbert"]) - float(results["demo_acc_random_init"])) == f2(float(demo["difference"]))
+
+
+def test_significance_file_is_welch_on_the_committed_run_folders():
+    """GLUE-significance.csv's Welch figures, recomputed from the run folders' last epochs with scipy."""
+    from scipy import stats
+
+    for pair, (a, b) in TWINS.items():
+        for row in (r for r in rows(SIGNIFICANCE) if (r["a"], r["b"]) == (a, b)):
+            tasks = row["tasks"].split(", ")
+            ours = [statistics.mean(s) for s in zip(*(seed_scores(a, task) for task in tasks))]
+            theirs = [statistics.mean(s) for s in zip(*(seed_scores(b, task) for task in tasks))]
+            test = stats.ttest_ind(ours, theirs, equal_var=False)
+            assert float(row["p"]) == pytest.approx(test.pvalue, abs=6e-5), (pair, row["column"])
+            low, high = test.confidence_interval()
+            assert (float(row["ci_low"]), float(row["ci_high"])) == pytest.approx((low, high), abs=0.006)
+            assert float(row["difference"]) == pytest.approx(statistics.mean(ours) - statistics.mean(theirs), abs=0.006)
 
 
 # --------------------------------------------------------------------------- README: the two-hour recipe
@@ -297,6 +429,29 @@ def test_readme_two_hour_figures_are_its_record():
             float(table["ditbert-tiny-two-hour-random-init"][f"{task}_final_mean"]) for task in ("demo", "cola", "sst2", "rte")}
     assert (f"+{f1(lead['demo'])} on the demo task: CoLA +{f1(lead['cola'])}, SST-2 +{f1(lead['sst2'])}, "
             f"RTE +{f1(lead['rte'])}") in prose
+    five, demo = compared("two-hour", "GLUE partial"), compared("two-hour", "demo")
+    assert five["tasks"] == ", ".join(SMALL_GLUE) and significant(five)
+    assert f2(float(five["mean_a"])) == f2(statistics.mean(pretrained)) and f2(float(five["mean_b"])) == f2(statistics.mean(twin))
+    assert (f"The +{f1(float(five['difference']))} is significant: {interval(five)}, p {p_text(five['p'])} "
+            f"(bootstrap {interval(five, boot=True)}, p {p_text(five['boot_p'])}; `GLUE-significance.csv`)") in prose
+    cola, sst2, rte = (compared("two-hour", task) for task in ("cola", "sst2", "rte"))
+    assert all(significant(row) for row in (demo, cola, sst2))
+    assert (f"and so are the demo task's +{f1(lead['demo'])} (p {p_text(demo['p'])}), SST-2's +{f1(lead['sst2'])} "
+            f"(p {p_text(sst2['p'])}) and CoLA's +{f1(lead['cola'])} (p {p_text(cola['p'])}; bootstrap p "
+            f"{p_text(cola['boot_p'])}, with CoLA's dev sampling)") in prose
+    assert not significant(rte) and (f"RTE's +{f1(lead['rte'])} is not significant by Welch's interval ({interval(rte)}, "
+                                     f"p {p_text(rte['p'])}; bootstrap p {p_text(rte['boot_p'])})") in prose
+    stsb, mrpc = compared("two-hour", "stsb"), compared("two-hour", "mrpc")
+    assert significant(stsb) and not significant(mrpc)
+    assert (f"the twin keeps STS-B's overlap (p {p_text(stsb['p'])}), and MRPC's difference is not significant "
+            f"(p {p_text(mrpc['p'])})") in prose
+    model = table["ditbert-tiny-two-hour-step13000"]
+    assert (f"CoLA's {f1(float(model['cola_final_mean']))} ± {f1(float(model['cola_final_std']))} being the one CoLA "
+            f"score clear of the trivial {round(float(table[BASELINE]['cola_final_mean']))}") in prose
+    assert (f"its {f1(float(model['rte_final_mean']))} ± {f1(float(model['rte_final_std']))} is within the seeds' "
+            f"spread of the majority answer's {f1(float(table[BASELINE]['rte_final_mean']))}") in prose
+    assert baseline_mark(float(model["rte_final_mean"]), float(model["rte_final_std"]),
+                         float(table[BASELINE]["rte_final_mean"])) == "≈"
 
 
 # --------------------------------------------------------------------------- the equal-time comparison
@@ -841,7 +996,7 @@ def test_results_log_old_tables_are_the_aggregated_table_of_their_commit():
     log = text(ROOT / "docs" / "results-log.md")
     old = section(log, "## `make demo` before `tiny` encoded pairs by task")
     commit = re.search(r"held up to commit `([0-9a-f]{7,40})`", old).group(1)
-    assert f"`GLUE-aggregated-results.md` at that commit" in flat(old)
+    assert "`GLUE-aggregated-results.md` at that commit" in flat(old)
     then = subprocess.run(["git", "show", f"{commit}:GLUE-aggregated-results.md"], cwd=ROOT, capture_output=True, text=True)
     shown = [line for line in old.splitlines() if line.startswith("|")]
     assert len(shown) == 2 * 5
