@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
+import sys
+from collections import deque
 from pathlib import Path
 
-from corpus import iter_corpus_documents
+from corpus import PIECE_CHARS, CorpusReader, Reading, no_text_message, resolve_sources
 from fileio import atomic_write_bytes
 from params import DOC_ID, END_ID, SPECIAL_TOKENS, START_ID
 
@@ -51,32 +54,88 @@ def first_piece_space():
 
 
 def train_tokenizer(
-    files: list[str], vocab_size: int, out_path: str | Path, min_frequency: int = 2, holdout_docs: int = 0
+    files: list[str], vocab_size: int, out_path: str | Path, min_frequency: int = 2, holdout_docs: int = 0,
+    sample_bytes: int = 0, max_docs: int = 0, data=None, held_out: list | None = None, progress: bool = False,
+    seed: int = 0,
 ):
-    """Learn BPE merges from UTF-8 text files and save ``tokenizer.json`` atomically.
+    """Learn BPE merges from the corpus (any form corpus.py reads; `data`: the reading settings, a
+    params.DataConfig) and save ``tokenizer.json`` atomically.
 
-    The last `holdout_docs` documents are left out, so that statistics measured on
-    them (tokens per word) say how the tokenizer does on text it has not seen.
+    The corpus is read twice as a stream, never whole. The first pass checks every file and counts the
+    documents and their bytes; the second feeds the trainer. The last ``min(holdout_docs, a tenth of
+    the documents)`` documents are left out, so that statistics measured on them (tokens per word) say
+    how the tokenizer does on text it has not seen; `held_out`, a list, receives them (each cut at
+    PIECE_CHARS characters). When the rest holds more than `sample_bytes` bytes of text, each document
+    (each piece of a long one) is fed with probability sample_bytes / those bytes, drawn from `seed`,
+    and never more than `sample_bytes` in all: the trainer sees a sample spread over the whole corpus,
+    and its time and memory stop growing with it. `max_docs`: at most this many documents (pieces) fed.
     """
     from tokenizers import pre_tokenizers, trainers
 
-    lines = list(iter_corpus_documents(files))  # validates every file first
-    if holdout_docs:
-        if holdout_docs >= len(lines):
-            raise ValueError(f"cannot hold out {holdout_docs} of the corpus's {len(lines)} documents")
-        lines = lines[:-holdout_docs]
+    sources = resolve_sources(files)  # a missing or empty file is named before any reading
+    reading = Reading.of(data)
+    n_docs, n_units, n_bytes, starts = 0, 0, 0, deque(maxlen=holdout_docs + 1)
+    at_start = True
+    with _bar(sources, "checking the corpus", progress) as bar:
+        for text, ends in (reader := CorpusReader(sources, reading)):
+            if at_start:
+                starts.append((n_units, n_bytes))  # where each of the last documents starts
+            n_units += 1
+            n_bytes += len(text.encode("utf-8"))
+            n_docs += ends
+            at_start = ends
+            bar.update(max(reader.consumed - bar.n, 0))
+    if n_docs == 0:
+        raise ValueError(no_text_message(files))
+    n_held = min(holdout_docs, n_docs // 10)
+    first_held, train_bytes = starts[-n_held] if n_held else (n_units, n_bytes)
+    share = 1.0 if not sample_bytes or train_bytes <= sample_bytes else sample_bytes / train_bytes
+    if progress:
+        what = "all of it" if share == 1 else f"a sample of about {sample_bytes / 1e6:,.0f} MB ({share:.1%})"
+        print(f"{n_docs:,} documents, {n_bytes / 1e6:,.1f} MB of text; {n_held} held out; training on {what}",
+              flush=True)
+
+    def feed():
+        rng, fed, fed_bytes, held = random.Random(seed), 0, 0, []
+        with _bar(sources, "feeding the trainer", progress) as bar:
+            for index, (text, ends) in enumerate(reader := CorpusReader(sources, reading)):
+                bar.update(max(reader.consumed - bar.n, 0))
+                if index >= first_held:
+                    if held_out is not None and sum(map(len, held)) < PIECE_CHARS:
+                        held.append(text)
+                    if ends and held_out is not None:
+                        held_out.append("".join(held)[:PIECE_CHARS])
+                        held = []
+                    continue
+                if share < 1 and rng.random() >= share:
+                    continue
+                size = len(text.encode("utf-8")) if share < 1 else 0
+                if (share < 1 and fed_bytes + size > sample_bytes) or (max_docs and fed >= max_docs):
+                    continue
+                fed, fed_bytes = fed + 1, fed_bytes + size
+                yield text
+
     tok = build_tokenizer()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
+        show_progress=progress,
     )
-    tok.train_from_iterator(lines, trainer=trainer, length=len(lines))
+    tok.train_from_iterator(feed(), trainer=trainer, length=first_held)
     out_path = Path(out_path)
     atomic_write_bytes(out_path, tok.to_str(pretty=False).encode("utf-8"))
     return tok
+
+
+def _bar(sources, what: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    sizes = [s.size() for s in sources]
+    total = None if None in sizes else sum(sizes)
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=what, disable=not enabled,
+                mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
 
 
 def tokenizer_stats(tok, texts: list[str]) -> dict:

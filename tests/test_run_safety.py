@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import corpus
 import pretrain_data
 import runtime
 import train_model
@@ -54,7 +55,7 @@ def no_embedded_corpus(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the embedded corpus was read")
 
-    monkeypatch.setattr(pretrain_data, "EMBEDDED_CORPORA", {"wiki": refuse, "imdb": refuse})
+    monkeypatch.setattr(corpus, "EMBEDDED_CORPORA", {"wiki": refuse, "imdb": refuse})
 
 
 def argv(data, out: Path, steps: int | None, *extra: str, sets: tuple[str, ...] = ()) -> list[str]:
