@@ -22,7 +22,7 @@ from pathlib import Path
 
 from fileio import atomic_write_bytes, installed_package_dir
 
-PIECE_CHARS = 1 << 20  # a document longer than this is served in pieces of at most this many characters
+PIECE_CHARS = 4096  # a document longer than this is served in pieces of at most this many characters
 BLOCK_BYTES = 1 << 20  # bytes read from a file at a time
 BATCH_ROWS = 1024  # rows read from a Parquet file or a dataset at a time
 HUB_PREFIX = "hf:"  # data.corpus entry naming a Hugging Face hub dataset: hf:<name>[:<config>]
@@ -387,10 +387,13 @@ def cut_piece(text: str) -> int:
 _SPACE_AFTER_WORD_REVERSED = re.compile(r" (?=\S)")  # in reversed text: a space that follows a non-space
 
 
-def _pieces(buffer: str):
-    """Cut `buffer` while it is longer than PIECE_CHARS: (pieces, the rest)."""
+def _pieces(buffer: str, ended: bool):
+    """Cut `buffer`, the start of a document's text not yet served, while more than PIECE_CHARS of it
+    are known: (pieces, the rest). Until the document has `ended`, whitespace at the buffer's end may be
+    trailing whitespace that stripping removes, so it does not count: the pieces are those of the
+    finished document's text, however its bytes came in."""
     out = []
-    while len(buffer) > PIECE_CHARS:
+    while len(buffer) > PIECE_CHARS and (ended or len(buffer.rstrip()) > PIECE_CHARS):
         cut = cut_piece(buffer)
         out.append(buffer[:cut])
         buffer = buffer[cut:]
@@ -520,12 +523,13 @@ def _text_units(source: Source, reading: Reading, offset: int):
         if not emitted and not buffer:
             text = text.lstrip()
         buffer += text
-        pieces, buffer = _pieces(buffer)
+        if complete:
+            buffer = buffer.rstrip()
+        pieces, buffer = _pieces(buffer, complete)
         for piece in pieces:
             emitted = True
             yield piece, False, None, read
         if complete:
-            buffer = buffer.rstrip()
             if buffer or emitted:
                 yield buffer, True, after, read
             buffer, emitted = "", False
@@ -544,12 +548,13 @@ def _blank_line_units(source: Source, offset: int):
                 in_doc = True
         if line_started:
             buffer += text
-            pieces, buffer = _pieces(buffer)
+            if complete:
+                buffer = buffer.rstrip()
+            pieces, buffer = _pieces(buffer, False)  # the document may go on in the next line
             for piece in pieces:
                 yield piece, False, None, read
         if complete:
             if line_started:
-                buffer = buffer.rstrip()  # pieces end before a space: the line's trailing whitespace is here
                 doc_end, line_started = after, False
             elif in_doc:  # a blank line ends the document
                 yield buffer, True, doc_end, read
@@ -563,7 +568,7 @@ def _text_pieces(text: str):
     text = text.strip()
     if not text:
         return []
-    pieces, rest = _pieces(text) if len(text) > PIECE_CHARS else ([], text)
+    pieces, rest = _pieces(text, True) if len(text) > PIECE_CHARS else ([], text)
     return [(p, False) for p in pieces] + [(rest, True)]
 
 

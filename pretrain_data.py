@@ -260,10 +260,9 @@ class TokenFileBuild:
                     raise ValueError(no_text_message(self.files))
                 state["position"] = list(reader.position)
                 self._commit(fh, state)
-        except ValueError:
-            if state["n_documents"] == 0:  # nothing worth resuming
-                self.partial.unlink(missing_ok=True)
-                self.record.unlink(missing_ok=True)
+        except ValueError:  # a bad input (or no text): the same contents would stop at the same place
+            self.partial.unlink(missing_ok=True)
+            self.record.unlink(missing_ok=True)
             raise
         finally:
             bar.close()

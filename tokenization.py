@@ -61,60 +61,14 @@ def train_tokenizer(
     """Learn BPE merges from the corpus (any form corpus.py reads; `data`: the reading settings, a
     params.DataConfig) and save ``tokenizer.json`` atomically.
 
-    The corpus is read twice as a stream, never whole. The first pass checks every file and counts the
-    documents and their bytes; the second feeds the trainer. The last ``min(holdout_docs, a tenth of
-    the documents)`` documents are left out, so that statistics measured on them (tokens per word) say
-    how the tokenizer does on text it has not seen; `held_out`, a list, receives them (each cut at
-    PIECE_CHARS characters). When the rest holds more than `sample_bytes` bytes of text, each document
-    (each piece of a long one) is fed with probability sample_bytes / those bytes, drawn from `seed`,
-    and never more than `sample_bytes` in all: the trainer sees a sample spread over the whole corpus,
-    and its time and memory stop growing with it. `max_docs`: at most this many documents (pieces) fed.
+    The trainer reads `TrainingText`: the corpus as a stream, never whole, less its last documents
+    (at most `holdout_docs`, at most a tenth of them; `held_out`, a list, receives them), and a sample
+    of at most `sample_bytes` bytes of it when it is larger (0 = all), at most `max_docs` documents
+    (0 = all).
     """
     from tokenizers import pre_tokenizers, trainers
 
-    sources = resolve_sources(files)  # a missing or empty file is named before any reading
-    reading = Reading.of(data)
-    n_docs, n_units, n_bytes, starts = 0, 0, 0, deque(maxlen=holdout_docs + 1)
-    at_start = True
-    with _bar(sources, "checking the corpus", progress) as bar:
-        for text, ends in (reader := CorpusReader(sources, reading)):
-            if at_start:
-                starts.append((n_units, n_bytes))  # where each of the last documents starts
-            n_units += 1
-            n_bytes += len(text.encode("utf-8"))
-            n_docs += ends
-            at_start = ends
-            bar.update(max(reader.consumed - bar.n, 0))
-    if n_docs == 0:
-        raise ValueError(no_text_message(files))
-    n_held = min(holdout_docs, n_docs // 10)
-    first_held, train_bytes = starts[-n_held] if n_held else (n_units, n_bytes)
-    share = 1.0 if not sample_bytes or train_bytes <= sample_bytes else sample_bytes / train_bytes
-    if progress:
-        what = "all of it" if share == 1 else f"a sample of about {sample_bytes / 1e6:,.0f} MB ({share:.1%})"
-        print(f"{n_docs:,} documents, {n_bytes / 1e6:,.1f} MB of text; {n_held} held out; training on {what}",
-              flush=True)
-
-    def feed():
-        rng, fed, fed_bytes, held = random.Random(seed), 0, 0, []
-        with _bar(sources, "feeding the trainer", progress) as bar:
-            for index, (text, ends) in enumerate(reader := CorpusReader(sources, reading)):
-                bar.update(max(reader.consumed - bar.n, 0))
-                if index >= first_held:
-                    if held_out is not None and sum(map(len, held)) < PIECE_CHARS:
-                        held.append(text)
-                    if ends and held_out is not None:
-                        held_out.append("".join(held)[:PIECE_CHARS])
-                        held = []
-                    continue
-                if share < 1 and rng.random() >= share:
-                    continue
-                size = len(text.encode("utf-8")) if share < 1 else 0
-                if (share < 1 and fed_bytes + size > sample_bytes) or (max_docs and fed >= max_docs):
-                    continue
-                fed, fed_bytes = fed + 1, fed_bytes + size
-                yield text
-
+    text = TrainingText(files, holdout_docs, sample_bytes, max_docs, data, seed, progress)
     tok = build_tokenizer()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -123,10 +77,71 @@ def train_tokenizer(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=progress,
     )
-    tok.train_from_iterator(feed(), trainer=trainer, length=first_held)
+    tok.train_from_iterator(text, trainer=trainer, length=text.first_held)
+    if held_out is not None:
+        held_out.extend(text.held_out)
     out_path = Path(out_path)
     atomic_write_bytes(out_path, tok.to_str(pretty=False).encode("utf-8"))
     return tok
+
+
+class TrainingText:
+    """The text the BPE trainer sees, as an iterable of documents (pieces of long ones).
+
+    Made in two passes over the corpus, each a stream. The first, on construction, checks every file
+    and counts the documents and their bytes. Iterating is the second: the last ``min(holdout_docs,
+    a tenth of the documents)`` documents are kept out (in `held_out`, each cut at PIECE_CHARS
+    characters), and when the rest holds more than `sample_bytes` bytes each document is taken with
+    probability sample_bytes / those bytes, drawn from `seed`, never more than `sample_bytes` in all:
+    a sample spread over the whole corpus, so the trainer's time and memory stop growing with it."""
+
+    def __init__(self, files, holdout_docs: int = 0, sample_bytes: int = 0, max_docs: int = 0, data=None,
+                 seed: int = 0, progress: bool = False):
+        self.sources = resolve_sources(files)  # a missing or empty file is named before any reading
+        self.reading, self.sample_bytes, self.max_docs, self.seed = Reading.of(data), sample_bytes, max_docs, seed
+        self.progress, self.held_out = progress, []
+        n_docs, n_units, n_bytes, starts = 0, 0, 0, deque(maxlen=holdout_docs + 1)
+        at_start = True
+        with _bar(self.sources, "checking the corpus", progress) as bar:
+            for text, ends in (reader := CorpusReader(self.sources, self.reading)):
+                if at_start:
+                    starts.append((n_units, n_bytes))  # where each of the last documents starts
+                n_units += 1
+                n_bytes += len(text.encode("utf-8"))
+                n_docs += ends
+                at_start = ends
+                bar.update(max(reader.consumed - bar.n, 0))
+        if n_docs == 0:
+            raise ValueError(no_text_message(files))
+        self.n_documents, self.n_bytes = n_docs, n_bytes
+        self.n_held = min(holdout_docs, n_docs // 10)
+        self.first_held, self.train_bytes = starts[-self.n_held] if self.n_held else (n_units, n_bytes)
+        self.share = 1.0 if not sample_bytes or self.train_bytes <= sample_bytes else sample_bytes / self.train_bytes
+        if progress:
+            what = "all of it" if self.share == 1 else f"a sample of about {sample_bytes / 1e6:,.0f} MB ({self.share:.1%})"
+            print(f"{n_docs:,} documents, {n_bytes / 1e6:,.1f} MB of text; {self.n_held} held out; training on "
+                  f"{what}", flush=True)
+
+    def __iter__(self):
+        rng, fed, fed_bytes, held, sampling = random.Random(self.seed), 0, 0, [], self.share < 1
+        self.held_out = []
+        with _bar(self.sources, "feeding the trainer", self.progress) as bar:
+            for index, (text, ends) in enumerate(reader := CorpusReader(self.sources, self.reading)):
+                bar.update(max(reader.consumed - bar.n, 0))
+                if index >= self.first_held:
+                    if sum(map(len, held)) < PIECE_CHARS:
+                        held.append(text)
+                    if ends:
+                        self.held_out.append("".join(held)[:PIECE_CHARS])
+                        held = []
+                    continue
+                if sampling and rng.random() >= self.share:
+                    continue
+                size = len(text.encode("utf-8")) if sampling else 0
+                if (sampling and fed_bytes + size > self.sample_bytes) or (self.max_docs and fed >= self.max_docs):
+                    continue
+                fed, fed_bytes = fed + 1, fed_bytes + size
+                yield text
 
 
 def _bar(sources, what: str, enabled: bool):
