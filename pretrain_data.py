@@ -316,7 +316,7 @@ def usable_cores() -> int:
 
 def encode_pieces(tok, units: list[tuple[str, bool]], dtype) -> tuple[np.ndarray, int]:
     """The tokens of (piece, ends_document) pairs, [DOC] after each document's last piece: (tokens, documents)."""
-    encodings = tok.encode_batch([text for text, _ in units], add_special_tokens=False)
+    encodings = tok.encode_batch_fast([text for text, _ in units], add_special_tokens=False)
     ids, n_docs = [], 0
     for enc, (_, ends) in zip(encodings, units):
         ids.append(enc.ids)
@@ -430,10 +430,11 @@ def train_token_counts(path: str | Path, tokens: np.ndarray, n_train: int, minle
 # --------------------------------------------------------------------------- sequences
 
 
-# Up to this many windows an epoch's order is numpy's permutation, held as uint32 (16 MB at most);
+# Up to this many windows an epoch's order is numpy's permutation, held as uint32 (16 MiB at most);
 # above it, a keyed bijection computed per window (`feistel_order`), which holds nothing. At 5B tokens
-# and 128-token windows (39M windows) the permutation would take 156 MB as uint32 (312 MB as numpy's
-# int64) on every rank and 0.6 s to draw per epoch (docs/pretraining.md, "Your corpus at scale").
+# and 128-token windows (39M windows) the permutation takes 149 MiB as uint32 (298 MiB as the int64
+# array numpy returns) on every rank and 3 to 4 s to draw at each epoch; the Feistel order takes about
+# 1 ms per 3200-sequence step (docs/pretraining.md, "Your corpus at scale").
 FULL_ORDER_MAX_WINDOWS = 1 << 22
 WINDOW_ORDERS = {"permutation", "feistel"}
 FEISTEL_ROUNDS = 6

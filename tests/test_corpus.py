@@ -119,6 +119,24 @@ def test_every_form_gives_the_tokens_of_the_same_text_as_a_txt_file(form, tmp_pa
     assert len(list((tmp_path / "cache").glob("*.tokens"))) == 1 and again.is_file()
 
 
+def test_a_dataset_read_through_load_dataset_streams_and_resumes(tmp_path, lines, as_txt, tiny_tokenizer, monkeypatch):
+    """hf:<name> goes through datasets.load_dataset(streaming=True), as a hub dataset would; here the name
+    is a local folder of JSON lines, read offline. Its identity is its name: found again without reading."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    folder = tmp_path / "hub-like"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("".join(json.dumps({"text": line.strip()}) + "\n" for line in lines))
+    entry = f"hf:{folder}"
+    reference = build([as_txt], tiny_tokenizer, tmp_path / "txt-cache")
+    path = prepare_token_file([entry], tiny_tokenizer, tmp_path / "cache", quiet(), progress=False)
+    assert open_token_file(path).tolist() == reference.tolist()
+    sources = resolve_sources([entry])
+    assert list(CorpusReader(sources, start=(0, 7))) == [(line.strip(), True) for line in lines[7:]]
+    monkeypatch.setattr(corpus, "_dataset_units", None)  # reading it now would fail
+    assert prepare_token_file([entry], tiny_tokenizer, tmp_path / "cache", quiet(), progress=False) == path
+
+
 def test_a_folder_entry_writes_its_token_file_beside_the_folder(tmp_path, lines, tiny_tokenizer):
     entry = Path(write_form("folder", tmp_path / "f", lines))
     path = prepare_token_file([str(entry)], tiny_tokenizer, data=quiet(), progress=False)
