@@ -91,7 +91,7 @@ class TokenizerConfig:
     # The text the BPE trainer sees, in UTF-8 bytes: a corpus larger than this gives a sample of its
     # documents drawn evenly from all of it (a fixed seed), so the trainer's time and memory do not grow
     # with the corpus; 0 = all of it. The embedded corpus (37 MB) fits whole.
-    sample_bytes: int = 300_000_000
+    sample_bytes: int = 200_000_000
     # The last documents of the corpus kept out of training, to measure the tokenizer on text it has not
     # seen (Train-Tokenizer.py): this many, but never more than a tenth of the corpus's documents.
     holdout_docs: int = 200

@@ -38,7 +38,7 @@ from pretrain_data import SequenceLoader, open_token_file, prepare_token_file, s
 from tokenization import load_tokenizer, train_tokenizer  # noqa: E402
 
 VOCAB = 512
-CHUNK = 1 << 20  # check_text_file reads the corpus in chunks of this many bytes
+CHUNK = corpus.BLOCK_BYTES  # the corpus is read (and checked) in chunks of this many bytes
 
 # --------------------------------------------------------------------------- strategies
 

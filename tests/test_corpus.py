@@ -274,7 +274,8 @@ def test_a_20_mb_line_builds_in_bounded_memory(tmp_path, tiny_corpus):
     fields = run.stdout.split()
     growth, n_tokens, n_docs = (int(fields[fields.index(k) + 1]) for k in ("GROWTH", "TOKENS", "DOCS"))
     assert n_docs == 1 and n_tokens > 3_000_000
-    assert growth < 350 * 2**20, f"building grew the process by {growth / 2**20:.0f} MB"
+    print(f"the build grew the process by {growth / 2**20:.0f} MB")
+    assert growth < 200 * 2**20, f"building grew the process by {growth / 2**20:.0f} MB"
 
 
 # --------------------------------------------------------------------------- the cache reads no text
