@@ -42,7 +42,7 @@ VAL_MASK_SEED = 20240101  # validation masks are fixed so perplexities compare a
 # --------------------------------------------------------------------------- token file
 
 TOKEN_FILE_FORMAT = 2  # what a token file holds for given text and settings; raised when the reading rules change
-JOB_CHARS = 1 << 20  # characters of text per tokenising job (a job is one encode_batch call)
+JOB_CHARS = 1 << 18  # characters of text per tokenising job (one encode_batch call): about 90 MB per worker
 JOB_PIECES = 4096  # at most this many documents (or pieces of long ones) per job
 KNOWN_STATS = 8  # how many file-system records of its corpus a token file keeps (copies, moves, touches)
 

@@ -15,6 +15,8 @@ so that its memory is its own:
 
 Each row gives the stage's wall time (measured inside its process, imports not counted) and the
 process's (with them), tokens per second and per core (the corpus's tokens over the stage's time),
+the CPU seconds of the stage's process and of its workers (which a loaded machine does not inflate,
+so projections start from them: docs/pretraining.md),
 the peak resident memory of the largest process of the stage (the kernel's, from wait4) and the peak
 of the stage's processes together (the sum of their proportional set sizes, sampled every 0.2 s:
 pages the forked workers share with their parent are counted once). The repeated text has far fewer
@@ -46,7 +48,17 @@ ROOT = common.ROOT
 
 
 def run_stage(args) -> dict:
-    """One stage, in this process: {"seconds": ..., and what it made}."""
+    """One stage, in this process: {"seconds": ..., the CPU seconds of this process and of its workers
+    during the stage, and what it made}."""
+    before = os.times()
+    report = _stage(args)
+    after = os.times()
+    return report | {"main_cpu_s": after.user + after.system - before.user - before.system,
+                     "workers_cpu_s": after.children_user + after.children_system
+                     - before.children_user - before.children_system}
+
+
+def _stage(args) -> dict:
     from params import get_params
 
     p = get_params(args.preset, {"data.workers": str(args.workers)})
@@ -195,6 +207,8 @@ def main(argv=None) -> int:
                     "tokens_per_s": tokens / r["seconds"], "cores": cores,
                     "tokens_per_s_per_core": tokens / r["seconds"] / cores,
                     "peak_rss_mb": r["peak_rss_mb"], "peak_tree_mb": r["peak_tree_mb"],
+                    "main_cpu_s": r["main_cpu_s"], "workers_cpu_s": r["workers_cpu_s"],
+                    "tokens_per_cpu_s": tokens / max(r["main_cpu_s"] + r["workers_cpu_s"], 1e-9),
                 })
             os.remove(corpus)
             shutil.rmtree(cache, ignore_errors=True)
@@ -204,7 +218,7 @@ def main(argv=None) -> int:
 
     meta = common.machine_info(torch.device("cpu")) | {"preset": args.preset, "workers": args.workers,
                                                        "command": " ".join(sys.argv)}
-    columns = ["size_gb", "stage", "wall_s", "process_s", "s_per_gb", "tokens_per_s", "tokens_per_s_per_core",
+    columns = ["size_gb", "stage", "wall_s", "s_per_gb", "tokens_per_s_per_core", "main_cpu_s", "workers_cpu_s",
                "peak_rss_mb", "peak_tree_mb"]
     common.report(args.name, rows, meta, columns)
     first = next(r for r in rows if r["stage"] == "build")
