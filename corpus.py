@@ -302,8 +302,7 @@ def check_columns(source: Source, reading: Reading) -> None:
     elif source.kind == "arrow":
         _require_column(source, column, _open_disk_dataset(source, reading).column_names)
     elif source.kind == "jsonl":
-        for text, _, _, _ in _jsonl_units(source, reading, 0, first_only=True):
-            break
+        next(_jsonl_units(source, reading, 0, first_only=True), None)
 
 
 def _require_column(source: Source, column: str, names) -> None:

@@ -266,14 +266,14 @@ class TokenFileBuild:
             raise
         finally:
             bar.close()
+        self._finish(state)
         seconds = time.perf_counter() - t0
-        self._finish(state, seconds)
         if self.progress:
             made = state["n_tokens"] - start_tokens
             print(f"wrote {state['n_tokens']:,} tokens ({state['n_documents']:,} documents) to {self.out}: "
                   f"{made:,} in {seconds:.1f} s, {made / max(seconds, 1e-9):,.0f} tokens/s", flush=True)
 
-    def _finish(self, state: dict, seconds: float) -> None:
+    def _finish(self, state: dict) -> None:
         """Counts and record first, then the data takes its name: a token file that is there is whole."""
         buf = io.BytesIO()
         np.save(buf, state["counts"])
