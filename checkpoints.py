@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from corpus import corpus_files
+from corpus import corpus_files, source_exists
 from model_defs import DitBertForMLM, load_model
 from params import ModelConfig, Params, params_from_dict
 from pretrain_data import corpus_fingerprint
@@ -43,6 +43,7 @@ RESUMABLE_SETTINGS = (
     "train.steps", "train.budget_minutes", "train.checkpoint_every", "train.eval_every", "train.log_every",
     "train.max_nonfinite_steps", "train.threads", "train.compile", "train.device", "train.dtype", "train.micro_batch",
     "model.attention", "model.mlm_masked_only", "train.out_dir", "train.tokenizer", "data.corpus", "data.cache_dir",
+    "data.workers", "data.commit_seconds",
 )
 
 
@@ -195,14 +196,15 @@ def check_resume_inputs(path: Path, state: dict, params: Params) -> None:
     recorded = state.get("corpus") or {}
     expected = ", ".join(recorded.get("files") or params.data.corpus)
     for f in params.data.corpus:
-        if not Path(f).is_file():
+        if not source_exists(f):
             raise FileNotFoundError(f"corpus file {f} does not exist: the run in {path.parent} was trained on "
                                     f"{expected}; put it back or give its place with --corpus")
     if recorded:
         files = corpus_files(params.data.corpus, params.data.embedded)
-        if corpus_fingerprint(files) != recorded["fingerprint"]:
+        now = corpus_fingerprint(files, params.data.cache_dir)
+        if now != recorded["fingerprint"]:
             raise ValueError(f"the corpus {', '.join(files)} is not the one the run in {path.parent} was trained on "
-                             f"({expected}): the contents differ (fingerprint {corpus_fingerprint(files)}, the "
+                             f"({expected}): the contents differ (fingerprint {now}, the "
                              f"checkpoint recorded {recorded['fingerprint']}); give the run's corpus with --corpus")
 
 

@@ -40,6 +40,7 @@ SCHEDULES = ("linear", "triangle")  # train.schedule: runtime.lr_factor
 POOLINGS = ("cls", "mean")
 ENCODINGS = ("joint", "separate")  # how a classifier encodes a pair
 PAIR_ENCODINGS = (*ENCODINGS, "by_task")  # finetune.pair_encoding: one of ENCODINGS, or chosen by task
+DOCUMENT_MODES = ("line", "blank_line")  # data.documents: what a document of a text file is (corpus.py)
 
 
 def require(ok: bool, key: str, value, what: str) -> None:
@@ -86,7 +87,14 @@ def type_name(hint) -> str:
 class TokenizerConfig:
     vocab_size: int = 32768  # byte-level BPE vocabulary, special tokens included
     min_frequency: int = 2  # a merge must be seen this often to be learned
-    max_train_lines: int = 0  # 0 = learn merges from every line of the corpus
+    max_train_lines: int = 0  # at most this many documents (pieces of long ones) reach the BPE trainer; 0 = all
+    # The text the BPE trainer sees, in UTF-8 bytes: a corpus larger than this gives a sample of its
+    # documents drawn evenly from all of it (a fixed seed), so the trainer's time and memory do not grow
+    # with the corpus; 0 = all of it. The embedded corpus (37 MB) fits whole.
+    sample_bytes: int = 200_000_000
+    # The last documents of the corpus kept out of training, to measure the tokenizer on text it has not
+    # seen (Train-Tokenizer.py): this many, but never more than a tenth of the corpus's documents.
+    holdout_docs: int = 200
 
     def check(self, s: str = "tokenizer") -> None:
         check_types(s, self)
@@ -94,6 +102,8 @@ class TokenizerConfig:
                 f"must be at least {MIN_VOCAB}: the 256 bytes and the {len(SPECIAL_TOKENS)} special tokens")
         require(self.min_frequency >= 1, f"{s}.min_frequency", self.min_frequency, "must be at least 1")
         require(self.max_train_lines >= 0, f"{s}.max_train_lines", self.max_train_lines, "must be 0 (all) or more")
+        require(self.sample_bytes >= 0, f"{s}.sample_bytes", self.sample_bytes, "must be 0 (all) or more")
+        require(self.holdout_docs >= 0, f"{s}.holdout_docs", self.holdout_docs, "must be 0 (none) or more")
 
 
 @dataclass
@@ -136,17 +146,34 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    corpus: list[str] = field(default_factory=list)  # UTF-8 text files, one document per line; empty = `embedded`
+    # The corpus, read in order (docs/pretraining.md, "Your corpus at scale"): text files (.txt or any other
+    # name; UTF-8), JSON lines (.jsonl), Parquet (.parquet), each maybe compressed (.gz, .zst); a folder of
+    # such shards; a glob pattern; a folder written by `datasets`' save_to_disk; hf:<name>[:<config>] for a
+    # hub dataset (streamed). Empty = `embedded`.
+    corpus: list[str] = field(default_factory=list)
     # Wikipedia leads + IMDB reviews (pretrain_data); a name listed n times enters the token stream n times,
     # which weights the mix (docs/pretraining-value.md, "More Wikipedia in the mix")
     embedded: list[str] = field(default_factory=lambda: ["wiki", "imdb"])
     val_fraction: float = 0.01  # tail of the token stream held out for validation perplexity
     val_sequences: int = 256  # at most this many held-out sequences per evaluation
-    cache_dir: str = ""  # where the token file goes; empty = beside the first corpus file
+    cache_dir: str = ""  # where the token file goes; empty = beside the first corpus file (hub datasets: data/)
+    # A document of a text file: "line" = every non-empty line; "blank_line" = the lines up to a blank line
+    # (joined by a newline). JSON lines, Parquet rows and dataset rows are one document each.
+    documents: str = "line"
+    text_column: str = "text"  # the field of JSON lines, Parquet and dataset rows that holds the text
+    split: str = "train"  # the split of a datasets folder or hub dataset
+    # Building the token file (these change how fast it is built, never what it holds):
+    workers: int = 0  # processes tokenising the corpus; 0 = one per core; 1 = this process (the tokenizer's threads)
+    commit_seconds: float = 30.0  # the build records where it is at most this often; a killed build resumes there
 
     def check(self, s: str = "data") -> None:
         check_types(s, self)
         require(all(self.corpus), f"{s}.corpus", self.corpus, "must not name an empty path")
+        require(self.documents in DOCUMENT_MODES, f"{s}.documents", self.documents, f"must be one of {DOCUMENT_MODES}")
+        require(bool(self.text_column), f"{s}.text_column", self.text_column, "must name a column")
+        require(bool(self.split), f"{s}.split", self.split, "must name a split")
+        require(self.workers >= 0, f"{s}.workers", self.workers, "must be 0 (one per core) or more")
+        require(self.commit_seconds >= 0, f"{s}.commit_seconds", self.commit_seconds, "must be 0 or more")
         require(bool(self.corpus or self.embedded), f"{s}.embedded", self.embedded,
                 f"must name an embedded corpus when {s}.corpus is empty")
         require(0 < self.val_fraction < 1, f"{s}.val_fraction", self.val_fraction, "must be between 0 and 1")

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
+import sys
+from collections import deque
 from pathlib import Path
 
-from corpus import iter_corpus_documents
+from corpus import PIECE_CHARS, CorpusReader, Reading, no_text_message, resolve_sources
 from fileio import atomic_write_bytes
 from params import DOC_ID, END_ID, SPECIAL_TOKENS, START_ID
 
@@ -51,32 +54,103 @@ def first_piece_space():
 
 
 def train_tokenizer(
-    files: list[str], vocab_size: int, out_path: str | Path, min_frequency: int = 2, holdout_docs: int = 0
+    files: list[str], vocab_size: int, out_path: str | Path, min_frequency: int = 2, holdout_docs: int = 0,
+    sample_bytes: int = 0, max_docs: int = 0, data=None, held_out: list | None = None, progress: bool = False,
+    seed: int = 0,
 ):
-    """Learn BPE merges from UTF-8 text files and save ``tokenizer.json`` atomically.
+    """Learn BPE merges from the corpus (any form corpus.py reads; `data`: the reading settings, a
+    params.DataConfig) and save ``tokenizer.json`` atomically.
 
-    The last `holdout_docs` documents are left out, so that statistics measured on
-    them (tokens per word) say how the tokenizer does on text it has not seen.
+    The trainer reads `TrainingText`: the corpus as a stream, never whole, less its last documents
+    (at most `holdout_docs`, at most a tenth of them; `held_out`, a list, receives them), and a sample
+    of at most `sample_bytes` bytes of it when it is larger (0 = all), at most `max_docs` documents
+    (0 = all).
     """
     from tokenizers import pre_tokenizers, trainers
 
-    lines = list(iter_corpus_documents(files))  # validates every file first
-    if holdout_docs:
-        if holdout_docs >= len(lines):
-            raise ValueError(f"cannot hold out {holdout_docs} of the corpus's {len(lines)} documents")
-        lines = lines[:-holdout_docs]
+    text = TrainingText(files, holdout_docs, sample_bytes, max_docs, data, seed, progress)
     tok = build_tokenizer()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
+        show_progress=progress,
     )
-    tok.train_from_iterator(lines, trainer=trainer, length=len(lines))
+    tok.train_from_iterator(text, trainer=trainer, length=text.first_held)
+    if held_out is not None:
+        held_out.extend(text.held_out)
     out_path = Path(out_path)
     atomic_write_bytes(out_path, tok.to_str(pretty=False).encode("utf-8"))
     return tok
+
+
+class TrainingText:
+    """The text the BPE trainer sees, as an iterable of documents (pieces of long ones).
+
+    Made in two passes over the corpus, each a stream. The first, on construction, checks every file
+    and counts the documents and their bytes. Iterating is the second: the last ``min(holdout_docs,
+    a tenth of the documents)`` documents are kept out (in `held_out`, each cut at PIECE_CHARS
+    characters), and when the rest holds more than `sample_bytes` bytes each document is taken with
+    probability sample_bytes / those bytes, drawn from `seed`, never more than `sample_bytes` in all:
+    a sample spread over the whole corpus, so the trainer's time and memory stop growing with it."""
+
+    def __init__(self, files, holdout_docs: int = 0, sample_bytes: int = 0, max_docs: int = 0, data=None,
+                 seed: int = 0, progress: bool = False):
+        self.sources = resolve_sources(files)  # a missing or empty file is named before any reading
+        self.reading, self.sample_bytes, self.max_docs, self.seed = Reading.of(data), sample_bytes, max_docs, seed
+        self.progress, self.held_out = progress, []
+        n_docs, n_units, n_bytes, starts = 0, 0, 0, deque(maxlen=holdout_docs + 1)
+        at_start = True
+        with _bar(self.sources, "checking the corpus", progress) as bar:
+            for text, ends in (reader := CorpusReader(self.sources, self.reading)):
+                if at_start:
+                    starts.append((n_units, n_bytes))  # where each of the last documents starts
+                n_units += 1
+                n_bytes += len(text.encode("utf-8"))
+                n_docs += ends
+                at_start = ends
+                bar.update(max(reader.consumed - bar.n, 0))
+        if n_docs == 0:
+            raise ValueError(no_text_message(files))
+        self.n_documents, self.n_bytes = n_docs, n_bytes
+        self.n_held = min(holdout_docs, n_docs // 10)
+        self.first_held, self.train_bytes = starts[-self.n_held] if self.n_held else (n_units, n_bytes)
+        self.share = 1.0 if not sample_bytes or self.train_bytes <= sample_bytes else sample_bytes / self.train_bytes
+        if progress:
+            what = "all of it" if self.share == 1 else f"a sample of about {sample_bytes / 1e6:,.0f} MB ({self.share:.1%})"
+            print(f"{n_docs:,} documents, {n_bytes / 1e6:,.1f} MB of text; {self.n_held} held out; training on "
+                  f"{what}", flush=True)
+
+    def __iter__(self):
+        rng, fed, fed_bytes, held, sampling = random.Random(self.seed), 0, 0, [], self.share < 1
+        self.held_out = []
+        with _bar(self.sources, "feeding the trainer", self.progress) as bar:
+            for index, (text, ends) in enumerate(reader := CorpusReader(self.sources, self.reading)):
+                bar.update(max(reader.consumed - bar.n, 0))
+                if index >= self.first_held:
+                    if sum(map(len, held)) < PIECE_CHARS:
+                        held.append(text)
+                    if ends:
+                        self.held_out.append("".join(held)[:PIECE_CHARS])
+                        held = []
+                    continue
+                if sampling and rng.random() >= self.share:
+                    continue
+                size = len(text.encode("utf-8")) if sampling else 0
+                if (sampling and fed_bytes + size > self.sample_bytes) or (self.max_docs and fed >= self.max_docs):
+                    continue
+                fed, fed_bytes = fed + 1, fed_bytes + size
+                yield text
+
+
+def _bar(sources, what: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    sizes = [s.size() for s in sources]
+    total = None if None in sizes else sum(sizes)
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=what, disable=not enabled,
+                mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
 
 
 def tokenizer_stats(tok, texts: list[str]) -> dict:

@@ -9,6 +9,7 @@ file. Nothing may fail with an unexplained exception.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import tempfile
@@ -29,13 +30,15 @@ import glue_tasks  # noqa: E402
 import glue_models  # noqa: E402
 import glue_utils  # noqa: E402
 import model_defs  # noqa: E402
+import corpus  # noqa: E402
 from corpus import check_text_file, embedded_corpus_file, iter_corpus_documents  # noqa: E402
-from params import DOC_ID, END_ID, MASK_ID, PAD_ID, SPECIAL_TOKENS, START_ID, FinetuneConfig, ModelConfig  # noqa: E402
+from params import (DOC_ID, DOCUMENT_MODES, END_ID, MASK_ID, PAD_ID, SPECIAL_TOKENS, START_ID, FinetuneConfig,  # noqa: E402
+                    ModelConfig)
 from pretrain_data import SequenceLoader, open_token_file, prepare_token_file, split_tokens  # noqa: E402
 from tokenization import load_tokenizer, train_tokenizer  # noqa: E402
 
 VOCAB = 512
-CHUNK = 1 << 20  # check_text_file reads the corpus in chunks of this many bytes
+CHUNK = corpus.BLOCK_BYTES  # the corpus is read (and checked) in chunks of this many bytes
 
 # --------------------------------------------------------------------------- strategies
 
@@ -146,6 +149,19 @@ def expected_documents(text: str) -> list[str]:
     return [line.strip() for line in lines if line.strip()]
 
 
+def pieces(doc: str) -> list[str]:
+    """A document as the token file tokenises it: whole up to corpus.PIECE_CHARS characters, else in
+    pieces of at most that many, cut before a space that follows a word where there is one
+    (corpus.cut_piece), so that natural text gives the whole's tokens."""
+    out = []
+    while len(doc) > corpus.PIECE_CHARS:
+        cut = corpus.cut_piece(doc)
+        assert 0 < cut <= corpus.PIECE_CHARS
+        out.append(doc[:cut])
+        doc = doc[cut:]
+    return out + [doc]
+
+
 CORPUS_BYTES = st.one_of(
     st.binary(max_size=200),
     TEXT.map(lambda t: t.encode("utf-8")),
@@ -224,9 +240,9 @@ def test_token_file_holds_every_document_of_any_corpus(tok, tok_path, lines):
             with pytest.raises(ValueError, match="holds no text"):
                 prepare_token_file([corpus], tok_path, d)
             return
-        tokens = open_token_file(prepare_token_file([corpus], tok_path, d))
-        expected = [i for doc in docs for i in (*tok.encode(doc, add_special_tokens=False).ids, DOC_ID)]
-        assert tokens.tolist() == expected
+        tokens = open_token_file(prepare_token_file([corpus], tok_path, d, progress=False))
+        encoded = [[i for piece in pieces(doc) for i in tok.encode(piece, add_special_tokens=False).ids] for doc in docs]
+        assert tokens.tolist() == [i for ids in encoded for i in (*ids, DOC_ID)]
         assert int(tokens.max()) < VOCAB
 
 
@@ -246,6 +262,134 @@ def test_tokenizer_trains_on_any_corpus(lines):
         trained = load_tokenizer(out)  # the special tokens hold ids 0..4 whatever the text
         assert trained.get_vocab_size() <= 300
         assert trained.token_to_id("[MASK]") == MASK_ID
+
+
+def blank_line_documents(text: str) -> list[str]:
+    """What blank-line reading must give: the runs of non-blank lines, each line stripped, joined by a newline."""
+    docs, lines = [], []
+    for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n") + [""]:
+        if line.strip():
+            lines.append(line.strip())
+        elif lines:
+            docs.append("\n".join(lines))
+            lines = []
+    return docs
+
+
+@contextlib.contextmanager
+def reading_sizes(block: int, piece: int):
+    """Tiny reads and pieces, so that a few bytes exercise lines cut by reads and documents in pieces."""
+    saved = corpus.BLOCK_BYTES, corpus.PIECE_CHARS
+    corpus.BLOCK_BYTES, corpus.PIECE_CHARS = block, piece
+    try:
+        yield
+    finally:
+        corpus.BLOCK_BYTES, corpus.PIECE_CHARS = saved
+
+
+@FAST
+@given(
+    lines=st.lists(st.one_of(TEXT, st.just(""), st.just("  "), st.text(" ab\tc", max_size=40)), max_size=8),
+    ends=st.lists(st.sampled_from(["\n", "\r\n", "\r", "\n\n"]), min_size=8, max_size=8),
+    block=st.integers(1, 40),
+    piece=st.integers(6, 40),
+    mode=st.sampled_from(DOCUMENT_MODES),
+)
+@example(lines=["a\r", "b"], ends=["\r\n"] * 8, block=1, piece=6, mode="line")
+def test_the_reader_gives_the_same_documents_whatever_its_reads_and_resumes_at_any_document(lines, ends, block, piece,
+                                                                                           mode):
+    """Any text, read a few bytes at a time and served in pieces of a few characters: the pieces of each
+    document are those of the whole document (`pieces`), and a reader started at the position after
+    any document gives exactly the pieces that follow it."""
+    text = "".join(line + end for line, end in zip(lines, ends))
+    expected = expected_documents(text) if mode == "line" else blank_line_documents(text)
+    with tempfile.TemporaryDirectory() as d, reading_sizes(block, piece):
+        path = Path(d) / "c.txt"
+        path.write_bytes(text.encode("utf-8"))
+        if not text:
+            return
+        sources = corpus.resolve_sources([path])
+        reading = corpus.Reading(documents=mode)
+        reader = corpus.CorpusReader(sources, reading)
+        served, positions = [], []
+        for piece_text, ends_doc in reader:
+            served.append((piece_text, ends_doc))
+            if ends_doc:
+                positions.append((len(served), reader.position))
+        docs, parts = [], []
+        for piece_text, ends_doc in served:
+            parts.append(piece_text)
+            if ends_doc:
+                docs.append(parts)
+                parts = []
+        assert ["".join(p) for p in docs] == expected
+        assert docs == [pieces(doc) for doc in expected]
+        for count, position in positions:
+            assert list(corpus.CorpusReader(sources, reading, position)) == served[count:], f"resumed at {position}"
+
+
+@pytest.mark.parametrize("case", ["jsonl without the column", "jsonl line not JSON", "jsonl text not a string",
+                                  "parquet without the column", "parquet column not text", "datasets without the column",
+                                  "datasets without the split", "corrupt gz", "bad UTF-8 in gz", "empty file in a folder",
+                                  "folder without corpus files", "pattern without matches"])
+def test_bad_inputs_in_any_form_are_refused_by_name(case, tmp_path, tok_path):
+    """Each is refused, by the token file build and by tokenizer training, with an error naming the file
+    (or folder, or pattern), and leaves no token file behind."""
+    import gzip
+
+    good = "\n".join(MIXED_SCRIPTS) + "\n"
+    if case.startswith("jsonl"):
+        path = tmp_path / "c.jsonl"
+        bad = {"jsonl without the column": '{"body": "text"}', "jsonl line not JSON": "{not json",
+               "jsonl text not a string": '{"text": 5}'}[case]
+        path.write_text('{"text": "fine"}\n' * 3 + bad + "\n", encoding="utf-8")
+        name = str(path)
+    elif case.startswith("parquet"):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path = tmp_path / "c.parquet"
+        column = {"parquet without the column": ("body", ["a", "b"]), "parquet column not text": ("text", [1, 2])}[case]
+        pq.write_table(pa.table({column[0]: column[1]}), path)
+        name = str(path)
+    elif case.startswith("datasets"):
+        import datasets
+
+        path = tmp_path / "ds"
+        if case == "datasets without the column":
+            datasets.Dataset.from_dict({"body": ["a", "b"]}).save_to_disk(str(path))
+        else:
+            datasets.DatasetDict({"validation": datasets.Dataset.from_dict({"text": ["a"]})}).save_to_disk(str(path))
+        name = str(path)
+    elif case == "corrupt gz":
+        path = tmp_path / "c.txt.gz"
+        path.write_bytes(gzip.compress(good.encode())[:-12] + b"garbage")
+        name = str(path)
+    elif case == "bad UTF-8 in gz":
+        path = tmp_path / "c.txt.gz"
+        path.write_bytes(gzip.compress(good.encode() + b"bad \xff byte\n"))
+        name = str(path)
+    elif case == "empty file in a folder":
+        path = tmp_path / "shards"
+        path.mkdir()
+        (path / "a.txt").write_text(good, encoding="utf-8")
+        (path / "b.txt").write_bytes(b"")
+        name = str(path / "b.txt")
+    elif case == "folder without corpus files":
+        path = tmp_path / "shards"
+        path.mkdir()
+        (path / "notes.md").write_text(good, encoding="utf-8")
+        name = str(path)
+    else:
+        path = tmp_path / "nothing-*.txt"
+        name = str(path)
+    for attempt in (lambda: prepare_token_file([str(path)], tok_path, tmp_path / "cache", progress=False),
+                    lambda: train_tokenizer([str(path)], 300, tmp_path / "tokenizer.json")):
+        with pytest.raises((ValueError, FileNotFoundError)) as err:
+            attempt()
+        assert name in str(err.value), err.value
+    left = [p.name for p in tmp_path.glob("cache/*.tokens*") if not p.name.endswith(".lock")]
+    assert not left and not (tmp_path / "tokenizer.json").exists()
 
 
 # --------------------------------------------------------------------------- loader

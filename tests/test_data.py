@@ -82,7 +82,7 @@ def test_a_bad_file_is_reported_before_any_work(tmp_path, tiny_corpus):
 
 def test_multibyte_character_across_read_chunks_is_valid(tmp_path):
     path = tmp_path / "wide.txt"
-    path.write_text("é" * (1 << 20) + "\n", encoding="utf-8")  # 2 MiB: chunks split a character
+    path.write_text("a" + "é" * (1 << 20) + "\n", encoding="utf-8")  # 2 MiB from an odd offset: reads split a character
     assert len(list(iter_corpus_documents([path]))) == 1
 
 
