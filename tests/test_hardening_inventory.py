@@ -52,6 +52,10 @@ COVERED = [
         "test_bad_inputs.py::test_glue_encoder_feeds_the_model_any_text",
         "test_bad_inputs.py::test_glue_file_edge_cases_name_the_file",
     ]),
+    ("bad input", "corpus inputs of every form", [
+        "test_bad_inputs.py::test_bad_inputs_in_any_form_are_refused_by_name",
+        "test_bad_inputs.py::test_the_reader_gives_the_same_documents_whatever_its_reads_and_resumes_at_any_document",
+    ]),
     ("bad input", "very long lines", [
         "test_bad_inputs.py::test_tokenizer_encodes_any_text",
         "test_bad_inputs.py::test_token_file_holds_every_document_of_any_corpus",
