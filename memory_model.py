@@ -327,10 +327,11 @@ def confirmed_fit(candidates: list[int], predicted: int | None, trial: Callable[
 
 def trial_step(params: Params, device: torch.device | str, micro_batch: int, accumulation: int = 2,
                seed: int = 0) -> int | None:
-    """One optimizer step of `accumulation` micro-batches of `micro_batch` as train_model.optimizer_step
-    takes it (autocast, the gradient scaler, clipping, fused AdamW), on a model of `params` built for it
-    and let go after: the peak bytes it allocated (CUDA: the allocator's peak; CPU: `TensorMemory`), or
-    None when the device ran out of memory. The random state of the process is left as it was."""
+    """Two optimizer steps of `accumulation` micro-batches of `micro_batch` as train_model.optimizer_step
+    takes them (autocast, the gradient scaler, clipping, fused AdamW), on a model of `params` built for
+    them and let go after: the peak bytes allocated (CUDA: the allocator's peak; CPU: `TensorMemory`), or
+    None when the device ran out of memory. Two steps, since the first allocates AdamW's state only at
+    its end: the second is a step as every later one. The random state of the process is left as it was."""
     device = torch.device(device)
     precision = Precision(device, autocast_dtype(params.train.dtype, device))
     cuda = device.type == "cuda"
@@ -347,16 +348,19 @@ def trial_step(params: Params, device: torch.device | str, micro_batch: int, acc
             tc = params.train
             optimizer = adamw(model, tc.lr, tc.weight_decay, tc.betas, tc.eps)
             scaler = precision.grad_scaler()
-            for i in range(accumulation):
-                inputs, labels = (t.to(device) for t in probe_batch(params.model, tc.mask_prob, micro_batch, seed + i))
-                with precision.autocast():
-                    loss, _ = model(inputs, labels)
-                scaler.scale(loss).backward()
-                del loss, _
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
+            for step in range(2):
+                for i in range(accumulation):
+                    batch = probe_batch(params.model, tc.mask_prob, micro_batch, seed + step * accumulation + i)
+                    inputs, labels = (t.to(device) for t in batch)
+                    with precision.autocast():
+                        loss, _ = model(inputs, labels)
+                    scaler.scale(loss).backward()
+                    del loss, _
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
             del model, optimizer
         if cuda:
             torch.cuda.synchronize(device)

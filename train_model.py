@@ -803,8 +803,8 @@ def parse_args(argv=None) -> tuple[Params, argparse.Namespace]:
     if args.tensorboard:
         overrides["train.tensorboard"] = True
     args.auto_micro_batch = str(overrides.get("train.micro_batch", "")).strip().lower() == "auto"
-    if args.auto_micro_batch:  # the setting holds the number picked; the run picks it (choose_micro_batch)
-        del overrides["train.micro_batch"]
+    if args.auto_micro_batch:  # the setting holds the number picked, which the run picks (choose_micro_batch);
+        overrides["train.micro_batch"] = 1  # until then 1, which splits any batch
     if args.estimate_steps < 1 or args.estimate_warmup < 0:
         raise ValueError(f"--estimate-steps {args.estimate_steps} --estimate-warmup {args.estimate_warmup}: time at "
                          f"least 1 step, after 0 or more untimed ones")
