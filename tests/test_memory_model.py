@@ -1,6 +1,6 @@
 """The memory model (memory_model.py): its live-byte counter, its extrapolation, the search for the
 largest micro-batch that fits, and its predictions against the peaks real pretraining steps reach on
-the CPU, measured in a subprocess (bench/memory_model.py --measure)."""
+the CPU, measured in a subprocess (bench/memory_accuracy.py --measure)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def measured_peak(micro_batch: int, accumulation: int, dtype: str = "fp32") -> i
     """Peak live tensor bytes of two real optimizer steps, measured by the benchmark in a fresh interpreter."""
     sets = [f"{k}={v}" for k, v in SMALL.items() if k != "train.dtype"]
     sets += [f"train.micro_batch={micro_batch}", f"train.batch_size={micro_batch * accumulation}", f"train.dtype={dtype}"]
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "memory_model.py"), "--measure", "--preset", "tiny",
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "memory_accuracy.py"), "--measure", "--preset", "tiny",
                            "--set", *sets], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])

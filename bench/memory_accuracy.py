@@ -1,8 +1,8 @@
 """The memory model (memory_model.py) against the peaks real training steps reach on the CPU.
 
-    python bench/memory_model.py --preset base --micro-batches 1,2,4    # bench/results/memory_model_base_cpu.csv
-    python bench/memory_model.py --preset tiny --micro-batches 1,2,4,8
-    python bench/memory_model.py --measure --preset tiny --micro-batch 2     # one measurement, as JSON
+    python bench/memory_accuracy.py --preset base --micro-batches 1,2,4    # bench/results/memory_model_base_cpu.csv
+    python bench/memory_accuracy.py --preset tiny --micro-batches 1,2,4,8
+    python bench/memory_accuracy.py --measure --preset tiny --micro-batch 2     # one measurement, as JSON
 
 For each micro-batch B, side by side:
 
@@ -34,12 +34,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-# This script shares its name with the module it measures: leave its own folder out of the import path
-# so that `import memory_model` finds the repository's module, and reach common.py by its path.
 HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-sys.path.insert(0, str(HERE.parent))
-sys.path.append(str(HERE))
+sys.path.insert(0, str(HERE))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
