@@ -26,7 +26,8 @@ boolean mask and the longest row's count of them read back), which meta tensors 
 not a straight line through the two peaks: the peak moves. At small micro-batches it sits where
 the tied embedding's two gradients are added (a vocabulary-sized buffer that does not grow with the
 batch), at large ones inside the forward's activations; the two peaks alone would extrapolate the
-first and miss the second (measured: tiny preset, B=1 and 2 give the same peak, B=4 a 40 % higher).
+first and miss the second (measured: tiny preset, the peaks above the weights at B=1 and 2 are equal, at B=4
+40 % higher).
 
 On the CPU the live bytes come from `TensorMemory`, which counts each tensor storage from the
 operation that creates it until it is freed: the CPU counterpart of torch.cuda.memory_allocated

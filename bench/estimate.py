@@ -1,6 +1,7 @@
 """`train_model.py --estimate` against the run it projects, on this machine.
 
     python bench/estimate.py --preset tiny                     # bench/results/estimate_tiny_cpu.csv
+    python bench/estimate.py --preset tiny --tag tiny_cpu_accumulation --set train.micro_batch=4 train.threads=1
     python bench/estimate.py --preset base --set train.micro_batch=1 train.batch_size=8 data.val_sequences=16
 
 Each round runs the estimate of a 50-step run (train_model.estimate: 30 timed steps after 5 untimed
@@ -49,6 +50,7 @@ def main(argv=None) -> int:
     ap.add_argument("--estimate-warmup", type=int, default=5, help="untimed steps before them (default 5)")
     ap.add_argument("--rounds", type=int, default=2, help="estimate + run pairs, order alternating (default 2)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--tag", help="the results' name: bench/results/estimate_<tag>.csv (default <preset>_<device>)")
     ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.NAME=VALUE", help="other settings of params.py")
     args = ap.parse_args(argv)
 
@@ -81,7 +83,7 @@ def main(argv=None) -> int:
             print(f"round {r}: training time projected {est['train_s']:.1f} s, took {run['train_s']:.1f} s "
                   f"(ratio {rows[-1]['train_ratio']:.3f}); wall time projected {est['wall_s']:.1f} s, took "
                   f"{run['wall_s']:.1f} s (ratio {rows[-1]['wall_ratio']:.3f})", flush=True)
-    tag = f"{args.preset}_{args.device}"
+    tag = args.tag or f"{args.preset}_{args.device}"
     meta = common.machine_info(device) | {"preset": args.preset, "command": " ".join(sys.argv), "settings": overrides}
     common.report(f"estimate_{tag}", rows, meta,
                   ["round", "order", "steps", "micro_batch", "accumulation", "projected_train_s", "actual_train_s",
