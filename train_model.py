@@ -676,9 +676,9 @@ def estimate(params: Params, steps: int = 30, warmup: int = 5, auto_micro_batch:
         times, sync = StepTimes(), (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
         for i in range(warmup + steps):
             n = plan[i % len(plan)]
-            batches = next_step_batches(run.loader, params, n, ddp.rank, ddp.world_size, word_starts)
             sync()
-            t0 = time.perf_counter()
+            t0 = time.perf_counter()  # the batches' making counts, as in the run's training time
+            batches = next_step_batches(run.loader, params, n, ddp.rank, ddp.world_size, word_starts)
             optimizer_step(run, batches, params, ddp, precision)
             sync()
             if i >= warmup:
@@ -803,8 +803,10 @@ def parse_args(argv=None) -> tuple[Params, argparse.Namespace]:
     if args.tensorboard:
         overrides["train.tensorboard"] = True
     args.auto_micro_batch = str(overrides.get("train.micro_batch", "")).strip().lower() == "auto"
-    if args.auto_micro_batch:  # the setting holds the number picked, which the run picks (choose_micro_batch);
-        overrides["train.micro_batch"] = 1  # until then 1, which splits any batch
+    if args.auto_micro_batch:  # the setting holds the number the run picks (choose_micro_batch); until then
+        del overrides["train.micro_batch"]  # a resumed run's checkpoint value, a new run's 1 (it splits any batch)
+        if not args.resume:
+            overrides["train.micro_batch"] = 1
     if args.estimate_steps < 1 or args.estimate_warmup < 0:
         raise ValueError(f"--estimate-steps {args.estimate_steps} --estimate-warmup {args.estimate_warmup}: time at "
                          f"least 1 step, after 0 or more untimed ones")

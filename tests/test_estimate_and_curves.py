@@ -192,3 +192,14 @@ def test_without_the_setting_no_curves_are_written(data, tmp_path):
     out = tmp_path / "run"
     assert train_model.main(argv(data, out, 2)) == 0
     assert not (out / "tensorboard").exists()
+
+
+def test_a_resumed_run_picks_its_micro_batch_again(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train_model.main(argv(data, out, 6, "--stop-at", "2", sets=("train.batch_size=8", "train.micro_batch=8"))) == 0
+    capsys.readouterr()
+    assert train_model.main(["--out", str(out), "--resume", "--set", "train.micro_batch=auto"]) == 0
+    printed = capsys.readouterr().out
+    assert "train.micro_batch=auto: 8 (1 accumulation steps" in printed
+    assert "changed settings" not in printed  # no placeholder passes for a change of the checkpoint's settings
+    assert json.loads((out / "summary.json").read_text())["micro_batch_auto"]["picked"] == 8
