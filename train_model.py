@@ -577,14 +577,15 @@ def finish(run: Run, params: Params, ddp: Distributed, unigram_ppl: float, inter
 # --------------------------------------------------------------------------- the micro-batch, and an estimate before a run
 
 
-def choose_micro_batch(params: Params, ddp: Distributed, precision: Precision, show: bool = True) -> dict:
+def choose_micro_batch(params: Params, ddp: Distributed, precision: Precision, show: bool = True,
+                       model: memory_model.MemoryModel | None = None) -> dict:
     """train.micro_batch=auto: set train.micro_batch to the largest micro-batch that divides the batch
-    (so train.batch_size stays, by accumulation) and fits this device: predicted by memory_model from
-    the memory free now (a fragmentation margin off it) and, on CUDA, confirmed by a trial step (a
-    smaller one tried when it runs out of memory). Every rank takes rank 0's pick. Returns the record
-    the run keeps in summary.json."""
+    (so train.batch_size stays, by accumulation) and fits this device: predicted by memory_model (`model`,
+    else built here) from the memory free now (a fragmentation margin off it) and, on CUDA, confirmed by a
+    trial step (a smaller one tried when it runs out of memory). Every rank takes rank 0's pick. Returns
+    the record the run keeps in summary.json."""
     tc, device = params.train, precision.device
-    model = memory_model.build(params, device, tc.dtype, ranks=ddp.world_size)
+    model = model or memory_model.build(params, device, tc.dtype, ranks=ddp.world_size)
     budget = memory_model.usable_bytes(memory_model.available_memory(device), device.type, context=0)
     candidates = memory_model.micro_batch_candidates(tc.batch_size, ddp.world_size)
     predicted = memory_model.predicted_fit(model, tc.batch_size, budget, ddp.world_size)
@@ -654,9 +655,9 @@ def estimate(params: Params, steps: int = 30, warmup: int = 5, auto_micro_batch:
         ddp = Distributed(tc.device)
         precision = Precision(ddp.device, autocast_dtype(tc.dtype, ddp.device))
         device = precision.device
-        pick = choose_micro_batch(params, ddp, precision, show) if auto_micro_batch else None
-        accum = tc.accumulation_steps(ddp.world_size)
         mem_model = memory_model.build(params, device, tc.dtype, ranks=ddp.world_size)
+        pick = choose_micro_batch(params, ddp, precision, show, mem_model) if auto_micro_batch else None
+        accum = tc.accumulation_steps(ddp.world_size)
         usable = memory_model.usable_bytes(memory_model.available_memory(device), device.type, context=0)
         would_pick = memory_model.predicted_fit(mem_model, tc.batch_size, usable, ddp.world_size)
         began = time.perf_counter()

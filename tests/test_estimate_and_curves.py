@@ -96,6 +96,13 @@ def test_a_large_accumulation_is_timed_at_two_counts_and_extrapolated(data, tmp_
     assert result["seconds_per_step"] == pytest.approx(result["seconds_per_update"] + 32 * result["seconds_per_micro_batch"])
 
 
+def test_estimate_with_the_auto_micro_batch_times_the_one_it_picks(data, tmp_path):
+    params = params_for(data, tmp_path / "run", 100, "train.micro_batch=1")
+    result = train_model.estimate(params, steps=2, warmup=0, auto_micro_batch=True, show=False)
+    assert result["auto_pick"]["picked"] == 4 and (result["micro_batch"], result["accumulation"]) == (4, 1)
+    assert params.train.micro_batch == 1  # the settings given are not changed
+
+
 def test_step_times_fit_a_line_through_the_two_counts():
     times = train_model.StepTimes()
     for seconds in (1.5, 1.7):  # 1 micro-batch: mean 1.6
