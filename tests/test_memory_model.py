@@ -196,3 +196,14 @@ def test_the_table_command(capsys):
     out = capsys.readouterr().out
     assert "| GPU memory | `train.micro_batch` |" in out and "| 80 GB | 32 | 1 |" in out
     assert "python memory_model.py --preset tiny --table" in out
+
+
+@pytest.mark.slow
+def test_the_readmes_gpu_table_is_the_models_prediction():
+    """The README's table is what `python memory_model.py --preset base --table` prints (the probe's sizes do
+    not depend on the random token ids, so the prediction is the same on every machine)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    model = memory_model.build(get_params("base"), "cpu", "bf16")
+    table = memory_model.table_markdown(memory_model.memory_table(model, 3200))
+    assert table in readme, f"README.md: regenerate the table with python memory_model.py --preset base --table\n{table}"
+    assert "Predicted, not yet measured on a GPU" in readme and "python memory_model.py --preset base --table" in readme
