@@ -200,7 +200,9 @@ class TrainConfig:
     eps: float = 1e-6
     weight_decay: float = 0.01
     batch_size: int = 3200  # sequences per optimizer step, summed over GPUs
-    micro_batch: int = 32  # sequences per forward pass on one device
+    # Sequences per forward pass on one device. train_model.py --set train.micro_batch=auto picks the largest
+    # that fits the device instead (memory_model.py; on CUDA confirmed by a trial step) and records it here.
+    micro_batch: int = 32
     grad_clip: float = 0.5
     mask_prob: float = 0.15
     # Mask whole words, all their tokens, instead of single tokens (pretrain_data.mask_tokens); the
@@ -220,6 +222,10 @@ class TrainConfig:
     # transformers) with a new optimizer and schedule: continued or domain-adaptive pretraining. The
     # model settings are the source's; the tokenizer must be the one it was trained with. "" = fresh weights.
     init_from: str = ""
+    # Loss, perplexity, learning rate, tokens/s and gradient norm as TensorBoard event files in
+    # <out_dir>/tensorboard/, written as the run goes (log.csv is written as well). Off in both presets:
+    # it needs the tensorboard package, which requirements.txt installs and a hand-made environment may lack.
+    tensorboard: bool = False
 
     def accumulation_steps(self, world_size: int = 1) -> int:
         """Micro-batches per optimizer step on each rank, so the global batch stays `batch_size`;

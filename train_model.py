@@ -9,6 +9,9 @@
     python train_model.py --resume                         # continue from <out>/checkpoint.pt, with its settings
     python train_model.py --resume --steps 5600            # continue a finished run further
     python train_model.py --overwrite                      # start over in a folder that holds a run
+    python train_model.py --preset base --estimate         # tokens/s, memory and the run's length on this machine
+    python train_model.py --preset base --set train.micro_batch=auto --tensorboard   # the largest micro-batch that
+                                                           # fits; curves in <out>/tensorboard/
     torchrun --nproc_per_node=4 train_model.py --preset base ...
 
 Writes into the output folder:
@@ -16,6 +19,7 @@ Writes into the output folder:
     log.csv           step, loss, perplexity, lr, tokens_seen, elapsed_s, train_s, val_perplexity
     final/            model.safetensors + config.json of the finished model
     summary.json      the headline figures, also printed as RESULT lines
+    tensorboard/      with train.tensorboard: loss, perplexity, lr, tokens/s, gradient norm (TensorBoard)
 
 By the clock (train.budget_minutes), the time counted is training time: the optimizer steps and
 their batches, not the data preparation, validation or checkpoint writing (train_s in the log;
@@ -34,11 +38,14 @@ them in turn."""
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -57,6 +64,7 @@ from checkpoints import (RESUMABLE_SETTINGS, CsvLog, StopAt, check_output_dir, c
                          set_rng_state, start_settings)
 from cli import overwrite_allowed
 from fileio import FolderBusy, folder_lock
+import memory_model
 from model_defs import DitBertForMLM, parameter_table, save_model
 from params import DEFAULT_PRESET, PRESETS, Params, apply_overrides, env_overrides, get_params, parse_overrides
 from pretrain_data import SequenceLoader, corpus_record, next_step_batches, prepare_data, word_start_table
@@ -184,6 +192,7 @@ class Run:
     clock: Callable[[], float] = time.perf_counter
     step_began: float | None = None  # on `clock`, when the step under way began
     nonfinite_in_a_row: int = 0
+    grad_norm: float = float("nan")  # the last step's gradient norm before clipping (TensorBoard's curve)
     val_ppl: float = float("nan")  # the last validation perplexity
     tokenizer_fingerprint: str = ""  # tokenization.tokenizer_fingerprint of train.tokenizer
     corpus: dict = field(default_factory=dict)  # pretrain_data.corpus_record: the files and their fingerprint
@@ -295,6 +304,7 @@ def optimizer_step(run: Run, batches: list, params: Params, ddp: Distributed, pr
     if math.isfinite(step_loss):
         run.scaler.unscale_(run.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), params.train.grad_clip).item()
+    run.grad_norm = grad_norm
     # A finite loss can still give an inf/NaN gradient, and one such step turns every weight
     # into NaN. fp16's GradScaler skips those steps itself (and lowers its scale) so is left to it.
     grads_ok = run.scaler.is_enabled() or math.isfinite(grad_norm)
@@ -345,6 +355,7 @@ class Recorder:
                         unit="s" if self.budget_s else "it", disable=not (self.is_main and show_progress),
                         desc="pretrain")
         self.t_last, self.tokens_last = time.time(), run.tokens_seen
+        self.curves = Curves(Path(params.train.out_dir), run.step) if self.is_main and params.train.tensorboard else None
 
     def after_step(self, run: Run, step_loss: float, stopping: bool) -> None:
         """`stopping`: the run stops after this step (asked to, or by a signal), so it checkpoints now."""
@@ -369,6 +380,39 @@ class Recorder:
         self.log.append([run.step, step_loss, ppl, lr, run.tokens_seen, round(run.elapsed(), 2), round(run.train_s, 2),
                          run.val_ppl if evaluated else ""])
         self.bar.set_postfix(loss=f"{step_loss:.3f}", ppl=f"{ppl:.1f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
+        if self.curves is not None:
+            self.curves.add(run.step, {"train/loss": step_loss, "train/perplexity": ppl, "train/lr": lr,
+                                       "train/tokens_per_s": tok_s, "train/grad_norm": run.grad_norm,
+                                       **({"val/perplexity": run.val_ppl} if evaluated else {})})
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.curves is not None:
+            self.curves.close()
+
+
+class Curves:
+    """train.tensorboard: the log's figures as TensorBoard scalars in ``<out_dir>/tensorboard/``, by
+    optimizer step. A run that resumes at step k opens a new event file with purge_step k + 1: what an
+    earlier process wrote past its checkpoint is hidden, so the curves read as one run, as log.csv does."""
+
+    FOLDER = "tensorboard"
+
+    def __init__(self, out_dir: Path, step: int):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ValueError("train.tensorboard=true needs the tensorboard package (pip install tensorboard, as "
+                             "requirements.txt does), or set train.tensorboard=false") from None
+        self.writer = SummaryWriter(str(out_dir / self.FOLDER), purge_step=step + 1, flush_secs=30)
+
+    def add(self, step: int, values: dict[str, float]) -> None:
+        for tag, value in values.items():
+            if math.isfinite(value):
+                self.writer.add_scalar(tag, value, step)
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 class StopSignal:
@@ -391,7 +435,8 @@ class StopSignal:
 
 
 def train(params: Params, resume: bool = False, overwrite: bool = False, stop_at: int | None = None,
-          show_progress: bool = True, clock=time.perf_counter, stop_at_minutes: float | None = None) -> dict:
+          show_progress: bool = True, clock=time.perf_counter, stop_at_minutes: float | None = None,
+          auto_micro_batch: bool = False) -> dict:
     """Pretrain with masked-LM until train.steps optimizer steps, or with train.budget_minutes until
     that much training time has passed (on `clock`, which tests replace); or stop earlier, with a
     checkpoint to resume from, after step `stop_at` or `stop_at_minutes` minutes of training.
@@ -403,14 +448,17 @@ def train(params: Params, resume: bool = False, overwrite: bool = False, stop_at
 
     The output folder has one writer: while a run trains, another into the same folder stops at once
     with fileio.FolderBusy naming the holder (under torchrun, rank 0 holds the folder for all ranks).
+
+    `auto_micro_batch` (train.micro_batch=auto on the command line): train.micro_batch becomes the largest
+    that fits the device (`choose_micro_batch`), which the checkpoint and summary.json record.
     """
     main_rank = int(os.environ.get("RANK", "0")) == 0
     with folder_lock(params.train.out_dir, "pretraining run") if main_rank else nullcontext():
-        return _train(params, resume, overwrite, stop_at, show_progress, clock, stop_at_minutes)
+        return _train(params, resume, overwrite, stop_at, show_progress, clock, stop_at_minutes, auto_micro_batch)
 
 
 def _train(params: Params, resume: bool, overwrite: bool, stop_at: int | None, show_progress: bool, clock,
-           stop_at_minutes: float | None) -> dict:
+           stop_at_minutes: float | None, auto_micro_batch: bool = False) -> dict:
     tc = params.train
     check_run_folder(Path(tc.out_dir), resume, overwrite)
     if stop_at is not None and stop_at < 1:
@@ -429,8 +477,9 @@ def _train(params: Params, resume: bool, overwrite: bool, stop_at: int | None, s
     elif tc.init_from:
         source_model, source_record = check_start(tc.init_from, params)
     ddp = Distributed(tc.device)
-    accum = tc.accumulation_steps(ddp.world_size)  # before any work: the batch must split over these ranks
     precision = Precision(ddp.device, autocast_dtype(tc.dtype, ddp.device))
+    picked = choose_micro_batch(params, ddp, precision, show_progress) if auto_micro_batch else None
+    accum = tc.accumulation_steps(ddp.world_size)  # before any work: the batch must split over these ranks
     torch.manual_seed(tc.seed + ddp.rank)
     if tc.threads:
         torch.set_num_threads(tc.threads)
@@ -469,30 +518,35 @@ def _train(params: Params, resume: bool, overwrite: bool, stop_at: int | None, s
 
     if overwrite and ddp.is_main and run_files(Path(tc.out_dir)):
         print(f"replacing the run in {tc.out_dir} (--overwrite): removed {', '.join(remove_run(Path(tc.out_dir)))}")
+    if overwrite and ddp.is_main and (Path(tc.out_dir) / Curves.FOLDER).is_dir():  # the replaced run's curves
+        shutil.rmtree(Path(tc.out_dir) / Curves.FOLDER)
     recorder = Recorder(run, params, val_batch, precision, ddp, stop, resume, show_progress)
     interrupted, run.started = None, time.time()
     with StopSignal() as signalled:
-        while not run.finished(params) and not stop.reached(run.step, run.train_s):
-            run.step_began = clock()
-            batches = next_step_batches(run.loader, params, accum, ddp.rank, ddp.world_size, word_starts)
-            step_loss = optimizer_step(run, batches, params, ddp, precision)
-            if step_loss is None:
-                continue
-            by_signal = not ddp.all_true(signalled.received is None)
-            recorder.after_step(run, step_loss, stopping=by_signal or stop.reached(run.step, run.train_s))
-            if by_signal:
-                interrupted = signalled.received or "signal"
-                break
-    recorder.bar.close()
-    summary = finish(run, params, ddp, unigram_ppl, interrupted, source_record)
+        try:
+            while not run.finished(params) and not stop.reached(run.step, run.train_s):
+                run.step_began = clock()
+                batches = next_step_batches(run.loader, params, accum, ddp.rank, ddp.world_size, word_starts)
+                step_loss = optimizer_step(run, batches, params, ddp, precision)
+                if step_loss is None:
+                    continue
+                by_signal = not ddp.all_true(signalled.received is None)
+                recorder.after_step(run, step_loss, stopping=by_signal or stop.reached(run.step, run.train_s))
+                if by_signal:
+                    interrupted = signalled.received or "signal"
+                    break
+        finally:
+            recorder.close()
+    summary = finish(run, params, ddp, unigram_ppl, interrupted, source_record, picked)
     ddp.close()
     return summary
 
 
-def finish(run: Run, params: Params, ddp: Distributed, unigram_ppl: float, interrupted, started_from: dict | None) -> dict:
+def finish(run: Run, params: Params, ddp: Distributed, unigram_ppl: float, interrupted, started_from: dict | None,
+           micro_batch_pick: dict | None = None) -> dict:
     """The run's summary, written to summary.json; a run at its end also saves its final model, with
     the fingerprint of its tokenizer (which fine-tuning and the export check) and, when it started
-    from a trained model, that model's record."""
+    from a trained model, that model's record. `micro_batch_pick`: what train.micro_batch=auto picked."""
     out_dir, val_ppl = Path(params.train.out_dir), run.val_ppl
     summary = {
         "step": run.step,
@@ -507,6 +561,8 @@ def finish(run: Run, params: Params, ddp: Distributed, unigram_ppl: float, inter
     if started_from is not None:
         summary["init_from"] = {"path": params.train.init_from, "steps": started_from.get("steps"),
                                 "tokens_seen": started_from.get("tokens_seen")}
+    if micro_batch_pick is not None:
+        summary["micro_batch_auto"] = micro_batch_pick
     if ddp.is_main and interrupted is None and run.finished(params):
         extra = {"preset": params.preset, "steps": run.step, "tokens_seen": run.tokens_seen, "val_ppl": val_ppl,
                  "unigram_ppl": unigram_ppl, "train_minutes": summary["train_minutes"], "params": params.to_dict(),
@@ -516,6 +572,190 @@ def finish(run: Run, params: Params, ddp: Distributed, unigram_ppl: float, inter
     if ddp.is_main:
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+# --------------------------------------------------------------------------- the micro-batch, and an estimate before a run
+
+
+def choose_micro_batch(params: Params, ddp: Distributed, precision: Precision, show: bool = True,
+                       model: memory_model.MemoryModel | None = None) -> dict:
+    """train.micro_batch=auto: set train.micro_batch to the largest micro-batch that divides the batch
+    (so train.batch_size stays, by accumulation) and fits this device: predicted by memory_model (`model`,
+    else built here) from the memory free now (a fragmentation margin off it) and, on CUDA, confirmed by a
+    trial step (a smaller one tried when it runs out of memory). Every rank takes rank 0's pick. Returns
+    the record the run keeps in summary.json."""
+    tc, device = params.train, precision.device
+    model = model or memory_model.build(params, device, tc.dtype, ranks=ddp.world_size)
+    budget = memory_model.usable_bytes(memory_model.available_memory(device), device.type, context=0)
+    candidates = memory_model.micro_batch_candidates(tc.batch_size, ddp.world_size)
+    predicted = memory_model.predicted_fit(model, tc.batch_size, budget, ddp.world_size)
+    picked = predicted
+    if device.type == "cuda":
+        picked = memory_model.confirmed_fit(candidates, predicted,
+                                            lambda m: memory_model.trial_step(params, device, m) is not None)
+    picked = int(ddp.from_main(float(picked or 0)))
+    if not picked:
+        one = model.peak(1, tc.batch_size // ddp.world_size)
+        raise ValueError(f"train.micro_batch=auto: not even a micro-batch of 1 fits {device}: predicted "
+                         f"{one / memory_model.GiB:.2f} GiB, {budget / memory_model.GiB:.2f} GiB usable")
+    tc.micro_batch = picked
+    per_rank = tc.batch_size // ddp.world_size
+    record = {"picked": picked, "predicted": predicted, "confirmed_by_trial_step": device.type == "cuda",
+              "predicted_peak_gib": round(model.peak(picked, per_rank // picked) / memory_model.GiB, 3),
+              "usable_gib": round(budget / memory_model.GiB, 3), "device": str(device)}
+    if show and ddp.is_main:
+        trial = ", confirmed by a trial step" if device.type == "cuda" else ""
+        print(f"train.micro_batch=auto: {picked} ({per_rank // picked} accumulation steps; predicted peak "
+              f"{record['predicted_peak_gib']:.2f} GiB of {record['usable_gib']:.2f} GiB usable on {device}{trial})")
+    return record
+
+
+@dataclass
+class StepTimes:
+    """Seconds of timed optimizer steps, by the micro-batches each took."""
+
+    by_micro_batches: dict[int, list[float]] = field(default_factory=dict)
+
+    def add(self, micro_batches: int, seconds: float) -> None:
+        self.by_micro_batches.setdefault(micro_batches, []).append(seconds)
+
+    def step_seconds(self, accumulation: int) -> tuple[float, float, float]:
+        """(seconds per optimizer step of `accumulation` micro-batches, seconds per micro-batch, seconds of
+        the update): measured directly when the steps took `accumulation` micro-batches; otherwise the
+        line through the mean step times at the two counts measured, t = update + n x micro-batch."""
+        means = {n: sum(ts) / len(ts) for n, ts in self.by_micro_batches.items() if ts}
+        if accumulation in means:
+            return means[accumulation], means[accumulation] / accumulation, 0.0
+        (lo, t_lo), (hi, t_hi) = sorted(means.items())[0], sorted(means.items())[-1]
+        per_micro = max((t_hi - t_lo) / (hi - lo), 1e-9)
+        update = max(t_lo - lo * per_micro, 0.0)
+        return update + accumulation * per_micro, per_micro, update
+
+
+ESTIMATE_ACCUMULATION = 4  # an estimate times steps of up to this many micro-batches, and extrapolates past it
+
+
+def estimate(params: Params, steps: int = 30, warmup: int = 5, auto_micro_batch: bool = False, done_steps: int = 0,
+             done_train_s: float = 0.0, show: bool = True) -> dict:
+    """Time `steps` optimizer steps of `params` on this hardware, after `warmup` untimed ones, and project
+    the run: its tokens/s, peak memory, the micro-batch train.micro_batch=auto would pick, and the time
+    train.steps take (or the steps and tokens train.budget_minutes buy), `done_steps` and `done_train_s`
+    (a checkpoint's) left out. The steps are the run's own (its micro-batch, precision, model and data);
+    with more than ESTIMATE_ACCUMULATION micro-batches per step, steps of 1 and of ESTIMATE_ACCUMULATION
+    micro-batches take turns and the step time is extrapolated along the line through them. Validation
+    and a checkpoint are timed once each and added as often as the run would do them.
+
+    Nothing is written into train.out_dir: the run's steps, validation and checkpoint go to a temporary
+    folder, removed after; the output folder is neither locked nor checked (a run may be training in it).
+    The token file of the corpus is made, as the run would make it, where data.cache_dir says."""
+    params = copy.deepcopy(params)
+    tc = params.train
+    with tempfile.TemporaryDirectory(prefix="ditbert-estimate-") as scratch:
+        tc.out_dir = scratch
+        ddp = Distributed(tc.device)
+        precision = Precision(ddp.device, autocast_dtype(tc.dtype, ddp.device))
+        device = precision.device
+        mem_model = memory_model.build(params, device, tc.dtype, ranks=ddp.world_size)
+        pick = choose_micro_batch(params, ddp, precision, show, mem_model) if auto_micro_batch else None
+        accum = tc.accumulation_steps(ddp.world_size)
+        usable = memory_model.usable_bytes(memory_model.available_memory(device), device.type, context=0)
+        would_pick = memory_model.predicted_fit(mem_model, tc.batch_size, usable, ddp.world_size)
+        began = time.perf_counter()
+        loader, val_batch, _ = prepare_data(params)
+        data_s = time.perf_counter() - began
+        word_starts = word_start_table(load_tokenizer(params.tokenizer_path)) if tc.whole_word_mask else None
+        torch.manual_seed(tc.seed + ddp.rank)
+        if tc.threads:
+            torch.set_num_threads(tc.threads)
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        memory = memory_model.PeakMemory(device)
+        model = DitBertForMLM(params.model).to(device)
+        run = Run.start(model, loader, params, precision)
+        run.runner = ddp.wrap(torch.compile(model) if tc.compile else model)
+        plan = [accum] if accum <= ESTIMATE_ACCUMULATION else [1, ESTIMATE_ACCUMULATION]
+        times, sync = StepTimes(), (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+        for i in range(warmup + steps):
+            n = plan[i % len(plan)]
+            sync()
+            t0 = time.perf_counter()  # the batches' making counts, as in the run's training time
+            batches = next_step_batches(run.loader, params, n, ddp.rank, ddp.world_size, word_starts)
+            optimizer_step(run, batches, params, ddp, precision)
+            sync()
+            if i >= warmup:
+                times.add(n, time.perf_counter() - t0)
+        peak = memory.peak()
+        step_s, micro_s, update_s = times.step_seconds(accum)
+        t0 = time.perf_counter()
+        validate(model, val_batch, params, precision)
+        val_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        save_checkpoint(Path(scratch) / "checkpoint.pt", run.state_dict(params))
+        checkpoint_s = time.perf_counter() - t0
+        del run, model
+    tokens_per_step = tc.batch_size * params.model.max_positions
+    if tc.budget_minutes:
+        train_s = max(tc.budget_minutes * 60 - done_train_s, 0.0)
+        run_steps = int(train_s / step_s)
+    else:
+        run_steps = max(tc.steps - done_steps, 0)
+        train_s = run_steps * step_s
+    evaluations = run_steps // tc.eval_every + (1 if run_steps % tc.eval_every else 0)
+    checkpoints = run_steps // tc.checkpoint_every + (1 if run_steps % tc.checkpoint_every else 0)
+    result = {
+        "device": str(device), "dtype": str(precision.dtype).removeprefix("torch."), "ranks": ddp.world_size,
+        "micro_batch": tc.micro_batch, "accumulation": accum, "batch_size": tc.batch_size,
+        "timed_steps": steps, "warmup_steps": warmup, "micro_batches_per_timed_step": plan,
+        "seconds_per_step": step_s, "seconds_per_micro_batch": micro_s, "seconds_per_update": update_s,
+        "tokens_per_s": tokens_per_step / step_s, "peak_memory_bytes": peak, "peak_memory_is": memory.what,
+        "predicted_peak_bytes": mem_model.peak(tc.micro_batch, accum), "usable_bytes": usable,
+        "auto_micro_batch": would_pick, "auto_pick": pick, "data_preparation_s": data_s,
+        "validation_s": val_s, "checkpoint_s": checkpoint_s, "steps": run_steps, "tokens": run_steps * tokens_per_step,
+        "train_s": train_s, "evaluations": evaluations, "checkpoints": checkpoints,
+        "wall_s": train_s + evaluations * val_s + checkpoints * checkpoint_s,
+        "done_steps": done_steps, "budget_minutes": tc.budget_minutes,
+    }
+    if show and ddp.is_main:
+        print_estimate(result)
+    ddp.close()
+    return result
+
+
+def duration(seconds: float) -> str:
+    """Seconds in the unit a person reads them in: 45 s, 12.5 min, 3.2 h, 4.1 days."""
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.2f} s"
+
+
+def print_estimate(r: dict) -> None:
+    gib = memory_model.GiB
+    way = (f"{r['micro_batches_per_timed_step'][0]} micro-batches" if len(r["micro_batches_per_timed_step"]) == 1
+           else f"{' and '.join(map(str, r['micro_batches_per_timed_step']))} micro-batches in turn, extrapolated to "
+                f"{r['accumulation']} (update {r['seconds_per_update']:.3f} s + {r['accumulation']} x "
+                f"{r['seconds_per_micro_batch']:.3f} s)")
+    print(f"estimate on {r['device']}, {r['dtype']}, micro-batch {r['micro_batch']} x {r['accumulation']} accumulation x "
+          f"{r['ranks']} rank(s) = {r['batch_size']} sequences per step")
+    print(f"  timed {r['timed_steps']} optimizer steps after {r['warmup_steps']} untimed ones, of {way}")
+    print(f"  {r['tokens_per_s']:,.0f} tokens/s, {r['seconds_per_step']:.3f} s per optimizer step")
+    print(f"  peak memory {r['peak_memory_bytes'] / gib:.2f} GiB ({r['peak_memory_is']}); the memory model predicts "
+          f"{r['predicted_peak_bytes'] / gib:.2f} GiB of tensors")
+    auto = r["auto_micro_batch"]
+    print(f"  train.micro_batch=auto would pick {auto if auto else 'nothing: not even 1 fits'} "
+          f"({r['usable_bytes'] / gib:.1f} GiB usable now)" + (f"; picked {r['auto_pick']['picked']}" if r["auto_pick"] else ""))
+    left = f" (after step {r['done_steps']})" if r["done_steps"] else ""
+    if r["budget_minutes"]:
+        print(f"  train.budget_minutes={r['budget_minutes']:g}{left}: {r['steps']:,} steps, {r['tokens']:,} tokens; "
+              f"{duration(r['wall_s'])} with validation and checkpoints")
+    else:
+        print(f"  {r['steps']:,} steps{left}: {duration(r['train_s'])} of training, {duration(r['wall_s'])} with "
+              f"{r['evaluations']} validations ({r['validation_s']:.1f} s each) and {r['checkpoints']} checkpoints "
+              f"({r['checkpoint_s']:.1f} s each); {r['tokens']:,} tokens")
+    print(f"  (data preparation took {r['data_preparation_s']:.1f} s here, not counted; a run reuses the token file)")
+    print(f"RESULT estimate_tokens_per_s {r['tokens_per_s']:.1f}")
+    print(f"RESULT estimate_peak_memory_gib {r['peak_memory_bytes'] / gib:.3f}")
+    print(f"RESULT estimate_train_hours {r['train_s'] / 3600:.4g}")
 
 
 # --------------------------------------------------------------------------- command line
@@ -543,13 +783,34 @@ def parse_args(argv=None) -> tuple[Params, argparse.Namespace]:
     ap.add_argument("--stop-at", type=int, help="stop after this step with a checkpoint (resume later)")
     ap.add_argument("--stop-at-minutes", type=float,
                     help="stop after this many minutes of training with a checkpoint (resume later)")
-    ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.NAME=VALUE", help="any other setting of params.py")
+    ap.add_argument("--tensorboard", action="store_true",
+                    help="write the curves as TensorBoard event files in <out>/tensorboard/ (train.tensorboard=true)")
+    ap.add_argument("--estimate", action="store_true",
+                    help="time a few optimizer steps of these settings on this machine and print tokens/s, peak memory, "
+                         "the micro-batch train.micro_batch=auto would pick and the projected time of train.steps (or "
+                         "the tokens of train.budget_minutes); writes nothing into the output folder")
+    ap.add_argument("--estimate-steps", type=int, default=30, metavar="N",
+                    help="--estimate: optimizer steps timed (default 30)")
+    ap.add_argument("--estimate-warmup", type=int, default=5, metavar="N",
+                    help="--estimate: untimed steps before them (default 5)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.NAME=VALUE",
+                    help="any other setting of params.py; train.micro_batch=auto picks the largest micro-batch that fits")
     args = ap.parse_args(argv)
     overrides = env_overrides() | parse_overrides(args.set)  # $DITBERT_SET, then --set and the flags
     for flag, key in (("corpus", "data.corpus"), ("tokenizer", "train.tokenizer"), ("out", "train.out_dir"),
                       ("steps", "train.steps"), ("budget_minutes", "train.budget_minutes"), ("init_from", "train.init_from")):
         if getattr(args, flag) is not None:
             overrides[key] = getattr(args, flag)
+    if args.tensorboard:
+        overrides["train.tensorboard"] = True
+    args.auto_micro_batch = str(overrides.get("train.micro_batch", "")).strip().lower() == "auto"
+    if args.auto_micro_batch:  # the setting holds the number the run picks (choose_micro_batch); until then
+        del overrides["train.micro_batch"]  # a resumed run's checkpoint value, a new run's 1 (it splits any batch)
+        if not args.resume:
+            overrides["train.micro_batch"] = 1
+    if args.estimate_steps < 1 or args.estimate_warmup < 0:
+        raise ValueError(f"--estimate-steps {args.estimate_steps} --estimate-warmup {args.estimate_warmup}: time at "
+                         f"least 1 step, after 0 or more untimed ones")
     if args.resume:
         return resume_settings(args.preset, overrides), args
     params = get_params(args.preset, overrides)
@@ -583,11 +844,23 @@ def overwrite_asked(args: argparse.Namespace) -> bool:
     return not args.resume and overwrite_allowed()
 
 
+def estimate_from_args(params: Params, args: argparse.Namespace) -> dict:
+    """--estimate: the run these settings would make, or with --resume what is left of the checkpoint's."""
+    done_steps, done_train_s = 0, 0.0
+    if args.resume:
+        state = read_checkpoint(checkpoint_path(params), mmap=True)
+        done_steps, done_train_s = state["step"], state.get("train_s", state["elapsed_s"])
+    return estimate(params, args.estimate_steps, args.estimate_warmup, args.auto_micro_batch, done_steps, done_train_s)
+
+
 def main(argv=None, clock=time.perf_counter) -> int:
     try:
         params, args = parse_args(argv)
+        if args.estimate:
+            estimate_from_args(params, args)
+            return 0
         summary = train(params, resume=args.resume, overwrite=overwrite_asked(args), stop_at=args.stop_at, clock=clock,
-                        stop_at_minutes=args.stop_at_minutes)
+                        stop_at_minutes=args.stop_at_minutes, auto_micro_batch=args.auto_micro_batch)
     except (FileNotFoundError, ValueError, OSError, FloatingPointError, KeyError, FolderBusy) as err:
         print(f"error: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
         return 2
