@@ -43,7 +43,7 @@ RESUMABLE_SETTINGS = (
     "train.steps", "train.budget_minutes", "train.checkpoint_every", "train.eval_every", "train.log_every",
     "train.max_nonfinite_steps", "train.threads", "train.compile", "train.device", "train.dtype", "train.micro_batch",
     "model.attention", "model.mlm_masked_only", "train.out_dir", "train.tokenizer", "data.corpus", "data.cache_dir",
-    "data.workers", "data.commit_seconds",
+    "data.workers", "data.commit_seconds", "train.tensorboard",
 )
 
 

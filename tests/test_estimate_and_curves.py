@@ -186,6 +186,14 @@ def test_resume_continues_the_same_curves_without_what_came_after_the_checkpoint
     assert [value for _, value in read["train/loss"]] == pytest.approx([float(row[1]) for row in log], rel=1e-6)
 
 
+def test_a_resumed_run_can_turn_the_curves_on(data, tmp_path):
+    out = tmp_path / "run"
+    assert train_model.main(argv(data, out, 5, "--stop-at", "2", sets=("train.log_every=1",))) == 0
+    assert not (out / "tensorboard").exists()
+    assert train_model.main(["--out", str(out), "--resume", "--tensorboard"]) == 0
+    assert [step for step, _ in curves(out / "tensorboard")["train/loss"]] == [3, 4, 5]  # from the step it resumed at
+
+
 def test_overwrite_removes_the_replaced_runs_curves(data, tmp_path):
     out = tmp_path / "run"
     assert train_model.main(argv(data, out, 4, "--tensorboard")) == 0
