@@ -103,25 +103,25 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def pss_bytes(pid: int) -> int:
+def proc_bytes(pid: int, file: str, field: str) -> int:
+    """A size in kB that /proc/<pid>/<file> gives on its line `<field>:`, in bytes; 0 once the process is gone."""
     try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
+        for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
     return 0
+
+
+def pss_bytes(pid: int) -> int:
+    """A process's proportional set size: pages shared with other processes counted by their share."""
+    return proc_bytes(pid, "smaps_rollup", "Pss")
 
 
 def hwm_bytes(pid: int) -> int:
     """A process's own peak resident memory (VmHWM: its address space's high-water mark since exec)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return proc_bytes(pid, "status", "VmHWM")
 
 
 def measure(command: list[str]) -> dict:
