@@ -308,8 +308,9 @@ def _load_hf(source: ModelSource, task: Task, ft: FinetuneConfig) -> Loaded:
         return {k: enc[k] for k in ("input_ids", "token_type_ids") if k in enc}
 
     def save(out_dir):
-        model.save_pretrained(out_dir)  # safetensors
+        model.save_pretrained(out_dir)  # safetensors, through a private (0600) temporary file
         tokenizer.save_pretrained(out_dir)
+        fileio.give_normal_modes(out_dir)
 
     info = {"kind": "hf", "source": source.path, "tokenizer": source.path, "max_len": max_len,
             "pretrain_tokens_seen": None, "model_type": model.config.model_type,

@@ -465,6 +465,8 @@ def test_hf_path_on_the_packaged_minilm_and_its_mnli_head_swap(glue_layout, tmp_
     assert info["kind"] == "hf" and info["model"] == "minilm-l6" and info["tasks"]["mnli"]["train_examples"] == 16
     assert info["tasks"]["mnli"]["validation_mismatched_examples"] == 8
     assert (run / "best_mnli" / "model.safetensors").is_file() and (run / "best_mnli" / "tokenizer.json").is_file()
+    private = [p.name for p in (run / "best_mnli").iterdir() if not p.stat().st_mode & 0o044]
+    assert not private, f"save_pretrained's files left readable by their owner alone: {private}"
     pair = glue_models.load_for_task(minilm, TASKS["rte"], ft, 1).encode(["a cat"], ["a dog"])
     assert pair["token_type_ids"][0] == [0, 0, 0, 0, 1, 1, 1]  # [CLS] a cat [SEP] a dog [SEP]
 
