@@ -1030,3 +1030,11 @@ def test_model_sizes_file_is_the_presets():
         full, masked_only = model_sizes.step_flops(p.model, p.train.mask_prob)
         assert (int(row["step_flops_full"]), int(row["step_flops_masked_only"])) == (full, masked_only)
         assert float(row["flops_ratio"]) == round(masked_only / full, 4)
+
+
+def test_the_demos_time_is_its_record():
+    record = text(ROOT / "results" / "make-demo" / "run.txt")
+    minutes, seconds = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\d+):([\d.]+)", record).groups()
+    assert f"`make demo` took {int(minutes) + float(seconds) / 60:.1f} minutes on 2 CPU cores" in text(README)
+    for line in re.findall(r"^RESULT .+$", record, re.M)[-5:]:
+        assert line in text(README), f"the README's RESULT lines are the fresh clone's: {line}"
