@@ -33,6 +33,26 @@ PRETRAIN_TINY = [
 ]
 
 
+def pretrain_argv(data, out: Path, steps: int | None, *extra: str, sets: tuple[str, ...] = ()) -> list[str]:
+    """train_model.py's command line for a PRETRAIN_TINY run on `data` (corpus, tokenizer, token cache) into
+    `out`: `steps` (None: the settings' own), `extra` flags, then `sets` on top of the tiny settings."""
+    corpus, tok, cache = data
+    head = ["--corpus", str(corpus), "--tokenizer", str(tok), "--out", str(out)]
+    head += ["--steps", str(steps)] if steps is not None else []
+    return [*head, *extra, "--set", *PRETRAIN_TINY, f"data.cache_dir={cache}", *sets]
+
+
+def pretrain_params(data, out: Path, steps: int, *sets: str):
+    """The settings `pretrain_argv` gives, as train_model.train takes them."""
+    from params import get_params, parse_overrides
+
+    corpus, tok, cache = data
+    overrides = parse_overrides([*PRETRAIN_TINY, f"data.cache_dir={cache}", *sets])
+    overrides.update({"data.corpus": [str(corpus)], "train.tokenizer": str(tok), "train.out_dir": str(out),
+                      "train.steps": steps})
+    return get_params("tiny", overrides)
+
+
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory) -> Path:
     """300 Wikipedia lead sections from the embedded corpus, one per line."""

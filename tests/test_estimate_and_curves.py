@@ -14,8 +14,7 @@ import torch
 import fileio
 import memory_model
 import train_model
-from conftest import PRETRAIN_TINY
-from params import get_params, parse_overrides
+from conftest import pretrain_argv as argv, pretrain_params as params_for
 
 TB_TAGS = {"train/loss", "train/perplexity", "train/lr", "train/tokens_per_s", "train/grad_norm", "val/perplexity"}
 
@@ -24,20 +23,6 @@ TB_TAGS = {"train/loss", "train/perplexity", "train/lr", "train/tokens_per_s", "
 def data(pretrain_files, tmp_path):
     corpus, tok, cache = pretrain_files
     return corpus, tok, cache
-
-
-def argv(data, out: Path, steps: int, *extra: str, sets: tuple[str, ...] = ()) -> list[str]:
-    corpus, tok, cache = data
-    return ["--corpus", str(corpus), "--tokenizer", str(tok), "--out", str(out), "--steps", str(steps), *extra,
-            "--set", *PRETRAIN_TINY, f"data.cache_dir={cache}", *sets]
-
-
-def params_for(data, out: Path, steps: int, *sets: str):
-    corpus, tok, cache = data
-    overrides = parse_overrides([*PRETRAIN_TINY, f"data.cache_dir={cache}", *sets])
-    overrides.update({"data.corpus": [str(corpus)], "train.tokenizer": str(tok), "train.out_dir": str(out),
-                      "train.steps": steps})
-    return get_params("tiny", overrides)
 
 
 def listing(folder: Path) -> list[str]:

@@ -30,10 +30,9 @@ if str(ROOT) not in sys.path:
 import checkpoints
 import train_model  # noqa: E402
 from model_defs import DitBertForMLM, load_model, save_model  # noqa: E402
-from conftest import PRETRAIN_BATCH, PRETRAIN_TINY  # noqa: E402
-from params import get_params, parse_overrides  # noqa: E402
+from conftest import PRETRAIN_BATCH, pretrain_argv as argv, pretrain_params as params_for  # noqa: E402
 
-BATCH, TINY = PRETRAIN_BATCH, PRETRAIN_TINY
+BATCH = PRETRAIN_BATCH
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
@@ -43,19 +42,6 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 @pytest.fixture(scope="module")
 def data(pretrain_files):
     return pretrain_files
-
-
-def argv(data, out: Path, steps: int, *extra: str, sets: tuple[str, ...] = ()) -> list[str]:
-    corpus, tok, cache = data
-    return ["--corpus", str(corpus), "--tokenizer", str(tok), "--out", str(out), "--steps", str(steps), *extra,
-            "--set", *TINY, f"data.cache_dir={cache}", *sets]
-
-
-def params_for(data, out: Path, steps: int, *sets: str):
-    corpus, tok, cache = data
-    overrides = parse_overrides([*TINY, f"data.cache_dir={cache}", *sets])
-    overrides.update({"data.corpus": [str(corpus)], "train.tokenizer": str(tok), "train.out_dir": str(out), "train.steps": steps})
-    return get_params("tiny", overrides)
 
 
 def run_cli(args: list[str], prelude: str = "", timeout: int = 180) -> subprocess.CompletedProcess:

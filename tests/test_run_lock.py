@@ -17,21 +17,21 @@ import pytest
 
 import fileio
 import train_model
-from conftest import PRETRAIN_TINY
+from conftest import pretrain_argv
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def pretrain_argv(data, out: Path, steps: int, *sets: str) -> list[str]:
-    corpus, tok, cache = data
-    return ["--corpus", str(corpus), "--tokenizer", str(tok), "--out", str(out), "--steps", str(steps),
-            "--set", *PRETRAIN_TINY, f"data.cache_dir={cache}", "train.warmup_steps=2", "train.checkpoint_every=1000",
-            *sets]
+RUN = ("train.warmup_steps=2", "train.checkpoint_every=1000")  # room for a few steps; no checkpoint on the way
+
+
+def run_argv(data, out: Path, steps: int, *sets: str) -> list[str]:
+    return pretrain_argv(data, out, steps, sets=(*RUN, *sets))
 
 
 def start_pretraining(data, out: Path, steps: int) -> subprocess.Popen:
     """A real `train_model.py` in a child process, returned once it holds `out` (its pid in the lock)."""
-    child = subprocess.Popen([sys.executable, str(ROOT / "train_model.py"), *pretrain_argv(data, out, steps)],
+    child = subprocess.Popen([sys.executable, str(ROOT / "train_model.py"), *run_argv(data, out, steps)],
                              cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lock = out / fileio.LOCK_NAME
@@ -53,7 +53,7 @@ def test_a_second_run_into_a_running_folder_stops_at_once_naming_the_holder(pret
     out = tmp_path / "run"
     first = start_pretraining(pretrain_files, out, steps=100_000)
     try:
-        seconds = [pretrain_argv(pretrain_files, out, 4), pretrain_argv(pretrain_files, out, 4, "train.lr=1e-3")]
+        seconds = [run_argv(pretrain_files, out, 4), run_argv(pretrain_files, out, 4, "train.lr=1e-3")]
         for second in seconds:  # the same settings, then other ones
             started = time.time()
             code = train_model.main(second)
@@ -72,14 +72,14 @@ def test_a_lock_left_by_a_killed_run_is_taken_over(pretrain_files, tmp_path, cap
     first.send_signal(signal.SIGKILL)
     first.wait()
     assert f"pid {first.pid} " in (out / fileio.LOCK_NAME).read_text(), "the dead run's lock is still there"
-    assert train_model.main(pretrain_argv(pretrain_files, out, 3) + ["--overwrite"]) == 0, capsys.readouterr().err
+    assert train_model.main(run_argv(pretrain_files, out, 3) + ["--overwrite"]) == 0, capsys.readouterr().err
     assert log_steps(out) == ["1", "2", "3"], "one run's rows, none doubled"
     assert f"pid {os.getpid()} " in (out / fileio.LOCK_NAME).read_text()
 
 
 def test_a_refused_run_leaves_no_folder_behind(pretrain_files, tmp_path, capsys):
     out = tmp_path / "never"
-    argv = pretrain_argv(pretrain_files, out, 4)
+    argv = run_argv(pretrain_files, out, 4)
     argv[argv.index("--corpus") + 1] = str(tmp_path / "missing.txt")
     assert train_model.main(argv) == 2
     assert "missing.txt does not exist" in capsys.readouterr().err
@@ -119,7 +119,7 @@ def test_a_pretraining_run_writes_no_private_file(pretrain_files, tmp_path, caps
     out = tmp_path / "run"
     old = os.umask(0o022)
     try:
-        assert train_model.main(pretrain_argv(pretrain_files, out, 3)) == 0, capsys.readouterr().err
+        assert train_model.main(run_argv(pretrain_files, out, 3)) == 0, capsys.readouterr().err
     finally:
         os.umask(old)
     private = {p: m for p, m in modes(out.rglob("*")).items() if m[4:] in ("------", "---x--")}

@@ -31,8 +31,8 @@ import runtime
 import train_model
 from model_defs import DitBertForMLM
 from tokenization import tokenizer_fingerprint, train_tokenizer
-from params import get_params, params_from_dict, parse_overrides
-from conftest import PRETRAIN_BATCH, PRETRAIN_TINY
+from params import get_params, params_from_dict
+from conftest import PRETRAIN_BATCH, PRETRAIN_TINY, pretrain_argv as argv, pretrain_params as params_for
 
 BATCH, TINY = PRETRAIN_BATCH, PRETRAIN_TINY
 
@@ -57,21 +57,6 @@ def no_embedded_corpus(monkeypatch):
         raise AssertionError("the embedded corpus was read")
 
     monkeypatch.setattr(corpus, "EMBEDDED_CORPORA", {"wiki": refuse, "imdb": refuse})
-
-
-def argv(data, out: Path, steps: int | None, *extra: str, sets: tuple[str, ...] = ()) -> list[str]:
-    corpus, tok, cache = data
-    head = ["--corpus", str(corpus), "--tokenizer", str(tok), "--out", str(out)]
-    head += ["--steps", str(steps)] if steps is not None else []
-    return [*head, *extra, "--set", *TINY, f"data.cache_dir={cache}", *sets]
-
-
-def params_for(data, out: Path, steps: int, *sets: str):
-    corpus, tok, cache = data
-    overrides = parse_overrides([*TINY, f"data.cache_dir={cache}", *sets])
-    overrides.update({"data.corpus": [str(corpus)], "train.tokenizer": str(tok), "train.out_dir": str(out),
-                      "train.steps": steps})
-    return get_params("tiny", overrides)
 
 
 def load_ckpt(path: Path) -> dict:
