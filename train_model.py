@@ -59,8 +59,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from checkpoints import (RESUMABLE_SETTINGS, CsvLog, StopAt, check_output_dir, check_resume_inputs, check_run_folder,
-                         check_start, checkpoint_path, load_checkpoint, nothing_left, reached_end, read_checkpoint,
-                         remove_run, resume_changes, rng_state, run_files, save_checkpoint, saved_params,
+                         check_start, checkpoint_path, is_main_process, load_checkpoint, nothing_left, reached_end,
+                         read_checkpoint, remove_run, resume_changes, rng_state, run_files, save_checkpoint, saved_params,
                          set_rng_state, start_settings)
 from cli import overwrite_allowed
 from fileio import FolderBusy, folder_lock
@@ -452,8 +452,7 @@ def train(params: Params, resume: bool = False, overwrite: bool = False, stop_at
     `auto_micro_batch` (train.micro_batch=auto on the command line): train.micro_batch becomes the largest
     that fits the device (`choose_micro_batch`), which the checkpoint and summary.json record.
     """
-    main_rank = int(os.environ.get("RANK", "0")) == 0
-    with folder_lock(params.train.out_dir, "pretraining run") if main_rank else nullcontext():
+    with folder_lock(params.train.out_dir, "pretraining run") if is_main_process() else nullcontext():
         return _train(params, resume, overwrite, stop_at, show_progress, clock, stop_at_minutes, auto_micro_batch)
 
 
@@ -864,7 +863,7 @@ def main(argv=None, clock=time.perf_counter) -> int:
     except (FileNotFoundError, ValueError, OSError, FloatingPointError, KeyError, FolderBusy) as err:
         print(f"error: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
         return 2
-    if int(os.environ.get("RANK", "0")) != 0 or "already_done" in summary:
+    if not is_main_process() or "already_done" in summary:
         return 0
     if summary["interrupted"]:
         print(f"stopped by {summary['interrupted']} at step {summary['step']}; checkpoint {summary['checkpoint']}; "
