@@ -22,7 +22,7 @@
 # label count differs from MNLI's three. Runs are labelled `<label>-from-mnli`.
 #
 # Settings (environment; the full table is `ENVIRONMENT` in `params.py`): `DITBERT_PRESET`,
-# `DITBERT_SET`, `GLUE_DIR`, `GLUE_SEEDS`, `GLUE_OUTPUT_DIR`, `DITBERT_OVERWRITE` as in `GLUE-Finetune.py`, and
+# `DITBERT_SET`, `GLUE_DIR`, `GLUE_SEEDS`, `GLUE_OUTPUT_DIR`, `DITBERT_OVERWRITE`, `GLUE_RESUME` as in `GLUE-Finetune.py`, and
 #
 # | variable | meaning | default |
 # |---|---|---|
@@ -46,6 +46,7 @@ GLUE_DIR = notebook_input("GLUE_DIR")
 LABEL = notebook_input("MODEL_LABEL", f"ditbert-{params.preset}")
 MNLI_MODEL_DIR = notebook_input("MNLI_MODEL_DIR")
 OVERWRITE = cli.overwrite_allowed()
+RESUME = cli.resume_asked()
 precision = runtime.Precision.choose(params.train.device, params.train.dtype)
 
 base = glue_models.ModelSource("ditbert", "", LABEL)
@@ -53,7 +54,8 @@ source = glue_models.from_mnli_source(base, finetune.output_dir, MNLI_MODEL_DIR)
 print(f"{source.label}: starting from {source.path}, tasks {TASKS}, seeds {finetune.seeds}")
 
 # %%
-runs = glue_utils.run_glue(source, TASKS, finetune, glue_dir=GLUE_DIR or None, precision=precision, overwrite=OVERWRITE)
+runs = glue_utils.run_glue(source, TASKS, finetune, glue_dir=GLUE_DIR or None, precision=precision,
+                          overwrite=OVERWRITE, resume=RESUME)
 
 # %%
 print(glue_utils.summarize(runs).to_string(index=False))

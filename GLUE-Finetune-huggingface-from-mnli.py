@@ -21,7 +21,7 @@
 # label count differs. Runs are labelled `<label>-from-mnli`.
 #
 # Settings (environment; the full table is `ENVIRONMENT` in `params.py`): `DITBERT_PRESET`,
-# `DITBERT_SET`, `GLUE_DIR`, `GLUE_SEEDS`, `GLUE_OUTPUT_DIR`, `DITBERT_OVERWRITE` as before, `HF_MODELS` as in
+# `DITBERT_SET`, `GLUE_DIR`, `GLUE_SEEDS`, `GLUE_OUTPUT_DIR`, `DITBERT_OVERWRITE`, `GLUE_RESUME` as before, `HF_MODELS` as in
 # `GLUE-Finetune-huggingface.py` (only the labels matter here), and
 #
 # | variable | meaning | default |
@@ -50,6 +50,7 @@ TASKS = notebook_input("GLUE_TASKS", ",".join(glue_tasks.MNLI_INIT_TASKS))
 GLUE_DIR = notebook_input("GLUE_DIR")
 MODELS = notebook_input("HF_MODELS", "bert-base-uncased,roberta-base")
 OVERWRITE = cli.overwrite_allowed()
+RESUME = cli.resume_asked()
 EXPLICIT = [key for key in env_overrides() if key.startswith("finetune.")]  # kept over the recipe
 MNLI_MODEL_DIR = notebook_input("MNLI_MODEL_DIR")
 precision = runtime.Precision.choose(params.train.device, params.train.dtype)
@@ -65,7 +66,7 @@ for source in sources:
 runs = []
 for source in sources:
     runs += glue_utils.run_glue(source, TASKS, finetune, glue_dir=GLUE_DIR or None, precision=precision,
-                                overwrite=OVERWRITE, recipe="auto", explicit=EXPLICIT)
+                                overwrite=OVERWRITE, resume=RESUME, recipe="auto", explicit=EXPLICIT)
 
 # %%
 print(glue_utils.summarize(runs).to_string(index=False))

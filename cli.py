@@ -107,6 +107,11 @@ def overwrite_allowed() -> bool:
     return notebook_input("DITBERT_OVERWRITE", "0").strip().lower() in ("1", "true", "yes")
 
 
+def resume_asked() -> bool:
+    """Whether $GLUE_RESUME asks fine-tuning to keep what an earlier, stopped command finished."""
+    return notebook_input("GLUE_RESUME", "0").strip().lower() in ("1", "true", "yes")
+
+
 def refuse_to_replace(path: str | Path, what: str, setting: str) -> None:
     """Stop before any work when `path` (the value of `setting`) already holds `what` and
     $DITBERT_OVERWRITE does not ask to replace it: what was trained with it would no longer match."""

@@ -32,7 +32,9 @@ What a run writes, under ``<finetune.output_dir>/<model label>-seed<seed>/``:
   files into a GLUE server submission.
 
 A folder that already holds a task's results is not fine-tuned into again unless asked
-(``overwrite=True``; the notebooks' ``DITBERT_OVERWRITE=1``), which replaces that task's files. The
+(``overwrite=True``; the notebooks' ``DITBERT_OVERWRITE=1``), which replaces that task's files;
+``resume=True`` (``GLUE_RESUME=1``) keeps what finished from the same model with the same settings
+and fine-tunes the rest, so a command stopped part-way goes on where it stopped. The
 folder's names and paths, run_info.json, the fingerprints and the lock that keeps a second fine-tuning
 out of a folder being written are glue_runs'.
 """
@@ -57,7 +59,7 @@ import fileio
 import glue_runs
 import runtime
 from glue_models import (PRESET, Loaded, ModelSource, apply_recipe, check_source, load_for_task, logits_of,
-                         recipe_for)
+                         model_fingerprint, recipe_for)
 from glue_heads import fit_similarity_head, similarity_head_of
 from glue_tasks import (EXTRA_TEST_TASKS, TASKS, Task, compute_metrics, get_task, label_name, load_task, load_test_splits,
                         main_score, parse_tasks, subsample)
@@ -436,7 +438,7 @@ def _finetune_locked(task: Task, source: ModelSource, ft: FinetuneConfig, seed: 
 
 def run_glue(source: ModelSource, tasks, ft: FinetuneConfig, glue_dir=None, data_dir="data",
              precision: runtime.Precision | None = None, overwrite: bool = False, recipe: str = PRESET,
-             explicit=()) -> list[Path]:
+             explicit=(), resume: bool = False) -> list[Path]:
     """Fine-tune `source` on each task with each seed of ``ft.seeds``; return the run folders.
 
     Every (task, seed) starts from the same source model; each seed is its own run folder.
@@ -444,9 +446,13 @@ def run_glue(source: ModelSource, tasks, ft: FinetuneConfig, glue_dir=None, data
     ``train.dtype`` (``runtime.Precision.choose(params.train.device, params.train.dtype)``); default "auto".
     Before any work: the task names, the settings and the model are checked, and every run folder
     that already holds one of the tasks' results is an error unless `overwrite` (which replaces
-    them). `recipe`: ``preset`` (`ft` as given), ``auto`` (the model's own: `recipe_for`) or a name
-    of `RECIPES`, whose values yield to the `explicit` settings. Ctrl-C stops with a message and
-    exit status 130 (SystemExit), the task marked interrupted in its run_info.json.
+    them). `resume` (the notebooks' ``GLUE_RESUME=1``) picks up a command that stopped: a (task, seed)
+    its run folder already holds finished from the same model with the same settings is kept
+    (`finished_run`), one that did not finish is fine-tuned again, and a finished one of another model
+    or other settings is still an error. `recipe`: ``preset`` (`ft` as given), ``auto`` (the model's
+    own: `recipe_for`) or a name of `RECIPES`, whose values yield to the `explicit` settings. Ctrl-C
+    stops with a message and exit status 130 (SystemExit), the task marked interrupted in its
+    run_info.json.
     """
     names = list(dict.fromkeys(parse_tasks(tasks)))
     if not names:
@@ -457,12 +463,22 @@ def run_glue(source: ModelSource, tasks, ft: FinetuneConfig, glue_dir=None, data
     check_finetune_settings(ft)
     check_source(source, ft.seeds)
     ft, record = apply_recipe(ft, recipe_for(source.resolved(ft.seeds[0])) if recipe == "auto" else recipe, explicit)
-    folders = [glue_runs.run_dir(ft.output_dir, source.resolved(seed).label, seed) for seed in ft.seeds]
-    glue_runs.check_not_busy(folders)  # another fine-tuning writing one of them stops this one at once
+    folders = {seed: glue_runs.run_dir(ft.output_dir, source.resolved(seed).label, seed) for seed in ft.seeds}
+    glue_runs.check_not_busy(folders.values())  # another fine-tuning writing one of them stops this one at once
+    precision = precision or runtime.Precision.choose()
+    plan = {task.name: list(ft.seeds) for task in resolved}
+    if resume:
+        plan = {task.name: [seed for seed in ft.seeds if not finished_run(source, task.name, ft, seed, precision)]
+                for task in resolved}
+        kept = [f"{task.name} seed {seed}" for task in resolved for seed in ft.seeds if seed not in plan[task.name]]
+        if kept:
+            print(f"{source.label}: kept, finished before with the same model and settings: {', '.join(kept)}")
     if not overwrite:
-        check_no_results([(folder, task) for task in resolved for folder in folders])
+        check_no_results([(folders[seed], task) for task in resolved for seed in plan[task.name]
+                          if not (resume and glue_runs.task_status(glue_runs.read_info(folders[seed]), task.name)
+                                  in UNFINISHED)])
     try:
-        return _run_tasks(source, resolved, ft, glue_dir, precision, overwrite, record)
+        return _run_tasks(source, resolved, ft, glue_dir, precision, overwrite or resume, record, plan)
     except KeyboardInterrupt as stop:
         message = str(stop) if isinstance(stop, FinetuneInterrupted) else "fine-tuning interrupted before a task began training"
         print(f"\n{message}", file=sys.stderr)
@@ -470,17 +486,36 @@ def run_glue(source: ModelSource, tasks, ft: FinetuneConfig, glue_dir=None, data
 
 
 def _run_tasks(source: ModelSource, tasks: list[Task], ft: FinetuneConfig, glue_dir, precision, overwrite: bool,
-               record: dict) -> list[Path]:
-    runs = []
+               record: dict, plan: dict[str, list[int]]) -> list[Path]:
+    """Fine-tune each task with the seeds `plan` names for it; return every seed's run folder."""
     for task in tasks:
+        if not plan[task.name]:
+            continue
         data = load_task(task, glue_dir, ft.max_bad_fraction)
         tests = load_test_sets(task, glue_dir, ft.max_bad_fraction)
-        for seed in ft.seeds:
+        for seed in plan[task.name]:
             finetune_task(task, source, ft, seed, glue_dir, data=data, precision=precision, overwrite=overwrite,
                           recipe=record, tests=tests)
-            run = glue_runs.run_dir(ft.output_dir, source.resolved(seed).label, seed)
-            runs += [run] if run not in runs else []
-    return runs
+    return list(dict.fromkeys(glue_runs.run_dir(ft.output_dir, source.resolved(seed).label, seed) for seed in ft.seeds))
+
+
+UNFINISHED = ("running", "interrupted")  # task statuses in run_info.json of a fine-tuning that did not end
+
+
+def finished_run(source: ModelSource, task: str, ft: FinetuneConfig, seed: int,
+                 precision: runtime.Precision | None = None, ignore=glue_runs.IGNORED_SETTINGS) -> bool:
+    """Whether the run folder of `seed` holds `task` fine-tuned to the end (every epoch) with the
+    settings `ft` (those in `ignore` aside) and, where the run recorded them, from the same model
+    (its fingerprint) in the same autocast dtype as `precision`'s: a result that doing the work
+    again would only repeat."""
+    resolved = source.resolved(seed)
+    run = glue_runs.run_dir(ft.output_dir, resolved.label, seed)
+    model = model_fingerprint(resolved)
+    if not glue_runs.finished_with(run, task, dataclasses.asdict(ft), ft.epochs, ignore, model):
+        return False
+    recorded = glue_runs.task_fingerprint(glue_runs.read_info(run), task)
+    dtype = recorded.settings.get("dtype")
+    return precision is None or dtype is None or dtype == str(precision.dtype).removeprefix("torch.")
 
 
 def summarize(run_dirs) -> pd.DataFrame:

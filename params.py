@@ -528,6 +528,9 @@ ENVIRONMENT: dict[str, tuple[str, str, str]] = {
     "DITBERT_OVERWRITE": ("", "`1` = replace what an earlier run wrote (a tokenizer, a pretraining run, fine-tuning "
                           "results); by default an existing one is an error before any work",
                           "Train-Tokenizer.py, train_model.py, " + GLUE_NOTEBOOKS),
+    "GLUE_RESUME": ("", "`1` = keep each task and seed a run folder already finished from the same model with the "
+                    "same settings, fine-tune the rest (one that did not finish again): a stopped command picks up "
+                    "where it stopped", GLUE_NOTEBOOKS),
     "DEMO_SEEDS": ("", "seeds of the demo task; default `1,2,3`", "scripts/demo.sh"),
     "GLUE_SMALL_TASKS": ("", "the GLUE tasks fine-tuned when `GLUE_DIR` is set; default "
                          "`rte,mrpc,stsb,cola,sst2,wnli`", "scripts/demo.sh"),

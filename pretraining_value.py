@@ -486,14 +486,9 @@ def finetune_snapshot(snapshot: dict, experiment: str, tokenizer: str, tasks: li
 
 def finished_run(source: glue_models.ModelSource, task: str, ft, seed: int) -> bool:
     """Whether this run folder already holds every epoch of `task`, fine-tuned to the end with the
-    same settings from the same model (where the run recorded its fingerprint): then it is reused,
-    not repeated. Seeds, output folder, model saving and the training subsample are left out of the
-    comparison (only CoLA and SST-2 are subsampled)."""
-    run = glue_runs.run_dir(ft.output_dir, source.label, seed)
-    if not glue_runs.results_path(run, task).is_file():
-        return False
-    model = glue_models.model_fingerprint(source.resolved(seed))
-    return glue_runs.finished_with(run, task, dataclasses.asdict(ft), ft.epochs, FINISHED_RUN_IGNORES, model)
+    same settings from the same model (`glue_utils.finished_run`): then it is reused, not repeated.
+    The training subsample is also left out of the comparison (only CoLA and SST-2 are subsampled)."""
+    return glue_utils.finished_run(source, task, ft, seed, ignore=FINISHED_RUN_IGNORES)
 
 
 FINISHED_RUN_IGNORES = ("seeds", "output_dir", "save_best", "max_train_examples")

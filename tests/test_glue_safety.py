@@ -1,6 +1,7 @@
 """Fine-tuning never loses or silently changes a run: results are not overwritten unless asked, a
 model is refused with another tokenizer, malformed rows are counted, Ctrl-C stops cleanly and
-leaves the run marked unfinished (and out of the table), a model folder that is no model is
+leaves the run marked unfinished (and out of the table), a resumed command keeps what
+finished and fine-tunes the rest, a model folder that is no model is
 named as such, the runs of two models under one label are never averaged or submitted together,
 and a run folder has one fine-tuning writing it at a time."""
 
@@ -216,6 +217,40 @@ def test_ctrl_c_stops_cleanly_and_the_run_is_marked_and_left_out(ditbert, glue_l
     assert "Left out, not finished: ditbert-test-seed2/results_rte.csv (interrupted)" in glue_results.markdown_table(
         result.table, result.unfinished)
     assert glue_submission.pick_run({1: tmp_path / "ditbert-test-seed1", 2: run}, "rte", "final", None).name.endswith("1")
+
+
+def test_resume_keeps_what_finished_and_fine_tunes_the_rest(ditbert, glue_layout, tmp_path, monkeypatch, capsys):
+    """A command stopped part-way and run again with resume: the (task, seed) that finished is kept
+    byte for byte, the interrupted one is fine-tuned again and the ones never begun are fine-tuned; run
+    once more, nothing is trained; with other settings the finished results are still refused."""
+    ft = tiny_ft(tmp_path, seeds=[1, 2], epochs=2)
+    train_epoch = glue_utils.train_epoch
+    interrupt_on_epoch(monkeypatch, 4)  # rte: seed 1 finishes its 2 epochs, seed 2 stops in its second
+    with pytest.raises(SystemExit):
+        glue_utils.run_glue(ditbert, "rte,wnli", ft, glue_dir=glue_layout)
+    first, second = tmp_path / "ditbert-test-seed1", tmp_path / "ditbert-test-seed2"
+    kept = (first / "results_rte.csv").read_bytes(), json.loads((first / "run_info.json").read_text())["tasks"]["rte"]
+    assert json.loads((second / "run_info.json").read_text())["tasks"]["rte"]["status"] == "interrupted"
+
+    monkeypatch.setattr(glue_utils, "train_epoch", train_epoch)
+    capsys.readouterr()
+    glue_utils.run_glue(ditbert, "rte,wnli", ft, glue_dir=glue_layout, resume=True)
+    assert "ditbert-test: kept, finished before with the same model and settings: rte seed 1" in capsys.readouterr().out
+    assert (first / "results_rte.csv").read_bytes() == kept[0]
+    assert json.loads((first / "run_info.json").read_text())["tasks"]["rte"] == kept[1]
+    for run in (first, second):
+        tasks = json.loads((run / "run_info.json").read_text())["tasks"]
+        assert {task: entry["status"] for task, entry in tasks.items()} == {"rte": "complete", "wnli": "complete"}
+        assert len(pd.read_csv(run / "results_rte.csv")) == 2 and len(pd.read_csv(run / "results_wnli.csv")) == 2
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("resume trained a task that had finished")
+
+    monkeypatch.setattr(glue_utils, "train_epoch", no_training)
+    glue_utils.run_glue(ditbert, "rte,wnli", ft, glue_dir=glue_layout, resume=True)
+    with pytest.raises(FileExistsError, match=r"ditbert-test-seed1/results_rte\.csv \(rte\)"):
+        glue_utils.run_glue(ditbert, "rte", dataclasses.replace(ft, lr=2e-3), glue_dir=glue_layout, resume=True)
+    assert (first / "results_rte.csv").read_bytes() == kept[0]
 
 
 def test_a_run_without_a_finished_record_is_left_out_of_the_table(tmp_path):
