@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -310,12 +311,24 @@ def _load_hf(source: ModelSource, task: Task, ft: FinetuneConfig) -> Loaded:
     def save(out_dir):
         model.save_pretrained(out_dir)  # safetensors, through a private (0600) temporary file
         tokenizer.save_pretrained(out_dir)
+        copy_remote_code(folder, model.config, out_dir)
         fileio.give_normal_modes(out_dir)
 
     info = {"kind": "hf", "source": source.path, "tokenizer": source.path, "max_len": max_len,
             "pretrain_tokens_seen": None, "model_type": model.config.model_type,
             "fingerprint": model_fingerprint(source, getattr(model.config, "_commit_hash", None))}
     return Loaded(model, encode, tokenizer.pad_token_id or 0, save, info)
+
+
+def copy_remote_code(folder: Path, config, out_dir) -> None:
+    """Copy the modeling files that `config.auto_map` names (an exported DitBERT's ``modeling_ditbert.py``
+    and ``configuration_ditbert.py``) from the model's folder into `out_dir`, so that a fine-tuned model
+    saved from it loads with ``trust_remote_code=True`` outside this repository too."""
+    modules = {str(ref).split("--")[-1].rsplit(".", 1)[0] for ref in (getattr(config, "auto_map", None) or {}).values()}
+    for module in sorted(modules):
+        source = folder / f"{module}.py"
+        if source.is_file():
+            shutil.copyfile(source, Path(out_dir) / source.name)
 
 
 def logits_of(out):

@@ -196,3 +196,27 @@ def test_loops_hugging_face_path_fits_the_similarity_head_of_an_export(tiny_mode
     plain = glue_models.load_for_task(glue_models.hf_source(str(folder)), TASKS["stsb"],
                                       dataclasses.replace(ft, similarity_head=False), seed=1)
     assert isinstance(plain.model.classifier, glue_heads.LinearHead) and not glue_utils.uses_similarity_head(plain.model)
+
+
+def test_a_model_fine_tuned_from_an_export_ships_its_modeling_files(tiny_model_dir, tiny_tokenizer, glue_layout,
+                                                                    tmp_path):
+    """HF_MODELS=<export> with save_best: the best epoch's folder holds the export's modeling code beside the
+    auto_map of its config, so it loads with trust_remote_code=True where this repository cannot be imported."""
+    folder = hf_export.export(tiny_model_dir, tiny_tokenizer, tmp_path / "hf")
+    ft = dataclasses.replace(get_params("tiny").finetune, epochs=1, batch_size=16, seeds=[1], max_train_examples=24,
+                             max_eval_examples=12, output_dir=str(tmp_path / "out"), save_best=True)
+    [run] = glue_utils.run_glue(glue_models.hf_source(f"exported={folder}"), "rte", ft, glue_dir=glue_layout)
+    best = run / "best_rte"
+    for name in ("modeling_ditbert.py", "configuration_ditbert.py"):
+        assert (best / name).read_bytes() == (folder / name).read_bytes(), name
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
+    (tmp_path / "elsewhere").mkdir()
+    script = ("import sys\nfrom transformers import AutoModelForSequenceClassification as Auto\n"
+              "model = Auto.from_pretrained(sys.argv[1], trust_remote_code=True)\n"
+              "print(type(model).__module__, model.config.finetuning_task)")
+    result = subprocess.run([sys.executable, "-c", script, str(best)], cwd=tmp_path / "elsewhere", env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    module, task = result.stdout.split()[-2:]
+    assert module.startswith("transformers_modules") and task == "rte"
