@@ -42,6 +42,7 @@ from glue_tasks import EXTRA_TEST_TASKS, TASKS, Task
 INFO_FILE = "run_info.json"
 RESULTS_PREFIX = "results_"
 PREDICTIONS = "predictions"
+CURVES = "tensorboard"  # finetune.tensorboard: <run>/tensorboard/<task>/
 WHICH = ("final", "best")  # the final epoch's model and the best epoch's
 FINISHED = ("complete", "unrecorded")  # statuses aggregated: complete, or a run_info.json that keeps none
 LOCK_WHAT = "fine-tuning run"
@@ -52,7 +53,7 @@ RUN_NAME = re.compile(r"^(?P<label>.+)-seed(?P<seed>\d+)$")
 MODEL_FACTS = ("init", "kind", "model_source", "tokenizer", "pretrain_tokens_seen", "max_len", "device", "dtype",
                "torch", "model_config", "model_id")
 # finetune.* settings that do not change a result: left out of the fingerprint.
-IGNORED_SETTINGS = ("seeds", "output_dir", "save_best", "max_bad_fraction")
+IGNORED_SETTINGS = ("seeds", "output_dir", "save_best", "max_bad_fraction", "tensorboard")
 # What a run from before fingerprints is identified by (its model part).
 LEGACY_MODEL_FACTS = ("kind", "init", "model_source", "tokenizer", "pretrain_tokens_seen", "model_config")
 WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
@@ -114,6 +115,11 @@ def best_model_dir(run: str | Path, task: str) -> Path:
     return Path(run) / f"best_{task}"
 
 
+def curves_dir(run: str | Path, task: str) -> Path:
+    """finetune.tensorboard's event files of one task."""
+    return Path(run) / CURVES / task
+
+
 def predictions_dir(run: str | Path) -> Path:
     return Path(run) / PREDICTIONS
 
@@ -136,7 +142,7 @@ def prediction_splits(task: Task) -> list[tuple[Task, str]]:
 
 def task_outputs(run: str | Path, task: Task) -> list[Path]:
     """The files and folders an earlier fine-tuning of `task` left in `run`."""
-    paths = [results_path(run, task.name), best_model_dir(run, task.name)]
+    paths = [results_path(run, task.name), best_model_dir(run, task.name), curves_dir(run, task.name)]
     paths += [prediction_path(run, t.name, split, which) for t, split in prediction_splits(task) for which in WHICH]
     return [p for p in paths if p.exists()]
 

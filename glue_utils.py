@@ -138,6 +138,7 @@ class Updates:
     schedule: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     grad_clip: float
+    done: int = 0  # optimizer steps taken
 
     @classmethod
     def build(cls, model: nn.Module, ft: FinetuneConfig, steps_per_epoch: int, precision: runtime.Precision) -> "Updates":
@@ -157,6 +158,7 @@ class Updates:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.schedule.step()
+        self.done += 1
 
 
 @torch.no_grad()
@@ -185,8 +187,9 @@ def fit_similarity(loaded: Loaded, enc: dict, batch_size: int, precision: runtim
 
 
 def train_epoch(loaded: Loaded, task: Task, enc: dict, batches, updates: Updates, precision: runtime.Precision,
-                desc: str) -> dict:
-    """One pass over the training batches; returns the metrics of the predictions made on the way."""
+                desc: str, curves: runtime.Curves | None = None) -> dict:
+    """One pass over the training batches; returns the metrics of the predictions made on the way.
+    `curves` (finetune.tensorboard) gets each step's loss and learning rate."""
     loaded.model.train()
     preds, labels = [], []
     bar = tqdm(batches, desc=desc, leave=False, mininterval=2.0)
@@ -196,10 +199,13 @@ def train_epoch(loaded: Loaded, task: Task, enc: dict, batches, updates: Updates
         with precision.autocast():
             logits = logits_of(loaded.model(**batch))
         loss = task_loss(task, logits, y)
+        lr = updates.optimizer.param_groups[0]["lr"]
         updates.step(loaded.model, loss)
         preds.append(_predictions(task, logits.detach()).cpu())
         labels.append(y.cpu())
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        if curves is not None:
+            curves.add(updates.done, {"train/loss": loss.item(), "train/lr": lr})
     return compute_metrics(task, torch.cat(preds), torch.cat(labels))
 
 
@@ -333,22 +339,29 @@ def _train_epochs(task: Task, loaded: Loaded, encoded: dict, ft: FinetuneConfig,
         scale, bias = fit_similarity(loaded, encoded["train"], ft.batch_size * 2, precision)
         print(f"{run_name} similarity head fitted: score = {scale:.3f} * cosine + {bias:.3f}")
     updates = Updates.build(loaded.model, ft, math.ceil(len(lengths) / ft.batch_size), precision)
-    for epoch in range(1, ft.epochs + 1):
-        desc = f"{run_name} epoch {epoch}/{ft.epochs}"
-        train = train_epoch(loaded, task, encoded["train"], train_batches(lengths, ft.batch_size, rng), updates,
-                            precision, desc)
-        scores, outputs = evaluate(loaded, task, encoded, ft, precision)
-        row = {"epoch": epoch, **{f"train_{k}": v for k, v in train.items()}, **scores}
-        progress.rows.append(row)
-        progress.last_outputs = outputs
-        print(f"{desc}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch"))
-        frame = pd.DataFrame(progress.rows, columns=task.column_names())
-        fileio.atomic_write_bytes(glue_runs.results_path(run_dir, task.name), frame.to_csv(index=False).encode())
-        if progress.best_state is None or main_score(row, task) > progress.best_score:
-            progress.best_epoch, progress.best_score, progress.best_outputs = epoch, main_score(row, task), outputs
-            progress.best_state = {k: v.detach().cpu().clone() for k, v in loaded.model.state_dict().items()}
-            if ft.save_best:
-                loaded.save(glue_runs.best_model_dir(run_dir, task.name))
+    curves = runtime.Curves(glue_runs.curves_dir(run_dir, task.name), "finetune.tensorboard") if ft.tensorboard else None
+    try:
+        for epoch in range(1, ft.epochs + 1):
+            desc = f"{run_name} epoch {epoch}/{ft.epochs}"
+            train = train_epoch(loaded, task, encoded["train"], train_batches(lengths, ft.batch_size, rng), updates,
+                                precision, desc, curves)
+            scores, outputs = evaluate(loaded, task, encoded, ft, precision)
+            row = {"epoch": epoch, **{f"train_{k}": v for k, v in train.items()}, **scores}
+            if curves is not None:
+                curves.add(updates.done, {f"epoch/{k}": v for k, v in row.items() if k != "epoch"})
+            progress.rows.append(row)
+            progress.last_outputs = outputs
+            print(f"{desc}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch"))
+            frame = pd.DataFrame(progress.rows, columns=task.column_names())
+            fileio.atomic_write_bytes(glue_runs.results_path(run_dir, task.name), frame.to_csv(index=False).encode())
+            if progress.best_state is None or main_score(row, task) > progress.best_score:
+                progress.best_epoch, progress.best_score, progress.best_outputs = epoch, main_score(row, task), outputs
+                progress.best_state = {k: v.detach().cpu().clone() for k, v in loaded.model.state_dict().items()}
+                if ft.save_best:
+                    loaded.save(glue_runs.best_model_dir(run_dir, task.name))
+    finally:
+        if curves is not None:
+            curves.close()
     return frame
 
 

@@ -308,6 +308,9 @@ class FinetuneConfig:
     similarity_head: bool = False
     output_dir: str = "GLUE-Outputs"  # one folder per run: <model label>-seed<seed>/
     save_best: bool = True  # keep the best epoch's model per task as safetensors (best_<task>/)
+    # <run>/tensorboard/<task>/, written as the task trains: the loss and learning rate of every step, each
+    # epoch's train and validation metrics (TensorBoard). Off in both presets, as train.tensorboard.
+    tensorboard: bool = False
     max_bad_fraction: float = 0.01  # more malformed rows than this in a data file is an error
 
     def check(self, s: str = "finetune") -> None:

@@ -491,7 +491,7 @@ def finished_run(source: glue_models.ModelSource, task: str, ft, seed: int) -> b
     return glue_utils.finished_run(source, task, ft, seed, ignore=FINISHED_RUN_IGNORES)
 
 
-FINISHED_RUN_IGNORES = ("seeds", "output_dir", "save_best", "max_train_examples")
+FINISHED_RUN_IGNORES = ("seeds", "output_dir", "save_best", "tensorboard", "max_train_examples")
 
 
 # --------------------------------------------------------------------------- the experiment

@@ -1,11 +1,13 @@
 """What pretraining and fine-tuning share about running a model: the device, the mixed precision,
-the optimizer and the learning-rate schedule. One place each, so that both loops train alike.
+the optimizer, the learning-rate schedule and the live curves. One place each, so that both loops train alike.
 """
 
 from __future__ import annotations
 
+import math
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -100,3 +102,26 @@ def adamw(model: torch.nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.
             (decay if p.dim() >= 2 and "pos_emb" not in name else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused)
+
+
+class Curves:
+    """Scalars as TensorBoard event files in `folder`, written as the run goes (train.tensorboard,
+    finetune.tensorboard). `purge_step`: the first step a resumed run writes again; what an earlier process
+    wrote from it on is hidden, so that the curves read as one run. `setting` is what turns them on, named
+    in the error where the tensorboard package is missing."""
+
+    def __init__(self, folder: str | Path, setting: str, purge_step: int | None = None):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ValueError(f"{setting}=true needs the tensorboard package (pip install tensorboard, as "
+                             f"requirements.txt does), or set {setting}=false") from None
+        self.writer = SummaryWriter(str(folder), purge_step=purge_step, flush_secs=30)
+
+    def add(self, step: int, values: dict[str, float]) -> None:
+        for tag, value in values.items():
+            if math.isfinite(value):
+                self.writer.add_scalar(tag, value, step)
+
+    def close(self) -> None:
+        self.writer.close()

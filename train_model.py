@@ -68,7 +68,7 @@ import memory_model
 from model_defs import DitBertForMLM, parameter_table, save_model
 from params import DEFAULT_PRESET, PRESETS, Params, apply_overrides, env_overrides, get_params, parse_overrides
 from pretrain_data import SequenceLoader, corpus_record, next_step_batches, prepare_data, word_start_table
-from runtime import Precision, adamw, autocast_dtype, pick_device, warmup_decay
+from runtime import Curves, Precision, adamw, autocast_dtype, pick_device, warmup_decay
 from tokenization import load_tokenizer, tokenizer_fingerprint
 
 
@@ -355,7 +355,8 @@ class Recorder:
                         unit="s" if self.budget_s else "it", disable=not (self.is_main and show_progress),
                         desc="pretrain")
         self.t_last, self.tokens_last = time.time(), run.tokens_seen
-        self.curves = Curves(Path(params.train.out_dir), run.step) if self.is_main and params.train.tensorboard else None
+        self.curves = (Curves(Path(params.train.out_dir) / CURVES, "train.tensorboard", purge_step=run.step + 1)
+                       if self.is_main and params.train.tensorboard else None)
 
     def after_step(self, run: Run, step_loss: float, stopping: bool) -> None:
         """`stopping`: the run stops after this step (asked to, or by a signal), so it checkpoints now."""
@@ -389,30 +390,6 @@ class Recorder:
         self.bar.close()
         if self.curves is not None:
             self.curves.close()
-
-
-class Curves:
-    """train.tensorboard: the log's figures as TensorBoard scalars in ``<out_dir>/tensorboard/``, by
-    optimizer step. A run that resumes at step k opens a new event file with purge_step k + 1: what an
-    earlier process wrote past its checkpoint is hidden, so the curves read as one run, as log.csv does."""
-
-    FOLDER = "tensorboard"
-
-    def __init__(self, out_dir: Path, step: int):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise ValueError("train.tensorboard=true needs the tensorboard package (pip install tensorboard, as "
-                             "requirements.txt does), or set train.tensorboard=false") from None
-        self.writer = SummaryWriter(str(out_dir / self.FOLDER), purge_step=step + 1, flush_secs=30)
-
-    def add(self, step: int, values: dict[str, float]) -> None:
-        for tag, value in values.items():
-            if math.isfinite(value):
-                self.writer.add_scalar(tag, value, step)
-
-    def close(self) -> None:
-        self.writer.close()
 
 
 class StopSignal:
@@ -517,8 +494,8 @@ def _train(params: Params, resume: bool, overwrite: bool, stop_at: int | None, s
 
     if overwrite and ddp.is_main and run_files(Path(tc.out_dir)):
         print(f"replacing the run in {tc.out_dir} (--overwrite): removed {', '.join(remove_run(Path(tc.out_dir)))}")
-    if overwrite and ddp.is_main and (Path(tc.out_dir) / Curves.FOLDER).is_dir():  # the replaced run's curves
-        shutil.rmtree(Path(tc.out_dir) / Curves.FOLDER)
+    if overwrite and ddp.is_main and (Path(tc.out_dir) / CURVES).is_dir():  # the replaced run's curves
+        shutil.rmtree(Path(tc.out_dir) / CURVES)
     recorder = Recorder(run, params, val_batch, precision, ddp, stop, resume, show_progress)
     interrupted, run.started = None, time.time()
     with StopSignal() as signalled:
@@ -631,6 +608,7 @@ class StepTimes:
         return update + accumulation * per_micro, per_micro, update
 
 
+CURVES = "tensorboard"  # train.tensorboard's folder in the run folder: runtime.Curves, by optimizer step
 ESTIMATE_ACCUMULATION = 4  # an estimate times steps of up to this many micro-batches, and extrapolates past it
 
 

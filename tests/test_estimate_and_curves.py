@@ -1,9 +1,11 @@
 """Before a run and during it: `train_model.py --estimate` (timed steps, projected run, nothing written
 into the output folder), train.micro_batch=auto (the largest micro-batch that fits, recorded) and
-train.tensorboard (the curves as event files, continued by --resume)."""
+train.tensorboard (the curves as event files, continued by --resume), and finetune.tensorboard (the
+curves of each fine-tuned task)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -12,9 +14,13 @@ import pytest
 import torch
 
 import fileio
+import glue_models
+import glue_utils
 import memory_model
+import pandas as pd
 import train_model
 from conftest import pretrain_argv as argv, pretrain_params as params_for
+from params import FinetuneConfig
 
 TB_TAGS = {"train/loss", "train/perplexity", "train/lr", "train/tokens_per_s", "train/grad_norm", "val/perplexity"}
 
@@ -192,6 +198,31 @@ def test_without_the_setting_no_curves_are_written(data, tmp_path):
     out = tmp_path / "run"
     assert train_model.main(argv(data, out, 2)) == 0
     assert not (out / "tensorboard").exists()
+
+
+def test_fine_tuning_writes_each_tasks_curves_and_replaces_them_with_the_task(tiny_model_dir, tiny_tokenizer,
+                                                                            glue_layout, tmp_path):
+    """finetune.tensorboard: <run>/tensorboard/<task>/ holds every step's loss and learning rate and each
+    epoch's metrics (those of results_<task>.csv); the setting leaves the run's fingerprint alone, and a
+    task fine-tuned again replaces its curves."""
+    ft = FinetuneConfig(lr=1e-3, warmup_epochs=0.5, epochs=2, batch_size=8, seeds=[1], output_dir=str(tmp_path),
+                        save_best=False, tensorboard=True)
+    source = glue_models.ditbert_source(str(tiny_model_dir), str(tiny_tokenizer), label="ditbert-test")
+    [run] = glue_utils.run_glue(source, "rte", ft, glue_dir=glue_layout)
+    read = curves(run / "tensorboard" / "rte")
+    steps = [step for step, _ in read["train/loss"]]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) % 2 == 0 and len(steps) >= 4
+    assert [step for step, _ in read["train/lr"]] == steps and read["train/lr"][0][1] < max(v for _, v in read["train/lr"])
+    results = pd.read_csv(run / "results_rte.csv")
+    assert [step for step, _ in read["epoch/validation_accuracy"]] == [len(steps) // 2, len(steps)]
+    assert [v for _, v in read["epoch/validation_accuracy"]] == pytest.approx(results["validation_accuracy"].tolist())
+    assert [v for _, v in read["epoch/train_accuracy"]] == pytest.approx(results["train_accuracy"].tolist())
+
+    assert glue_utils.finished_run(source, "rte", dataclasses.replace(ft, tensorboard=False), 1)  # the same result
+    first = {path for path in listing(run / "tensorboard") if "tfevents" in path}
+    glue_utils.run_glue(source, "rte", dataclasses.replace(ft, epochs=1), glue_dir=glue_layout, overwrite=True)
+    assert len(first) == 1 and set(listing(run / "tensorboard")).isdisjoint(first)
+    assert [step for step, _ in curves(run / "tensorboard" / "rte")["epoch/validation_accuracy"]] == [len(steps) // 2]
 
 
 def test_a_resumed_run_picks_its_micro_batch_again(data, tmp_path, capsys):
