@@ -139,6 +139,9 @@ COVERED = [
         "test_glue_safety.py::test_ctrl_c_in_the_notebook_run_as_a_script_prints_no_traceback",
         "test_glue_safety.py::test_a_run_without_a_finished_record_is_left_out_of_the_table",
     ]),
+    ("run", "a stopped fine-tuning command run again", [
+        "test_glue_safety.py::test_resume_keeps_what_finished_and_fine_tunes_the_rest",
+    ]),
     ("run", "settings out of range or of the wrong type", [
         "test_run_safety.py::test_bad_settings_on_the_command_line_stop_before_any_work",
         "test_run_safety.py::test_each_section_checks_its_values_naming_the_setting",
