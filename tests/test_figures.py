@@ -319,7 +319,8 @@ def test_aggregated_csv_is_the_mean_of_the_committed_run_folders():
 
 SIGNIFICANCE = ROOT / "GLUE-significance.csv"
 TWINS = {"make demo": ("ditbert-tiny", "ditbert-tiny-random-init"),
-         "two-hour": ("ditbert-tiny-two-hour-step13000", "ditbert-tiny-two-hour-random-init")}
+         "two-hour": ("ditbert-tiny-two-hour-step13000", "ditbert-tiny-two-hour-random-init"),
+         "full-size": ("ditbert-tiny-two-hour-full", "ditbert-tiny-two-hour-full-random-init")}
 
 
 def compared(pair: str, column: str) -> dict:
@@ -452,6 +453,63 @@ def test_readme_two_hour_figures_are_its_record():
             f"spread of the majority answer's {f1(float(table[BASELINE]['rte_final_mean']))}") in prose
     assert baseline_mark(float(model["rte_final_mean"]), float(model["rte_final_std"]),
                          float(table[BASELINE]["rte_final_mean"])) == "≈"
+
+
+# --------------------------------------------------------------------------- README: full training size
+
+TASK_NAMES = {"cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "rte": "RTE"}
+
+
+def signed(x: float) -> str:
+    return f"{x:+.1f}"
+
+
+def test_readme_full_size_figures_are_the_table_and_the_run_folders():
+    """The full-training-set paragraph: the model and its twin, each figure from the aggregated table, the
+    significance file, the run folders and the pretraining record; the target met or missed as measured."""
+    prose = flat(section(text(README), "**At full training size.**", "## Speed"))
+    a, b = TWINS["full-size"]
+    table = by(rows(AGGREGATED), "model")
+    assert table[a]["train_examples"] == table[b]["train_examples"] == "all"
+    assert table[a]["dtype"] == table[b]["dtype"] == "float32"
+    record = [r for r in rows(VALUE / "ditbert-tiny-two-hour-fp32" / "summary.csv") if r["step"] == "13000"][0]
+    assert f"validation perplexity {f2(float(record['val_ppl']))}" in prose
+    seconds = sum(task["seconds"] for model in (a, b) for info in OUTPUTS.glob(f"{model}-seed*/run_info.json")
+                  for task in json.loads(text(info))["tasks"].values())
+    assert f"{round(seconds / 60)} minutes of fine-tuning for the two models' 36 runs" in prose
+    means = {m: [statistics.mean(s) for s in zip(*(seed_scores(m, task) for task in SMALL_GLUE))] for m in (a, b)}
+    assert all(len(v) == 3 for v in means.values())
+    assert (f"{f2(statistics.mean(means[a]))} +- {f2(statistics.stdev(means[a]))} against "
+            f"{f2(statistics.mean(means[b]))} +- {f2(statistics.stdev(means[b]))}") in prose
+    five = compared("full-size", "GLUE partial")
+    assert five["tasks"] == ", ".join(SMALL_GLUE)
+    assert (f"**{signed(float(five['difference']))}** on the five-task mean ({interval(five)}, p {p_text(five['p'])}; "
+            f"bootstrap {interval(five, boot=True)}, p {p_text(five['boot_p'])};") in prose
+    for task, name in TASK_NAMES.items():
+        row = compared("full-size", task)
+        assert f"{name} {signed(float(row['difference']))} (p {p_text(row['p'])})" in prose, name
+    base = table[BASELINE]
+    clear = [TASK_NAMES[task] for task in SMALL_GLUE
+             if baseline_mark(float(table[a][f"{task}_final_mean"]), float(table[a][f"{task}_final_std"]),
+                              float(base[f"{task}_final_mean"])) == ""]
+    assert f"above the trivial baseline by more than the seeds' spread on {len(clear)} of 5 tasks ({', '.join(clear)})" in prose
+    met = float(five["difference"]) >= 3 and float(five["ci_low"]) > 0 and len(clear) >= 4
+    assert ("The target" in prose) and (("is met" in prose) == met) and (("is missed" in prose) == (not met))
+
+
+def test_docs_glue_full_size_rows_are_the_table():
+    """docs/glue.md's DitBERT rows beside the published anchors: the aggregated table's final means."""
+    shown = table_after(text(ROOT / "docs" / "glue.md"), "The comparable rows are those at full training size")
+    table = by(rows(AGGREGATED), "model")
+    a, b = TWINS["full-size"]
+    assert [row["model"].split("`")[1] if "`" in row["model"] else b for row in shown] == [a, b]
+    for row, model in zip(shown, (a, b)):
+        for column, task in COLUMN_TASK.items():
+            if column in row:
+                exact = statistics.mean(seed_scores(model, task))
+                assert one_decimal(row[column], table[model][f"{task}_final_mean"], exact), f"{model} {column}"
+        exact = statistics.mean(statistics.mean(seed_scores(model, task)) for task in SMALL_GLUE)
+        assert one_decimal(row["five-task mean"], table[model]["GLUE_partial_final_mean"], exact), model
 
 
 # --------------------------------------------------------------------------- the equal-time comparison
