@@ -85,7 +85,8 @@ def test_an_interval_needs_two_seeds_and_a_spread():
 
 def test_the_committed_comparisons_reproduce_the_audit(committed):
     """The `make demo` lead on the demo task (+1.67) has p 0.11, its five-task lead p 0.41; the two-hour
-    recipe's +3.1 on the five-task mean has p 0.015 (Welch, 3 seeds each)."""
+    recipe's +3.1 on the five-task mean has p 0.015 (Welch, 3 seeds each); at full training size its lead
+    is +0.35, p 0.65, an interval that holds 0."""
     sig = committed.significance.set_index(["a", "b", "column"])
     demo = sig.loc[("ditbert-tiny", "ditbert-tiny-random-init", "demo")]
     five = sig.loc[("ditbert-tiny", "ditbert-tiny-random-init", "GLUE partial")]
@@ -96,10 +97,13 @@ def test_the_committed_comparisons_reproduce_the_audit(committed):
     assert five["tasks"] == two_hour["tasks"] == "cola, sst2, mrpc, stsb, rte"
     assert (demo["seeds_a"], demo["seeds_b"]) == (3, 3) and demo["method"] == "Welch t, 95 %"
     assert demo["ci_low"] < 0 < demo["ci_high"] and two_hour["ci_low"] > 0
+    full = sig.loc[("ditbert-tiny-two-hour-full", "ditbert-tiny-two-hour-full-random-init", "GLUE partial")]
+    assert round(full["difference"], 2) == 0.35 and round(full["p"], 2) == 0.65 and full["ci_low"] < 0 < full["ci_high"]
     assert set(committed.significance["pair"]) == {"random-init twin"}  # found by name, nothing named
     assert set(zip(committed.significance["a"], committed.significance["b"])) == {
         ("ditbert-tiny", "ditbert-tiny-random-init"),
-        ("ditbert-tiny-two-hour-step13000", "ditbert-tiny-two-hour-random-init")}
+        ("ditbert-tiny-two-hour-step13000", "ditbert-tiny-two-hour-random-init"),
+        ("ditbert-tiny-two-hour-full", "ditbert-tiny-two-hour-full-random-init")}
 
 
 def test_the_committed_significance_files_are_the_aggregation_of_the_committed_runs(committed):
@@ -426,9 +430,13 @@ def test_rows_that_differ_in_training_size_or_precision_are_named_by_them(tmp_pa
     with pytest.warns(UserWarning, match="kept apart"):
         table = gr.collect(tmp_path / "dtype").table.set_index("model")
     assert set(table.index) == {"m@bf16", "m@fp32"} and table.loc["m@bf16", "dtype"] == "bfloat16"
-    # the committed rows: 2000 examples each, fp32 for make demo's, bf16 for the two-hour recipe
+    # the committed rows: 2000 examples, fp32 for make demo's, bf16 for the two-hour recipe; all of them, fp32,
+    # for the two-hour recipe's full-size rows
     committed = committed_table()
-    assert set(committed.drop(index=gr.BASELINE_ROW)["train_examples"]) == {"2000"}
+    sizes = committed.drop(index=gr.BASELINE_ROW)["train_examples"]
+    assert set(sizes) == {"2000", "all"}
+    assert sorted(sizes[sizes == "all"].index) == ["ditbert-tiny-two-hour-full", "ditbert-tiny-two-hour-full-random-init"]
+    assert set(committed.loc[sizes[sizes == "all"].index, "dtype"]) == {"float32"}
     assert committed.loc["ditbert-tiny", "dtype"] == "float32"
     assert committed.loc["ditbert-tiny-two-hour-step13000", "dtype"] == "bfloat16"
     rows = markdown_rows((ROOT / "GLUE-aggregated-results.md").read_text().split("**Final epoch")[1])
