@@ -8,6 +8,7 @@ lead sections, a one-layer 32-wide DitBERT, and a handful of rows per GLUE file.
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -231,3 +232,14 @@ def execute_notebook(notebook: str, tmp_path: Path, cwd: Path = ROOT):
 def printed(nb) -> str:
     """Everything an executed notebook's cells printed."""
     return "".join(out.get("text", "") for cell in nb.cells for out in cell.get("outputs", []))
+
+
+def clean_environment(tmp_path: Path, **extra: str) -> tuple[dict, str]:
+    """Environment and working directory of a process that cannot import this repository (no PYTHONPATH,
+    run from an empty folder) and reaches no hub (`extra`: more variables)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error",
+               TOKENIZERS_PARALLELISM="false", **extra)
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir(exist_ok=True)
+    return env, str(workdir)

@@ -22,7 +22,7 @@ import glue_heads
 import glue_models
 import glue_utils
 import hf_export
-from conftest import TINY_VOCAB
+from conftest import TINY_VOCAB, clean_environment
 from glue_tasks import TASKS, load_task, subsample
 from model_defs import DitBertForMLM, save_model
 from params import PAD_ID, ModelConfig, get_params
@@ -142,12 +142,9 @@ def test_exported_finetuned_classifier_gives_the_loops_predictions(finetuned, ta
     save_file({"ids": ids, "mask": mask}, str(tmp_path / "inputs.safetensors"))
     max_len = glue_models.load_for_task(source.resolved(1), TASKS[task_name], ft, seed=1).info["max_len"]
     (tmp_path / "inputs.safetensors.json").write_text(json.dumps({"a": a, "b": b, "max_len": max_len}))
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error",
-               TOKENIZERS_PARALLELISM="false")
-    (tmp_path / "elsewhere").mkdir()
+    env, cwd = clean_environment(tmp_path)
     result = subprocess.run([sys.executable, "-c", RELOAD, str(out), str(tmp_path / "inputs.safetensors"),
-                             str(tmp_path / "out.safetensors")], cwd=tmp_path / "elsewhere", env=env,
+                             str(tmp_path / "out.safetensors")], cwd=cwd, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
@@ -209,13 +206,11 @@ def test_a_model_fine_tuned_from_an_export_ships_its_modeling_files(tiny_model_d
     best = run / "best_rte"
     for name in ("modeling_ditbert.py", "configuration_ditbert.py"):
         assert (best / name).read_bytes() == (folder / name).read_bytes(), name
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
-    (tmp_path / "elsewhere").mkdir()
+    env, cwd = clean_environment(tmp_path)
     script = ("import sys\nfrom transformers import AutoModelForSequenceClassification as Auto\n"
               "model = Auto.from_pretrained(sys.argv[1], trust_remote_code=True)\n"
               "print(type(model).__module__, model.config.finetuning_task)")
-    result = subprocess.run([sys.executable, "-c", script, str(best)], cwd=tmp_path / "elsewhere", env=env,
+    result = subprocess.run([sys.executable, "-c", script, str(best)], cwd=cwd, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     module, task = result.stdout.split()[-2:]

@@ -1,7 +1,6 @@
 """The Hugging Face export: same function as the core model, loadable without this repository."""
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -13,6 +12,7 @@ from safetensors.torch import load_file
 
 import hf_ditbert
 import hf_export
+from conftest import clean_environment
 from corpus import embedded_corpus_file
 from model_defs import DitBertForMLM, pool_hidden, save_model
 from params import DOC_ID, END_ID, MASK_ID, PAD_ID, START_ID, ModelConfig
@@ -301,10 +301,7 @@ CLEAN_SCRIPT = textwrap.dedent(
 
 def test_export_loads_without_the_repository(core, export_dir, tokenizer_path, tmp_path):
     ids, mask = batch_ids(tokenizer_path)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
-    workdir = tmp_path / "elsewhere"
-    workdir.mkdir()
+    env, workdir = clean_environment(tmp_path)
     result = subprocess.run(
         [sys.executable, "-c", CLEAN_SCRIPT, str(export_dir), json.dumps([ids.tolist(), mask.tolist()]),
          str(tmp_path / "logits.safetensors")],

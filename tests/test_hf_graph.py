@@ -6,7 +6,6 @@ on the shipped code, in a process that cannot import this repository."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -15,6 +14,7 @@ import pytest
 import torch
 
 import hf_export
+from conftest import clean_environment
 from corpus import embedded_corpus_file
 from model_defs import DitBertForMLM, save_model
 from params import ModelConfig
@@ -105,12 +105,9 @@ def graph_report(request, tokenizer_path, tmp_path_factory) -> dict:
     cfg = ModelConfig(vocab_size=600, seq_len=30, n_layers=2, d_model=32, n_heads=2, d_ff=64, position=request.param)
     save_model(DitBertForMLM(cfg), tmp / "final", {"preset": "tiny"})  # the tiny recipe: mean pooling, pairs by task
     folder = hf_export.export(tmp / "final", tokenizer_path, tmp / "hf")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HOME=str(tmp / "hf_home"), HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error",
-               TOKENIZERS_PARALLELISM="false", TORCHINDUCTOR_CACHE_DIR=str(tmp / "inductor"))
-    (tmp / "elsewhere").mkdir()
+    env, cwd = clean_environment(tmp, TORCHINDUCTOR_CACHE_DIR=str(tmp / "inductor"))
     result = subprocess.run([sys.executable, "-c", GRAPH, str(folder), str(tmp / "model.onnx")],
-                            cwd=tmp / "elsewhere", env=env, capture_output=True, text=True, timeout=600)
+                            cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["repo_importable"] is False

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 import hf_export  # importing it imports hf_ditbert, which registers the Auto classes
+from conftest import clean_environment
 from corpus import embedded_corpus_file
 from glue_heads import DitBertClassifier, HeadConfig
 from model_defs import DitBertForMLM, save_model
@@ -281,16 +282,6 @@ PROBE = textwrap.dedent(
     print(json.dumps(report))
     """
 )
-
-
-def clean_environment(tmp_path) -> tuple[dict, str]:
-    """Environment and working directory of a process that cannot import this repository."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error",
-               TOKENIZERS_PARALLELISM="false")
-    workdir = tmp_path / "elsewhere"
-    workdir.mkdir(exist_ok=True)
-    return env, str(workdir)
 
 
 @pytest.fixture(scope="module")
