@@ -45,6 +45,7 @@ PREDICTIONS = "predictions"
 CURVES = "tensorboard"  # finetune.tensorboard: <run>/tensorboard/<task>/
 WHICH = ("final", "best")  # the final epoch's model and the best epoch's
 FINISHED = ("complete", "unrecorded")  # statuses aggregated: complete, or a run_info.json that keeps none
+UNFINISHED = ("running", "interrupted")  # statuses of a fine-tuning that did not end (a kill leaves running)
 LOCK_WHAT = "fine-tuning run"
 RUN_NAME = re.compile(r"^(?P<label>.+)-seed(?P<seed>\d+)$")
 

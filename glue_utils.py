@@ -479,19 +479,22 @@ def run_glue(source: ModelSource, tasks, ft: FinetuneConfig, glue_dir=None, data
     folders = {seed: glue_runs.run_dir(ft.output_dir, source.resolved(seed).label, seed) for seed in ft.seeds}
     glue_runs.check_not_busy(folders.values())  # another fine-tuning writing one of them stops this one at once
     precision = precision or runtime.Precision.choose()
-    plan = {task.name: list(ft.seeds) for task in resolved}
+    plan, unfinished = {task.name: list(ft.seeds) for task in resolved}, set()
     if resume:
         plan = {task.name: [seed for seed in ft.seeds if not finished_run(source, task.name, ft, seed, precision)]
                 for task in resolved}
         kept = [f"{task.name} seed {seed}" for task in resolved for seed in ft.seeds if seed not in plan[task.name]]
         if kept:
             print(f"{source.label}: kept, finished before with the same model and settings: {', '.join(kept)}")
+        # fine-tuned again: the tasks a stopped command left unfinished, whose partial files are replaced
+        unfinished = {(task.name, seed) for task in resolved for seed in plan[task.name]
+                      if glue_runs.task_status(glue_runs.read_info(folders[seed]), task.name) in glue_runs.UNFINISHED}
     if not overwrite:
         check_no_results([(folders[seed], task) for task in resolved for seed in plan[task.name]
-                          if not (resume and glue_runs.task_status(glue_runs.read_info(folders[seed]), task.name)
-                                  in UNFINISHED)])
+                          if (task.name, seed) not in unfinished])
     try:
-        return _run_tasks(source, resolved, ft, glue_dir, precision, overwrite or resume, record, plan)
+        _run_tasks(source, resolved, ft, glue_dir, precision, overwrite, record, plan, unfinished)
+        return list(folders.values())
     except KeyboardInterrupt as stop:
         message = str(stop) if isinstance(stop, FinetuneInterrupted) else "fine-tuning interrupted before a task began training"
         print(f"\n{message}", file=sys.stderr)
@@ -499,20 +502,16 @@ def run_glue(source: ModelSource, tasks, ft: FinetuneConfig, glue_dir=None, data
 
 
 def _run_tasks(source: ModelSource, tasks: list[Task], ft: FinetuneConfig, glue_dir, precision, overwrite: bool,
-               record: dict, plan: dict[str, list[int]]) -> list[Path]:
-    """Fine-tune each task with the seeds `plan` names for it; return every seed's run folder."""
+               record: dict, plan: dict[str, list[int]], unfinished: set[tuple[str, int]]) -> None:
+    """Fine-tune each task with the seeds `plan` names for it, replacing the files of an `unfinished` one."""
     for task in tasks:
         if not plan[task.name]:
             continue
         data = load_task(task, glue_dir, ft.max_bad_fraction)
         tests = load_test_sets(task, glue_dir, ft.max_bad_fraction)
         for seed in plan[task.name]:
-            finetune_task(task, source, ft, seed, glue_dir, data=data, precision=precision, overwrite=overwrite,
-                          recipe=record, tests=tests)
-    return list(dict.fromkeys(glue_runs.run_dir(ft.output_dir, source.resolved(seed).label, seed) for seed in ft.seeds))
-
-
-UNFINISHED = ("running", "interrupted")  # task statuses in run_info.json of a fine-tuning that did not end
+            finetune_task(task, source, ft, seed, glue_dir, data=data, precision=precision,
+                          overwrite=overwrite or (task.name, seed) in unfinished, recipe=record, tests=tests)
 
 
 def finished_run(source: ModelSource, task: str, ft: FinetuneConfig, seed: int,

@@ -338,6 +338,9 @@ def skip_step(run: Run, step_loss: float, grad_norm: float, params: Params) -> N
         )
 
 
+CURVES = "tensorboard"  # train.tensorboard's folder in the run folder: runtime.Curves, by optimizer step
+
+
 class Recorder:
     """What follows an optimizer step: the progress bar and, on the main rank, the validation
     perplexity every train.eval_every steps, a row of log.csv every train.log_every, and a
@@ -608,7 +611,6 @@ class StepTimes:
         return update + accumulation * per_micro, per_micro, update
 
 
-CURVES = "tensorboard"  # train.tensorboard's folder in the run folder: runtime.Curves, by optimizer step
 ESTIMATE_ACCUMULATION = 4  # an estimate times steps of up to this many micro-batches, and extrapolates past it
 
 
