@@ -10,9 +10,10 @@
 # <label>-random-init, which is what aggregation pairs it with). GLUE_RESUME=1 is set, so the
 # command run again after a stop keeps every task and seed that finished and goes on with the rest.
 # MINILM_LABEL (default minilm-l6-full; empty = no MiniLM) and MINILM_MAX_TRAIN (default 0 = all;
-# a cap shows in the table's train examples column) shape the baseline's rows: at 2 CPU cores its
-# SST-2 alone takes about half an hour a seed. Settings: DITBERT_PRESET and DITBERT_SET as for
-# every step; the runs keep no best-epoch models (finetune.save_best=false).
+# a cap shows in the table's train examples column) shape the baseline's rows; its seeds take hours
+# each on 2 CPU cores (the README's "MiniLM at full training size" has the measured time). Settings:
+# DITBERT_PRESET and DITBERT_SET as for every step; the runs keep no best-epoch models
+# (finetune.save_best=false).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python

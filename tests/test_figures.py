@@ -497,19 +497,60 @@ def test_readme_full_size_figures_are_the_table_and_the_run_folders():
     assert ("The target" in prose) and (("is met" in prose) == met) and (("is missed" in prose) == (not met))
 
 
+MINILM_FULL = "minilm-l6-full"
+
+
+def test_readme_full_size_minilm_figures_are_the_table_and_the_run_folders():
+    """MiniLM at full training size beside the two-hour model: its size, its time, its five-task mean and
+    per-task finals, from the size file, its run folders and the aggregated table."""
+    prose = flat(section(text(README), "**MiniLM at full training size.**", "```bash"))
+    ours = TWINS["full-size"][0]
+    table = by(rows(AGGREGATED), "model")
+    row = table[MINILM_FULL]
+    assert (row["train_examples"], row["dtype"], row["recipe"], row["init"]) == ("all", "float32", "bert", "pretrained")
+    sizes = by([r for r in rows(BENCH / "model_sizes.csv") if not r["model"].endswith("ForMaskedLM")], "config")
+    assert f"(6 x 384, {f1(int(sizes['minilm-l6']['params']) / 1e6)}M parameters" in prose
+    infos = [json.loads(text(info)) for info in sorted(OUTPUTS.glob(f"{MINILM_FULL}-seed*/run_info.json"))]
+    assert [info["seed"] for info in infos] == [1, 2, 3]
+    assert all(set(info["tasks"]) == {*SMALL_GLUE, "wnli"} for info in infos)
+    longest = max(sum(task["seconds"] for task in info["tasks"].values()) for info in infos)
+    assert f"{round(longest / 60)} minutes, three one-thread processes side by side on the 2 cores" in prose
+    means = {m: [statistics.mean(s) for s in zip(*(seed_scores(m, task) for task in SMALL_GLUE))]
+             for m in (MINILM_FULL, ours)}
+    assert (f"{f2(statistics.mean(means[MINILM_FULL]))} +- {f2(statistics.stdev(means[MINILM_FULL]))} against the "
+            f"two-hour model's {f2(statistics.mean(means[ours]))} +- {f2(statistics.stdev(means[ours]))}") in prose
+    lead = statistics.mean(means[MINILM_FULL]) - statistics.mean(means[ours])
+    assert f"ahead by {f1(lead)} points" in prose
+    for task, name in TASK_NAMES.items():
+        theirs, mine = statistics.mean(seed_scores(MINILM_FULL, task)), statistics.mean(seed_scores(ours, task))
+        assert f"{name} {f1(theirs)} against {f1(mine)}" in prose, name
+    base = table[BASELINE]
+    clear = [TASK_NAMES[task] for task in SMALL_GLUE
+             if baseline_mark(float(row[f"{task}_final_mean"]), float(row[f"{task}_final_std"]),
+                              float(base[f"{task}_final_mean"])) == ""]
+    assert f"above the trivial baseline by more than the seeds' spread on {len(clear)} of 5 tasks" in prose
+    rte = [float(row[f"rte_final_{what}"]) for what in ("mean", "std")]
+    assert (f"on RTE by {f1(rte[0] - rte[1] - float(base['rte_final_mean']))}: {f1(rte[0])} ± {f1(rte[1])} against "
+            f"the majority's {f1(float(base['rte_final_mean']))}") in prose
+
+
 def test_docs_glue_full_size_rows_are_the_table():
-    """docs/glue.md's DitBERT rows beside the published anchors: the aggregated table's final means."""
+    """docs/glue.md's rows beside the published anchors (the two-hour model, its twin, MiniLM, all at full
+    training size): the aggregated table's final means."""
     shown = table_after(text(ROOT / "docs" / "glue.md"), "The comparable rows are those at full training size")
     table = by(rows(AGGREGATED), "model")
     a, b = TWINS["full-size"]
-    assert [row["model"].split("`")[1] if "`" in row["model"] else b for row in shown] == [a, b]
-    for row, model in zip(shown, (a, b)):
+    assert [row["model"].split("`")[1] if "`" in row["model"] else b for row in shown] == [a, b, MINILM_FULL]
+    for row, model in zip(shown, (a, b, MINILM_FULL)):
         for column, task in COLUMN_TASK.items():
             if column in row:
                 exact = statistics.mean(seed_scores(model, task))
                 assert one_decimal(row[column], table[model][f"{task}_final_mean"], exact), f"{model} {column}"
         exact = statistics.mean(statistics.mean(seed_scores(model, task)) for task in SMALL_GLUE)
         assert one_decimal(row["five-task mean"], table[model]["GLUE_partial_final_mean"], exact), model
+    lead = (statistics.mean(statistics.mean(seed_scores(MINILM_FULL, task)) for task in SMALL_GLUE)
+            - statistics.mean(statistics.mean(seed_scores(a, task)) for task in SMALL_GLUE))
+    assert f"pretrained at scale: {f1(lead)} points on the five-task mean" in flat(text(ROOT / "docs" / "glue.md"))
 
 
 # --------------------------------------------------------------------------- the equal-time comparison

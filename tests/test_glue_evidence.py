@@ -431,11 +431,12 @@ def test_rows_that_differ_in_training_size_or_precision_are_named_by_them(tmp_pa
         table = gr.collect(tmp_path / "dtype").table.set_index("model")
     assert set(table.index) == {"m@bf16", "m@fp32"} and table.loc["m@bf16", "dtype"] == "bfloat16"
     # the committed rows: 2000 examples, fp32 for make demo's, bf16 for the two-hour recipe; all of them, fp32,
-    # for the two-hour recipe's full-size rows
+    # for the two-hour recipe's full-size rows and MiniLM's
     committed = committed_table()
     sizes = committed.drop(index=gr.BASELINE_ROW)["train_examples"]
     assert set(sizes) == {"2000", "all"}
-    assert sorted(sizes[sizes == "all"].index) == ["ditbert-tiny-two-hour-full", "ditbert-tiny-two-hour-full-random-init"]
+    assert sorted(sizes[sizes == "all"].index) == ["ditbert-tiny-two-hour-full", "ditbert-tiny-two-hour-full-random-init",
+                                                   "minilm-l6-full"]
     assert set(committed.loc[sizes[sizes == "all"].index, "dtype"]) == {"float32"}
     assert committed.loc["ditbert-tiny", "dtype"] == "float32"
     assert committed.loc["ditbert-tiny-two-hour-step13000", "dtype"] == "bfloat16"

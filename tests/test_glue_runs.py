@@ -55,7 +55,7 @@ def test_committed_runs_keep_their_rows_by_the_facts_they_recorded():
         for task in info["tasks"]:
             fingerprints[(info["model"], info["seed"], task)] = glue_runs.task_fingerprint(info, task)
     recorded = {label for (label, _, _), f in fingerprints.items() if f.recorded}
-    assert recorded == {"ditbert-tiny-two-hour-full", "ditbert-tiny-two-hour-full-random-init"}
+    assert recorded == {"ditbert-tiny-two-hour-full", "ditbert-tiny-two-hour-full-random-init", "minilm-l6-full"}
     assert all(f.recorded for (label, _, _), f in fingerprints.items() if label in recorded)
     models = {}
     for (label, _, task), fingerprint in fingerprints.items():
