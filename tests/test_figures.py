@@ -203,6 +203,11 @@ def seed_scores(model: str, task: str) -> list[float]:
     return [last_epoch_score(path) for path in sorted(OUTPUTS.glob(f"{model}-seed*/results_{task}.csv"))]
 
 
+def seed_means(model: str, tasks=SMALL_GLUE) -> list[float]:
+    """A model's mean over `tasks` after the last epoch, one per committed seed (the five-task mean's seeds)."""
+    return [statistics.mean(scores) for scores in zip(*(seed_scores(model, task) for task in tasks))]
+
+
 def one_decimal(cell: str, csv_value: str, exact: float) -> bool:
     """A table cell is the CSV's two-decimal figure to one decimal. Where that figure ends in 5 (2.95) the
     cell is the rounding of the unrounded value the CSV was written from (2.947 -> 2.9)."""
@@ -387,8 +392,7 @@ def test_significance_file_is_welch_on_the_committed_run_folders():
     for pair, (a, b) in TWINS.items():
         for row in (r for r in rows(SIGNIFICANCE) if (r["a"], r["b"]) == (a, b)):
             tasks = row["tasks"].split(", ")
-            ours = [statistics.mean(s) for s in zip(*(seed_scores(a, task) for task in tasks))]
-            theirs = [statistics.mean(s) for s in zip(*(seed_scores(b, task) for task in tasks))]
+            ours, theirs = seed_means(a, tasks), seed_means(b, tasks)
             test = stats.ttest_ind(ours, theirs, equal_var=False)
             assert float(row["p"]) == pytest.approx(test.pvalue, abs=6e-5), (pair, row["column"])
             low, high = test.confidence_interval()
@@ -477,7 +481,7 @@ def test_readme_full_size_figures_are_the_table_and_the_run_folders():
     seconds = sum(task["seconds"] for model in (a, b) for info in OUTPUTS.glob(f"{model}-seed*/run_info.json")
                   for task in json.loads(text(info))["tasks"].values())
     assert f"{round(seconds / 60)} minutes of fine-tuning for the two models' 36 runs" in prose
-    means = {m: [statistics.mean(s) for s in zip(*(seed_scores(m, task) for task in SMALL_GLUE))] for m in (a, b)}
+    means = {m: seed_means(m) for m in (a, b)}
     assert all(len(v) == 3 for v in means.values())
     assert (f"{f2(statistics.mean(means[a]))} +- {f2(statistics.stdev(means[a]))} against "
             f"{f2(statistics.mean(means[b]))} +- {f2(statistics.stdev(means[b]))}") in prose
@@ -515,8 +519,7 @@ def test_readme_full_size_minilm_figures_are_the_table_and_the_run_folders():
     assert all(set(info["tasks"]) == {*SMALL_GLUE, "wnli"} for info in infos)
     longest = max(sum(task["seconds"] for task in info["tasks"].values()) for info in infos)
     assert f"{round(longest / 60)} minutes, three one-thread processes side by side on the 2 cores" in prose
-    means = {m: [statistics.mean(s) for s in zip(*(seed_scores(m, task) for task in SMALL_GLUE))]
-             for m in (MINILM_FULL, ours)}
+    means = {m: seed_means(m) for m in (MINILM_FULL, ours)}
     assert (f"{f2(statistics.mean(means[MINILM_FULL]))} +- {f2(statistics.stdev(means[MINILM_FULL]))} against the "
             f"two-hour model's {f2(statistics.mean(means[ours]))} +- {f2(statistics.stdev(means[ours]))}") in prose
     lead = statistics.mean(means[MINILM_FULL]) - statistics.mean(means[ours])
@@ -548,8 +551,7 @@ def test_docs_glue_full_size_rows_are_the_table():
                 assert one_decimal(row[column], table[model][f"{task}_final_mean"], exact), f"{model} {column}"
         exact = statistics.mean(statistics.mean(seed_scores(model, task)) for task in SMALL_GLUE)
         assert one_decimal(row["five-task mean"], table[model]["GLUE_partial_final_mean"], exact), model
-    lead = (statistics.mean(statistics.mean(seed_scores(MINILM_FULL, task)) for task in SMALL_GLUE)
-            - statistics.mean(statistics.mean(seed_scores(a, task)) for task in SMALL_GLUE))
+    lead = statistics.mean(seed_means(MINILM_FULL)) - statistics.mean(seed_means(a))
     assert f"pretrained at scale: {f1(lead)} points on the five-task mean" in flat(text(ROOT / "docs" / "glue.md"))
 
 
